@@ -1,0 +1,56 @@
+# kemi-ha: the two commands are `make run` and `make test` (as root on Debian 12/13).
+# Both install what is missing first: Debian packages and a venv made from
+# Debian's /usr/bin/python3 (the interpreter Kamailio embeds).
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+KEMI_HA := $(VENV)/bin/kemi-ha
+RUN_DIR ?= run
+APT_PACKAGES := kamailio kamailio-python3-modules kamailio-extra-modules kamailio-redis-modules \
+	rtpengine-daemon redis-server sip-tester python3-venv iproute2 procps
+PYTEST_ARGS ?=
+
+.PHONY: run test unit integration lint deps venv api-list schema bench clean
+
+run: deps venv
+	$(KEMI_HA) run --run-dir $(RUN_DIR)
+
+test: deps venv lint
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+integration: deps venv
+	$(PY) -m pytest -q -rs tests/integration
+
+lint: venv
+	$(VENV)/bin/ruff check kemi tests bench
+	$(VENV)/bin/ruff format --check kemi tests bench
+
+# Debian packages: installed only when one is missing (no network otherwise).
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Refresh the KEMI export list the fake KSR is built from (starts a throwaway Kamailio).
+api-list: deps venv
+	$(KEMI_HA) api-list tests/fakes/kemi_api.json
+
+bench: deps venv
+	$(PY) bench/decide_bench.py
+
+clean:
+	rm -rf $(VENV) $(RUN_DIR) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,133 @@
+"""The `kemi-ha` command: main(argv) -> exit code (0 ok, 1 failure, 2 usage)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from kemi.ops.procs import StartError
+from kemi.ops.stack import REPO_ROOT, Stack, StackConfig
+from kemi.policyfile import PolicyError
+
+DEFAULT_POLICY = REPO_ROOT / "policies" / "default.yaml"
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = StackConfig(
+        run_dir=Path(args.run_dir),
+        policy_path=Path(args.policy),
+        sip_port=args.sip_port,
+        redis_port=args.redis_port,
+        children=args.children,
+    )
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    stack = Stack(config)
+    try:
+        stack.start()
+        print(banner(stack), flush=True)
+        while True:
+            dead = stack.dead()
+            if dead:
+                for daemon in dead:
+                    print(f"Error: {daemon.name} exited; log {daemon.log_path}:", file=sys.stderr)
+                    print(daemon.log_tail(), file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    except _Stop as stop:
+        print(f"\n{stop}: stopping", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+        print("kemi-ha: stopped (every process it started has exited)", flush=True)
+
+
+def banner(stack: Stack) -> str:
+    cfg = stack.config
+    lines = ["kemi-ha is running (single node, loopback). Ctrl-C stops everything.", ""]
+    for vip in stack.policy.vips:
+        low, high = cfg.rtp_ports(vip)
+        lines.append(
+            f"  VIP{vip.set_id} sip:{vip.address}:{cfg.sip_port}  -> rtpengine set {vip.set_id}"
+            f" ng {vip.rtpengine[0]} RTP {low}-{high} Redis db {cfg.redis_db(vip)}"
+        )
+    dest = ", ".join(stack.policy.default_route.destinations)
+    lines += [
+        f"  calls are relayed to: {dest}",
+        f"  run dir (logs, node cfg, RPC fifo): {stack.run_dir}",
+        "",
+        "Place a call (README, 'Test call'): start the callee on 127.0.0.1:5080, then e.g.",
+        f"  sipp -sf tests/sipp/uac.xml -s 1000 {stack.policy.vips[0].address}:{cfg.sip_port}"
+        " -i 127.0.0.1 -p 5070 -m 1",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_api_list(args: argparse.Namespace) -> int:
+    """Dump the KEMI export list of the installed Kamailio (the fake KSR's ground truth)."""
+    with tempfile.TemporaryDirectory(prefix="kemi-ha-api-") as tmp:
+        config = StackConfig(
+            run_dir=Path(tmp),
+            policy_path=DEFAULT_POLICY,
+            sip_port=25060,
+            redis_port=26379,
+            rtp_port_base=45000,
+            cli_port_base=29900,
+            children=1,
+        )
+        with Stack(config) as stack:
+            result = stack.rpc.call("app_python.api_list")
+    methods = sorted((m["func"] for m in result["methods"]), key=lambda f: (f["module"], f["name"]))
+    Path(args.output).write_text(json.dumps(methods, indent=1) + "\n")
+    print(f"{len(methods)} KEMI functions written to {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kemi-ha", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one node in the foreground (Redis, rtpengines, Kamailio)")
+    run.add_argument("--run-dir", default="run", help="runtime files and logs (default: ./run)")
+    run.add_argument("--policy", default=str(DEFAULT_POLICY), help="policy YAML")
+    run.add_argument("--sip-port", type=int, default=5060)
+    run.add_argument("--redis-port", type=int, default=6379)
+    run.add_argument("--children", type=int, default=4, help="Kamailio UDP workers per VIP")
+    run.set_defaults(func=cmd_run)
+
+    api = sub.add_parser("api-list", help="dump Kamailio's KEMI export list as JSON")
+    api.add_argument("output")
+    api.set_defaults(func=cmd_api_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PolicyError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except StartError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

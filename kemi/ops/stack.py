@@ -1,0 +1,297 @@
+"""One node's processes: Redis, one rtpengine per VIP, Kamailio running kemi/.
+
+Used by `kemi-ha run` and by the integration tests alike, so the tests exercise exactly
+what an operator starts. Everything runs in the foreground as our child, in its own
+process group, and is stopped by PID. Runtime files live in the run directory only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import sysconfig
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+import kemi
+from kemi.core.policy import Policy, Vip
+from kemi.ops.ng import NgClient
+from kemi.ops.nodecfg import NODE_CFG_NAME, NodeValues, render_node_cfg
+from kemi.ops.procs import Daemon, StartError, wait_until
+from kemi.ops.rpc import KamailioRpc
+from kemi.policyfile import load_policy
+
+REPO_ROOT = Path(kemi.__file__).resolve().parent.parent
+KAMAILIO_CFG = REPO_ROOT / "kamailio.cfg"
+KEMI_SCRIPT = REPO_ROOT / "kemi" / "entry.py"
+
+
+def find_binary(name: str, *extra_dirs: str) -> str:
+    path = shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), *extra_dirs]))
+    if path is None:
+        raise StartError(f"{name} is not installed (run `make deps` as root)")
+    return path
+
+
+@dataclass
+class StackConfig:
+    run_dir: Path
+    policy_path: Path
+    node_id: int = 1
+    sip_port: int = 5060
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+    rtp_port_base: int = 30000
+    rtp_ports_per_vip: int = 1000
+    cli_port_base: int = 9900
+    children: int = 4
+    shm_mb: int = 256
+    pkg_mb: int = 16
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def redis_db(self, vip: Vip) -> int:
+        return vip.set_id
+
+    def rtp_ports(self, vip: Vip) -> tuple[int, int]:
+        low = self.rtp_port_base + (vip.set_id - 1) * self.rtp_ports_per_vip
+        return low, low + self.rtp_ports_per_vip - 1
+
+    def cli_port(self, vip: Vip) -> int:
+        return self.cli_port_base + vip.set_id
+
+
+def ng_address(vip: Vip) -> tuple[str, int]:
+    _proto, host, port = vip.rtpengine[0].split(":")
+    return host, int(port)
+
+
+class Stack:
+    """Start with start(), stop with stop() (or use it as a context manager)."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.run_dir = config.run_dir.resolve()
+        self.policy: Policy = load_policy(config.policy_path)
+        self.redis_daemon: Daemon | None = None
+        self.rtpengines: dict[str, Daemon] = {}
+        self.kamailio: Daemon | None = None
+        self.rpc = KamailioRpc(self.run_dir / "kamailio-rpc.fifo", self.run_dir)
+
+    # ----- lifecycle -------------------------------------------------------------------
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_redis()
+            for vip in self.policy.vips:
+                self.start_rtpengine(vip)
+            self.start_kamailio()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Kamailio first (no new calls), then media, then Redis."""
+        if self.kamailio is not None:
+            self.kamailio.stop()
+        for daemon in self.rtpengines.values():
+            daemon.stop()
+        if self.redis_daemon is not None:
+            self.redis_daemon.stop()
+
+    def daemons(self) -> list[Daemon]:
+        out = [d for d in [self.redis_daemon, *self.rtpengines.values(), self.kamailio] if d]
+        return out
+
+    def dead(self) -> list[Daemon]:
+        return [d for d in self.daemons() if not d.alive()]
+
+    # ----- Redis -----------------------------------------------------------------------
+
+    def redis_client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(host=self.config.redis_host, port=self.config.redis_port, db=db)
+
+    def start_redis(self) -> None:
+        cfg = self.config
+        daemon = Daemon(
+            "redis",
+            [
+                find_binary("redis-server"),
+                "--bind",
+                cfg.redis_host,
+                "--port",
+                str(cfg.redis_port),
+                "--dir",
+                str(self.run_dir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "no",
+            ],
+            self.run_dir / "redis.log",
+        )
+        daemon.start()
+        self.redis_daemon = daemon
+        self._wait(daemon, lambda: bool(self.redis_client().ping()), 10)
+
+    # ----- rtpengine -------------------------------------------------------------------
+
+    def rtpengine_argv(self, vip: Vip) -> list[str]:
+        cfg = self.config
+        host, port = ng_address(vip)
+        low, high = cfg.rtp_ports(vip)
+        return [
+            find_binary("rtpengine", "/usr/sbin"),
+            "--config-file=none",
+            "--foreground",
+            "--log-stderr",
+            "--log-level=6",
+            "--table=-1",
+            f"--interface={vip.address}",
+            f"--listen-ng={host}:{port}",
+            f"--listen-cli={cfg.redis_host}:{cfg.cli_port(vip)}",
+            f"--port-min={low}",
+            f"--port-max={high}",
+            f"--redis={cfg.redis_host}:{cfg.redis_port}/{cfg.redis_db(vip)}",
+            "--delete-delay=0",
+            "--timeout=60",
+            f"--pidfile={self.run_dir}/rtpengine-{vip.set_id}.pid",
+        ]
+
+    def ng(self, vip: Vip) -> NgClient:
+        host, port = ng_address(vip)
+        return NgClient(host, port)
+
+    def start_rtpengine(self, vip: Vip) -> Daemon:
+        daemon = Daemon(
+            f"rtpengine-{vip.set_id}",
+            self.rtpengine_argv(vip),
+            self.run_dir / f"rtpengine-{vip.set_id}.log",
+        )
+        daemon.start()
+        self.rtpengines[vip.address] = daemon
+        self._wait(daemon, self.ng(vip).ping, 10)
+        return daemon
+
+    # ----- Kamailio --------------------------------------------------------------------
+
+    def kamailio_env(self) -> dict[str, str]:
+        site = sysconfig.get_paths()["purelib"]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), site])
+        env["KEMI_HA_POLICY"] = str(Path(self.config.policy_path).resolve())
+        env["KEMI_HA_RUN_DIR"] = str(self.run_dir)
+        env["KEMI_HA_NODE_ID"] = str(self.config.node_id)
+        env.update(self.config.extra_env)
+        return env
+
+    def start_kamailio(self) -> None:
+        cfg = self.config
+        node = NodeValues(
+            node_id=cfg.node_id,
+            sip_port=cfg.sip_port,
+            run_dir=self.run_dir,
+            kemi_script=KEMI_SCRIPT,
+        )
+        (self.run_dir / NODE_CFG_NAME).write_text(render_node_cfg(self.policy, node))
+        pid_file = self.run_dir / "kamailio.pid"
+        pid_file.unlink(missing_ok=True)  # a stale pid file stops Kamailio from starting
+        (self.run_dir / "kamailio-rpc.fifo").unlink(missing_ok=True)
+        daemon = Daemon(
+            "kamailio",
+            [
+                find_binary("kamailio", "/usr/sbin"),
+                "-DD",
+                "-E",
+                "-f",
+                str(KAMAILIO_CFG),
+                "-x",
+                "tlsf",
+                "-m",
+                str(cfg.shm_mb),
+                "-M",
+                str(cfg.pkg_mb),
+                "-n",
+                str(cfg.children),
+                "-Y",
+                str(self.run_dir),
+                "-P",
+                str(pid_file),
+            ],
+            self.run_dir / "kamailio.log",
+            cwd=self.run_dir,
+            env=self.kamailio_env(),
+        )
+        daemon.start()
+        self.kamailio = daemon
+        for vip in self.policy.vips:
+            self._wait(daemon, lambda v=vip: sip_options_ok(v.address, cfg.sip_port), 20)
+
+    # ----- helpers ---------------------------------------------------------------------
+
+    def _wait(self, daemon: Daemon, check: object, timeout: float) -> None:
+        def ready() -> bool:
+            if not daemon.alive():
+                raise StartError(
+                    f"{daemon.name} exited with {daemon.proc.returncode if daemon.proc else '?'}"
+                    f"; see {daemon.log_path}:\n{daemon.log_tail()}"
+                )
+            return bool(check())  # type: ignore[operator]
+
+        try:
+            wait_until(ready, timeout, daemon.name)
+        except StartError as exc:
+            if "exited" in str(exc):
+                raise
+            raise StartError(f"{exc}; see {daemon.log_path}:\n{daemon.log_tail()}") from None
+
+
+def sip_options_ok(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Send one OPTIONS to the proxy itself and expect a 200 (what a monitor would do)."""
+    call_id = uuid.uuid4().hex
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(timeout)
+        lport = sock.getsockname()[1]
+        msg = (
+            f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bK{call_id[:16]};rport\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:monitor@127.0.0.1>;tag={call_id[:8]}\r\n"
+            f"To: <sip:{host}:{port}>\r\n"
+            f"Call-ID: {call_id}\r\n"
+            "CSeq: 1 OPTIONS\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        sock.sendto(msg.encode(), (host, port))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(65535)
+            except TimeoutError:
+                return False
+            if call_id.encode() in data:
+                return data.startswith(b"SIP/2.0 200")
+    return False
+
+
+def python_for_kamailio_matches() -> bool:
+    """Kamailio embeds /usr/bin/python3: the venv must be made from the same interpreter."""
+    return Path(sys.base_prefix).resolve() == Path("/usr")

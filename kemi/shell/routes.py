@@ -1,0 +1,268 @@
+"""The KSR shell: Kamailio's default routing, in Python, reading PVs and applying decisions.
+
+Route order follows Kamailio's etc/kamailio.cfg so it reads at a glance:
+
+    request_route: REQINIT -> CANCEL -> WITHINDLG -> (ACK absorbed) -> OPTIONS to us
+                   -> INVITE (dialog, record-route, rtpengine offer) -> RELAY
+    onreply (MANAGE_REPLY): rtpengine answer on replies with SDP
+    branch (MANAGE_BRANCH), failure (MANAGE_FAILURE): failover or rtpengine delete
+
+The rtpengine set is chosen from the VIP the message arrived on and set again in every
+callback: Kamailio keeps that choice for one message only. Each ksr_* entry is guarded: an
+exception is logged with the Call-ID and answered 500 (requests) or dropped (replies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from kemi.core import decide
+from kemi.core.policy import Policy, Vip
+
+log = logging.getLogger("kemi.routes")
+
+# KEMI callback names given to t_on_*: methods of Router, checked by a unit test.
+MANAGE_REPLY = "ksr_onreply_manage"
+MANAGE_BRANCH = "ksr_branch_manage"
+MANAGE_FAILURE = "ksr_failure_manage"
+
+# Transaction-persistent AVPs carrying the failover state of an initial INVITE.
+AVP_DESTINATIONS = "$avp(kha_dsts)"
+AVP_TRIED = "$avp(kha_tried)"
+
+MAX_FORWARDS = 10
+SANITY_MFLAGS = 17895  # Kamailio's default: URI, required headers, CSeq, Content-Length...
+SANITY_UFLAGS = 7
+SDP = "application/sdp"
+
+PolicySource = Callable[[], Policy]
+
+
+def ok(rc: Any) -> bool:
+    """KEMI functions return ints: > 0 is success, 0 stops, < 0 is failure."""
+    return rc is not None and rc is not False and int(rc) > 0
+
+
+def guarded(kind: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Never let an exception escape a route silently: log it, answer 500 or drop the reply."""
+
+    def wrap(func: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(func)
+        def entry(self: Router, *args: Any) -> int:
+            try:
+                return func(self, *args)
+            except Exception as exc:
+                self.on_exception(kind, exc)
+                return 1
+
+        return entry
+
+    return wrap
+
+
+class Router:
+    """The object app_python3 calls (mod_init() returns it); one per Kamailio process."""
+
+    def __init__(self, ksr: Any, policy: PolicySource) -> None:
+        self.ksr = ksr
+        self._policy = policy
+
+    def child_init(self, rank: int) -> int:
+        return 0
+
+    # ----- request_route -------------------------------------------------------------
+
+    @guarded("request")
+    def ksr_request_route(self, msg: Any) -> int:
+        ksr = self.ksr
+        policy = self._policy()
+        if not self.route_reqinit():
+            return 1
+        if ksr.is_CANCEL():
+            self.route_cancel(policy)
+            return 1
+        if ok(ksr.siputils.has_totag()):
+            self.route_withindlg(policy)
+            return 1
+        if ksr.is_ACK():
+            # An ACK with no To-tag belongs to a negative reply tm already absorbed.
+            if ok(ksr.tm.t_check_trans()):
+                self.route_relay()
+            return 1
+        if ksr.is_OPTIONS() and ksr.is_myself_ruri():
+            ksr.sl.sl_send_reply(200, "OK")
+            return 1
+        if not ksr.is_INVITE():
+            ksr.sl.sl_send_reply(405, "Method Not Allowed")
+            return 1
+        if ok(ksr.tmx.t_precheck_trans()):
+            ksr.tm.t_check_trans()  # a retransmission: tm resends the last reply
+            return 1
+        self.route_invite(policy)
+        return 1
+
+    def route_reqinit(self) -> bool:
+        """REQINIT: hop limit (483) and well-formedness (sanity answers 400 itself)."""
+        ksr = self.ksr
+        if not ok(ksr.maxfwd.process_maxfwd(MAX_FORWARDS)):
+            ksr.sl.sl_send_reply(483, "Too Many Hops")
+            return False
+        if not ok(ksr.sanity.sanity_check(SANITY_MFLAGS, SANITY_UFLAGS)):
+            log.warning(
+                "malformed request from %s:%s dropped", ksr.pv.get("$si"), ksr.pv.get("$sp")
+            )
+            return False
+        return True
+
+    def route_cancel(self, policy: Policy) -> None:
+        """CANCEL: relayed statefully to the branches of its INVITE; failure route cleans up."""
+        ksr = self.ksr
+        if ok(ksr.tm.t_check_trans()):
+            self.use_rtp_set(policy)
+            self.route_relay()
+        # Otherwise tm answered it (481) or there is nothing to cancel.
+
+    def route_withindlg(self, policy: Policy) -> None:
+        """WITHINDLG: follow Record-Route; keep the media session in step with the dialog."""
+        ksr = self.ksr
+        if not ok(ksr.rr.loose_route()):
+            if ksr.is_ACK():
+                if ok(ksr.tm.t_check_trans()):
+                    self.route_relay()
+                return
+            ksr.sl.sl_send_reply(404, "Not here")
+            return
+        vip = self.use_rtp_set(policy)
+        if ksr.is_BYE():
+            ksr.rtpengine.rtpengine_delete0()
+        elif (ksr.is_INVITE() or ksr.is_UPDATE()) and ok(ksr.textops.has_body_type(SDP)):
+            if vip is not None and not ok(ksr.rtpengine.rtpengine_offer(vip.media_flags)):
+                log.error("rtpengine offer failed on re-INVITE/UPDATE (set %d)", vip.set_id)
+            ksr.tm.t_on_reply(MANAGE_REPLY)
+        elif ksr.is_ACK() and ok(ksr.textops.has_body_type(SDP)) and vip is not None:
+            ksr.rtpengine.rtpengine_answer(vip.media_flags)  # late offer: SDP answer in ACK
+        elif ksr.is_INVITE():
+            ksr.tm.t_on_reply(MANAGE_REPLY)
+        self.route_relay()
+
+    def route_invite(self, policy: Policy) -> None:
+        """Initial INVITE: media first (nothing to undo if it fails), then dialog and RR."""
+        ksr = self.ksr
+        vip = self.use_rtp_set(policy)
+        if vip is None:
+            ksr.sl.sl_send_reply(500, "No Media Relay For This Address")
+            return
+        if ok(ksr.textops.has_body_type(SDP)) and not ok(
+            ksr.rtpengine.rtpengine_offer(vip.media_flags)
+        ):
+            log.error("rtpengine set %d (VIP %s) refused the offer", vip.set_id, vip.address)
+            ksr.sl.sl_send_reply(503, "Media Relay Unavailable")
+            return
+        route = decide.route_for(policy, ksr.pv.get("$rU") or "", ksr.pv.get("$rd") or "")
+        ksr.dialog.dlg_manage()
+        ksr.rr.record_route()
+        ksr.pv.sets(AVP_DESTINATIONS, " ".join(route.destinations))
+        ksr.pv.seti(AVP_TRIED, 0)
+        ksr.setdsturi(route.destinations[0])
+        self.arm_transaction()
+        if not self.route_relay():
+            ksr.rtpengine.rtpengine_delete0()
+
+    def arm_transaction(self) -> None:
+        ksr = self.ksr
+        ksr.tm.t_on_branch(MANAGE_BRANCH)
+        ksr.tm.t_on_reply(MANAGE_REPLY)
+        ksr.tm.t_on_failure(MANAGE_FAILURE)
+
+    def route_relay(self) -> bool:
+        """RELAY: out of the VIP the request came in on, so Record-Route stays single."""
+        ksr = self.ksr
+        ksr.corex.set_send_socket(f"{ksr.pv.get('$pr')}:{ksr.pv.get('$Ri')}:{ksr.pv.get('$Rp')}")
+        if ok(ksr.tm.t_relay()):
+            return True
+        ksr.sl.sl_reply_error()
+        return False
+
+    # ----- replies, branches, failures -------------------------------------------------
+
+    @guarded("reply")
+    def ksr_reply_route(self, msg: Any) -> int:
+        """Every reply, before transaction matching: only the rtpengine set is chosen here."""
+        self.use_rtp_set(self._policy())
+        return 1
+
+    @guarded("reply")
+    def ksr_onreply_manage(self, msg: Any) -> int:
+        """MANAGE_REPLY: the SDP answer (183/200) goes to the same rtpengine set."""
+        ksr = self.ksr
+        vip = self.use_rtp_set(self._policy())
+        status = ksr.pv.geti("$rs")
+        if vip is None or not 100 < status < 300 or not ok(ksr.textops.has_body_type(SDP)):
+            return 1
+        if not ok(ksr.rtpengine.rtpengine_answer(vip.media_flags)):
+            log.error("rtpengine answer failed on %d (set %d)", status, vip.set_id)
+        return 1
+
+    @guarded("branch")
+    def ksr_branch_manage(self, msg: Any) -> int:
+        self.use_rtp_set(self._policy())
+        return 1
+
+    @guarded("failure")
+    def ksr_failure_manage(self, msg: Any) -> int:
+        """MANAGE_FAILURE: next destination on 408/5xx, otherwise release the media session."""
+        ksr = self.ksr
+        self.use_rtp_set(self._policy())
+        if ok(ksr.tm.t_is_canceled()):
+            ksr.rtpengine.rtpengine_delete0()
+            return 1
+        status = ksr.tm.t_get_status_code()
+        destinations = tuple(str(ksr.pv.get(AVP_DESTINATIONS) or "").split())
+        tried = ksr.pv.get(AVP_TRIED) or 0
+        target = decide.next_destination(destinations, int(tried), int(status))
+        if target is None:
+            ksr.rtpengine.rtpengine_delete0()
+            return 1
+        log.info("failover after %s: trying %s", status, target)
+        ksr.pv.seti(AVP_TRIED, int(tried) + 1)
+        ksr.setdsturi(target)
+        self.arm_transaction()
+        if not self.route_relay():
+            ksr.rtpengine.rtpengine_delete0()
+        return 1
+
+    # ----- helpers -------------------------------------------------------------------
+
+    def use_rtp_set(self, policy: Policy) -> Vip | None:
+        """Select the rtpengine set of the VIP this message arrived on, for this message."""
+        vip = decide.vip_for(policy, str(self.ksr.pv.get("$Ri")))
+        if vip is not None:
+            self.ksr.rtpengine.set_rtpengine_set(vip.set_id)
+        return vip
+
+    def on_exception(self, kind: str, exc: Exception) -> None:
+        ksr = self.ksr
+        call_id = "?"
+        with contextlib.suppress(Exception):
+            call_id = str(ksr.pv.get("$ci"))
+        log.error(
+            "exception in %s route, Call-ID %s: %s\n%s",
+            kind,
+            call_id,
+            exc,
+            traceback.format_exc(),
+        )
+        try:
+            if kind == "reply":
+                ksr.set_drop()
+            elif kind == "failure":
+                ksr.tm.t_send_reply(500, "Server Internal Error")
+            elif kind == "request" and not ksr.is_ACK():
+                ksr.sl.sl_send_reply(500, "Server Internal Error")
+        except Exception:
+            log.error("could not answer after exception, Call-ID %s", call_id)

@@ -1,0 +1,71 @@
+"""Real processes on loopback: Redis, one rtpengine per VIP, Kamailio, SIPp.
+
+The stack is started by kemi.ops.stack, the same code as `make run`, on test ports so that a
+`make run` on the same machine does not collide with it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kemi.ops.stack import Stack, StackConfig
+
+VIP1, VIP2 = "127.0.0.1", "127.0.0.2"
+SIP_PORT = 15060
+UAS_PORT = 15080
+NG_PORT = 12223
+REDIS_PORT = 16379
+
+TEST_POLICY = f"""\
+version: test-1
+vips:
+  - address: {VIP1}
+    rtpengine: ["udp:{VIP1}:{NG_PORT}"]
+  - address: {VIP2}
+    rtpengine: ["udp:{VIP2}:{NG_PORT}"]
+routes:
+  - name: default
+    destinations: ["sip:127.0.0.1:{UAS_PORT}"]
+"""
+
+_ports = itertools.count(20000, 20)
+
+
+def free_port_pair() -> tuple[int, int]:
+    """A SIP port and a media port for one SIPp, distinct across the session."""
+    base = next(_ports)
+    return base, base + 2
+
+
+@pytest.fixture(scope="session")
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("integration tests run real daemons and need root (make test as root)")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Stack]:
+    run_dir = tmp_path_factory.mktemp("run")
+    policy = run_dir / "policy.yaml"
+    policy.write_text(TEST_POLICY)
+    config = StackConfig(
+        run_dir=run_dir,
+        policy_path=policy,
+        sip_port=SIP_PORT,
+        redis_port=REDIS_PORT,
+        rtp_port_base=40000,
+        cli_port_base=19900,
+        children=4,
+    )
+    with Stack(config) as running:
+        yield running
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    return tmp_path
