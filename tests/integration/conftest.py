@@ -69,3 +69,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Itera
 @pytest.fixture
 def log_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def stop_sipps() -> Iterator[None]:
+    """No SIPp outlives its test: a failed test must not hold ports for the next one."""
+    from tests.integration.calls import STARTED
+
+    yield
+    while STARTED:
+        STARTED.pop().stop()

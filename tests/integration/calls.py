@@ -1,0 +1,128 @@
+"""Helpers shared by the integration tests: SIPp callers/callees, ng and RPC readings."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kemi.ops.ng import NgError
+from kemi.ops.sipp import SippRun, sipp
+from kemi.ops.stack import Stack
+from tests.integration.conftest import SIP_PORT, UAS_PORT, free_port_pair
+
+STARTED: list[SippRun] = []  # stopped after every test (conftest), even when it fails
+
+
+def start_uas(log_dir: Path, scenario: str = "uas.xml", calls: int = 1) -> SippRun:
+    run = sipp(
+        "uas", scenario, log_dir, "127.0.0.1", UAS_PORT, UAS_PORT + 2,
+        "-rtp_echo", "-m", str(calls),
+    )  # fmt: skip
+    STARTED.append(run)
+    return run
+
+
+def start_uac(
+    log_dir: Path,
+    vip: str,
+    call_id: str,
+    scenario: str = "uac.xml",
+    duration_ms: int = 2000,
+) -> SippRun:
+    port, media = free_port_pair()
+    run = sipp(
+        f"uac-{call_id}", scenario, log_dir, "127.0.0.1", port, media,
+        "-s", "1000", "-m", "1", "-d", str(duration_ms), "-cid_str", call_id,
+        "-timeout", "60", "-timeout_error", "-recv_timeout", "10000",
+        target=f"{vip}:{SIP_PORT}",
+    )  # fmt: skip
+    STARTED.append(run)
+    return run
+
+
+def assert_ok(run: SippRun, timeout: float = 60) -> None:
+    rc = run.wait(timeout)
+    assert rc == 0, f"{run.name} failed (rc={rc}):\n{run.output()[-3000:]}"
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def rtp_packets(query: dict[str, Any]) -> int:
+    """RTP packets rtpengine relayed for a call, summed over every stream of every party."""
+    total = 0
+    for tag in query.get("tags", {}).values():
+        for media in tag.get("medias", []):
+            for stream in media.get("streams", []):
+                if "RTP" in stream.get("flags", []):
+                    total += int(stream.get("stats", {}).get("packets", 0))
+    return total
+
+
+def packets_of(stack: Stack, vip_index: int, call_id: str) -> int:
+    """RTP packets of a call on one VIP's rtpengine; 0 if it does not know the call (yet)."""
+    try:
+        return rtp_packets(stack.ng(stack.policy.vips[vip_index]).query(call_id))
+    except NgError:
+        return 0
+
+
+def knows_call(stack: Stack, vip_index: int, call_id: str) -> bool:
+    try:
+        stack.ng(stack.policy.vips[vip_index]).query(call_id)
+    except NgError:
+        return False
+    return True
+
+
+def active_dialogs(stack: Stack) -> int:
+    return int(stack.rpc.call("dlg.stats_active")["all"])
+
+
+def rtpengine_sessions(stack: Stack) -> int:
+    return sum(len(stack.ng(vip).list_calls()) for vip in stack.policy.vips)
+
+
+def send_raw(host: str, port: int, payload: str, timeout: float = 2.0) -> str | None:
+    """Send one raw SIP request over UDP; return the first response line, None if silent."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(timeout)
+        local_port = sock.getsockname()[1]
+        sock.sendto(payload.replace("LPORT", str(local_port)).encode(), (host, port))
+        try:
+            data = sock.recv(65535)
+        except TimeoutError:
+            return None
+    return data.decode(errors="replace").split("\r\n", 1)[0]
+
+
+def invite_text(host: str, **overrides: str) -> str:
+    """A well-formed INVITE; `overrides` replace whole header lines by header name."""
+    call_id = uuid.uuid4().hex
+    headers = {
+        "Via": f"SIP/2.0/UDP 127.0.0.1:LPORT;branch=z9hG4bK{call_id[:12]};rport",
+        "Max-Forwards": "70",
+        "From": f"<sip:malformed@127.0.0.1>;tag={call_id[:6]}",
+        "To": f"<sip:1000@{host}>",
+        "Call-ID": call_id,
+        "CSeq": "1 INVITE",
+        "Contact": "<sip:malformed@127.0.0.1:LPORT>",
+        "Content-Length": "0",
+    }
+    headers.update({k.replace("_", "-"): v for k, v in overrides.items()})
+    lines = [f"INVITE sip:1000@{host}:{SIP_PORT} SIP/2.0"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return "\r\n".join(lines) + "\r\n\r\n"

@@ -1,0 +1,43 @@
+"""The fake KSR must refuse what Kamailio refuses, or route tests prove nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fakes.ksr import FakeKSR, UnscriptedCall, load_api
+
+
+def test_api_list_is_the_real_one() -> None:
+    api = load_api()
+    assert len(api) > 300
+    assert api["rtpengine.set_rtpengine_set"] == ["int"]
+    assert api["sl.sl_send_reply"] == ["int", "str"]
+    assert api["tm.t_relay"] == []
+
+
+def test_unknown_function_fails() -> None:
+    ksr = FakeKSR()
+    with pytest.raises(AttributeError):
+        ksr.rtpengine.rtpengine_offer_invented("x")
+    with pytest.raises(AttributeError):
+        ksr.x.exit()  # there is no KSR.x.exit in app_python3
+
+
+def test_wrong_arity_or_type_fails() -> None:
+    ksr = FakeKSR(returns={"sl.sl_send_reply": 1})
+    with pytest.raises(TypeError):
+        ksr.sl.sl_send_reply(200)
+    with pytest.raises(TypeError):
+        ksr.sl.sl_send_reply("200", "OK")
+    with pytest.raises(TypeError):
+        ksr.rtpengine.rtpengine_offer()  # the 0-argument variant is rtpengine_offer0
+
+
+def test_unscripted_return_and_unset_pv_fail() -> None:
+    ksr = FakeKSR()
+    with pytest.raises(UnscriptedCall):
+        ksr.tm.t_relay()
+    with pytest.raises(KeyError):
+        ksr.pv.get("$ru")
+    ksr.info("logging returns nothing and needs no script\n")
+    assert ksr.names() == ["tm.t_relay", "pv.get", "info"]

@@ -1,0 +1,230 @@
+"""The KSR shell against the strict fake: order of calls, replies, rtpengine set per VIP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kemi.policyfile import parse_policy
+from kemi.shell import log as kamailio_log
+from kemi.shell import routes
+from kemi.shell.routes import Router
+from tests.fakes.ksr import FakeKSR
+
+POLICY = parse_policy(
+    """
+version: t
+vips:
+  - address: 10.0.0.1
+    rtpengine: ["udp:10.0.0.1:2223"]
+  - address: 10.0.0.2
+    rtpengine: ["udp:10.0.0.2:2223"]
+    media_flags: "replace-origin ICE=remove"
+routes:
+  - name: default
+    destinations: ["sip:gw1:5060", "sip:gw2:5060"]
+"""
+)
+
+# What a healthy Kamailio answers, stated once; each test overrides what it is about.
+HAPPY: dict[str, Any] = {
+    "maxfwd.process_maxfwd": 1,
+    "sanity.sanity_check": 1,
+    "is_CANCEL": False,
+    "is_ACK": False,
+    "is_OPTIONS": False,
+    "is_INVITE": True,
+    "is_BYE": False,
+    "is_UPDATE": False,
+    "is_myself_ruri": False,
+    "siputils.has_totag": -1,
+    "tmx.t_precheck_trans": -1,
+    "tm.t_check_trans": -1,
+    "textops.has_body_type": 1,
+    "rtpengine.set_rtpengine_set": 1,
+    "rtpengine.rtpengine_offer": 1,
+    "rtpengine.rtpengine_answer": 1,
+    "rtpengine.rtpengine_delete0": 1,
+    "dialog.dlg_manage": 1,
+    "rr.record_route": 1,
+    "rr.loose_route": 1,
+    "setdsturi": True,
+    "tm.t_on_branch": 1,
+    "tm.t_on_reply": 1,
+    "tm.t_on_failure": 1,
+    "corex.set_send_socket": 1,
+    "tm.t_relay": 1,
+    "sl.sl_send_reply": 1,
+    "sl.sl_reply_error": 1,
+    "tm.t_send_reply": 1,
+    "tm.t_is_canceled": -1,
+}
+PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0.0.2",
+       "$ci": "call-1", "$si": "192.0.2.9", "$sp": 5060}  # fmt: skip
+
+
+def make(**returns: Any) -> tuple[Router, FakeKSR]:
+    ksr = FakeKSR(returns={**HAPPY, **returns}, pvs=dict(PVS))
+    kamailio_log.install(ksr)
+    return Router(ksr, lambda: POLICY), ksr
+
+
+def test_callback_names_are_router_methods() -> None:
+    for name in (routes.MANAGE_REPLY, routes.MANAGE_BRANCH, routes.MANAGE_FAILURE):
+        assert callable(getattr(Router, name))
+
+
+def test_initial_invite_offers_on_its_vip_set_then_relays_from_that_vip() -> None:
+    router, ksr = make()
+    router.ksr_request_route(None)
+    names = ksr.names()
+    assert ksr.called("rtpengine.set_rtpengine_set", 2)
+    assert ksr.called("rtpengine.rtpengine_offer", "replace-origin ICE=remove")
+    order = ["rtpengine.rtpengine_offer", "dialog.dlg_manage", "rr.record_route", "tm.t_relay"]
+    assert [n for n in names if n in order] == order
+    assert ksr.called("setdsturi", "sip:gw1:5060")
+    assert ksr.called("tm.t_on_failure", routes.MANAGE_FAILURE)
+    assert ksr.called("corex.set_send_socket", "udp:10.0.0.2:5060")
+    assert ksr.pvs[routes.AVP_DESTINATIONS] == "sip:gw1:5060 sip:gw2:5060"
+    assert ksr.replies() == []
+
+
+def test_max_forwards_exhausted_gets_483_and_no_relay() -> None:
+    router, ksr = make(**{"maxfwd.process_maxfwd": -1})
+    router.ksr_request_route(None)
+    assert ksr.replies() == [(483, "Too Many Hops")]
+    assert not ksr.called("tm.t_relay")
+
+
+def test_insane_request_is_answered_by_sanity_and_stops() -> None:
+    router, ksr = make(**{"sanity.sanity_check": -1})
+    router.ksr_request_route(None)
+    assert ksr.replies() == []  # sanity already sent its 400
+    assert not ksr.called("tm.t_relay")
+
+
+def test_offer_refused_gets_503_before_any_dialog() -> None:
+    router, ksr = make(**{"rtpengine.rtpengine_offer": -1})
+    router.ksr_request_route(None)
+    assert ksr.replies() == [(503, "Media Relay Unavailable")]
+    assert not ksr.called("dialog.dlg_manage")
+    assert not ksr.called("tm.t_relay")
+
+
+def test_relay_failure_releases_media_and_answers() -> None:
+    router, ksr = make(**{"tm.t_relay": -1})
+    router.ksr_request_route(None)
+    assert ksr.called("sl.sl_reply_error")
+    assert ksr.called("rtpengine.rtpengine_delete0")
+
+
+def test_message_on_unknown_address_gets_500_without_media() -> None:
+    router, ksr = make()
+    ksr.pvs["$Ri"] = "10.9.9.9"
+    router.ksr_request_route(None)
+    assert ksr.replies() == [(500, "No Media Relay For This Address")]
+    assert not ksr.called("rtpengine.rtpengine_offer")
+
+
+def test_options_to_the_proxy_get_200() -> None:
+    router, ksr = make(is_INVITE=False, is_OPTIONS=True, is_myself_ruri=True)
+    router.ksr_request_route(None)
+    assert ksr.replies() == [(200, "OK")]
+
+
+def test_other_out_of_dialog_methods_get_405() -> None:
+    router, ksr = make(is_INVITE=False)
+    router.ksr_request_route(None)
+    assert ksr.replies() == [(405, "Method Not Allowed")]
+
+
+def test_in_dialog_bye_deletes_media_and_relays() -> None:
+    router, ksr = make(**{"siputils.has_totag": 1, "is_INVITE": False, "is_BYE": True})
+    router.ksr_request_route(None)
+    assert ksr.called("rr.loose_route")
+    assert ksr.called("rtpengine.set_rtpengine_set", 2)
+    assert ksr.called("rtpengine.rtpengine_delete0")
+    assert ksr.called("tm.t_relay")
+
+
+def test_in_dialog_reinvite_with_sdp_is_offered() -> None:
+    router, ksr = make(**{"siputils.has_totag": 1})
+    router.ksr_request_route(None)
+    assert ksr.called("rtpengine.rtpengine_offer")
+    assert ksr.called("tm.t_on_reply", routes.MANAGE_REPLY)
+    assert not ksr.called("dialog.dlg_manage")
+
+
+def test_in_dialog_request_without_route_gets_404() -> None:
+    router, ksr = make(**{"siputils.has_totag": 1, "rr.loose_route": -1})
+    router.ksr_request_route(None)
+    assert ksr.replies() == [(404, "Not here")]
+
+
+def test_cancel_is_relayed_to_its_transaction() -> None:
+    router, ksr = make(is_CANCEL=True, **{"tm.t_check_trans": 1})
+    router.ksr_request_route(None)
+    assert ksr.called("tm.t_relay")
+
+
+def test_reply_with_sdp_is_answered_on_the_vip_set() -> None:
+    router, ksr = make()
+    ksr.pvs["$rs"] = 200
+    router.ksr_onreply_manage(None)
+    assert ksr.names()[:2] == ["pv.get", "rtpengine.set_rtpengine_set"]
+    assert ksr.called("rtpengine.rtpengine_answer", "replace-origin ICE=remove")
+
+
+def test_branch_route_selects_the_set_again() -> None:
+    router, ksr = make()
+    router.ksr_branch_manage(None)
+    assert ksr.called("rtpengine.set_rtpengine_set", 2)
+
+
+@pytest.mark.parametrize(("status", "next_hop"), [(503, "sip:gw2:5060"), (408, "sip:gw2:5060")])
+def test_failure_route_fails_over(status: int, next_hop: str) -> None:
+    router, ksr = make(**{"tm.t_get_status_code": status})
+    ksr.pvs[routes.AVP_DESTINATIONS] = "sip:gw1:5060 sip:gw2:5060"
+    ksr.pvs[routes.AVP_TRIED] = 0
+    router.ksr_failure_manage(None)
+    assert ksr.called("setdsturi", next_hop)
+    assert ksr.called("tm.t_relay")
+    assert ksr.pvs[routes.AVP_TRIED] == 1
+    assert not ksr.called("rtpengine.rtpengine_delete0")
+
+
+@pytest.mark.parametrize("status", [486, 603])
+def test_failure_route_final_answer_releases_media(status: int) -> None:
+    router, ksr = make(**{"tm.t_get_status_code": status})
+    ksr.pvs[routes.AVP_DESTINATIONS] = "sip:gw1:5060 sip:gw2:5060"
+    ksr.pvs[routes.AVP_TRIED] = 0
+    router.ksr_failure_manage(None)
+    assert ksr.called("rtpengine.rtpengine_delete0")
+    assert not ksr.called("tm.t_relay")
+
+
+def test_cancelled_transaction_releases_media() -> None:
+    router, ksr = make(**{"tm.t_is_canceled": 1})
+    router.ksr_failure_manage(None)
+    assert ksr.called("rtpengine.rtpengine_delete0")
+    assert not ksr.called("tm.t_relay")
+
+
+def test_exception_in_request_route_is_logged_and_answered_500() -> None:
+    def boom() -> int:
+        raise RuntimeError("boom")
+
+    router, ksr = make(**{"dialog.dlg_manage": boom})
+    assert router.ksr_request_route(None) == 1
+    assert ksr.replies() == [(500, "Server Internal Error")]
+    errors = [c.args[0] for c in ksr.calls if c.name == "err"]
+    assert any("call-1" in line and "boom" in line and "Traceback" in line for line in errors)
+
+
+def test_exception_in_reply_route_drops_the_reply() -> None:
+    router, ksr = make()
+    del ksr.pvs["$Ri"]  # reading it raises in the fake
+    router.ksr_onreply_manage(None)
+    assert ksr.called("set_drop")
+    assert any("exception in reply route" in c.args[0] for c in ksr.calls if c.name == "err")
