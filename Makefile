@@ -26,8 +26,8 @@ integration: deps venv
 	$(PY) -m pytest -q -rs tests/integration
 
 lint: venv
-	$(VENV)/bin/ruff check kemi tests bench
-	$(VENV)/bin/ruff format --check kemi tests bench
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Debian packages: installed only when one is missing (no network otherwise).
 deps:
