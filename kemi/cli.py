@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import FrameType
 
+import yaml
+
+from kemi.core.compile import compile_policy
+from kemi.core.schema import json_schema
 from kemi.ops.procs import StartError
-from kemi.ops.stack import REPO_ROOT, Stack, StackConfig
-from kemi.policyfile import PolicyError
+from kemi.ops.stack import NODE_INFO, REPO_ROOT, Stack, StackConfig
+from kemi.policyfile import PolicyError, load_policy, parse_spec
 
 DEFAULT_POLICY = REPO_ROOT / "policies" / "default.yaml"
 
@@ -89,6 +96,7 @@ def cmd_api_list(args: argparse.Namespace) -> int:
             redis_port=26379,
             rtp_port_base=45000,
             cli_port_base=29900,
+            http_port=28090,
             children=1,
         )
         with Stack(config) as stack:
@@ -97,6 +105,72 @@ def cmd_api_list(args: argparse.Namespace) -> int:
     Path(args.output).write_text(json.dumps(methods, indent=1) + "\n")
     print(f"{len(methods)} KEMI functions written to {args.output}")
     return 0
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.files:
+        try:
+            policy = load_policy(path)
+        except PolicyError as exc:
+            failed += 1
+            for line in exc.messages:
+                print(line, file=sys.stderr)
+            continue
+        routes = sum(map(len, policy.routes.values()))
+        print(f"{path}: ok (version {policy.version}, {len(policy.vips)} VIPs, "
+              f"{len(policy.tenants)} tenants, {routes} routes)")  # fmt: skip
+    return 1 if failed else 0
+
+
+def cmd_policy_show(args: argparse.Namespace) -> int:
+    spec = parse_spec(Path(args.policy).read_text(encoding="utf-8"), args.policy)
+    print(yaml.safe_dump(dataclasses.asdict(spec), sort_keys=False), end="")
+    policy = compile_policy(spec)
+    print("# rtpengine flags in force, per VIP and tenant:")
+    for (vip, tenant), flags in policy.media_flags.items():
+        print(f"#   {vip} {tenant or '(no tenant)'}: {flags}")
+    return 0
+
+
+def cmd_policy_schema(args: argparse.Namespace) -> int:
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.output == "-":
+        print(text, end="")
+    else:
+        Path(args.output).write_text(text)
+    return 0
+
+
+def node_info(run_dir: str) -> dict[str, object]:
+    path = Path(run_dir) / NODE_INFO
+    try:
+        return dict(json.loads(path.read_text()))
+    except OSError as exc:
+        raise StartError(f"no running node in {run_dir} ({path}: {exc.strerror})") from exc
+
+
+def cmd_policy_reload(args: argparse.Namespace) -> int:
+    """Ask the running Kamailio to validate and apply its policy file (every worker)."""
+    info = node_info(args.run_dir)
+    url = f"{info['http_url']}/policy/reload"
+    request = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            reply = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        reply = json.loads(exc.read() or b"{}")
+    except OSError as exc:
+        print(f"Error: cannot reach Kamailio at {url}: {exc}", file=sys.stderr)
+        return 1
+    accepted = bool(reply.get("accepted"))
+    stream = sys.stdout if accepted else sys.stderr
+    print(
+        "policy reload " + ("accepted" if accepted else "REFUSED (old policy stays)"), file=stream
+    )
+    for line in reply.get("messages", []):
+        print(f"  {line}", file=stream)
+    return 0 if accepted else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--redis-port", type=int, default=6379)
     run.add_argument("--children", type=int, default=4, help="Kamailio UDP workers per VIP")
     run.set_defaults(func=cmd_run)
+
+    policy = sub.add_parser("policy", help="check, show, reload policies")
+    psub = policy.add_subparsers(dest="policy_command", required=True)
+    check = psub.add_parser("check", help="validate policy files (exit 0 if all are good)")
+    check.add_argument("files", nargs="+")
+    check.set_defaults(func=cmd_policy_check)
+    show = psub.add_parser("show", help="print the effective policy (defaults filled in)")
+    show.add_argument("--policy", default=str(DEFAULT_POLICY))
+    show.set_defaults(func=cmd_policy_show)
+    reload = psub.add_parser("reload", help="make the running Kamailio apply its policy file")
+    reload.add_argument("--run-dir", default="run")
+    reload.set_defaults(func=cmd_policy_reload)
+    schema = psub.add_parser("schema", help="write the JSON Schema of policy files")
+    schema.add_argument("output", nargs="?", default="-")
+    schema.set_defaults(func=cmd_policy_schema)
 
     api = sub.add_parser("api-list", help="dump Kamailio's KEMI export list as JSON")
     api.add_argument("output")

@@ -8,17 +8,21 @@ node values come from the environment the launcher (kemi-ha run) sets.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import KSR  # type: ignore[import-not-found]  # provided by app_python3 inside Kamailio
 
 from kemi.policyfile import load_policy
 from kemi.shell import log as kamailio_log
+from kemi.shell.policy_holder import PolicyHolder
 from kemi.shell.routes import Router
 
 POLICY_ENV = "KEMI_HA_POLICY"
+RUN_DIR_ENV = "KEMI_HA_RUN_DIR"
 
 
 def mod_init() -> Router:
     kamailio_log.install(KSR)
-    policy = load_policy(os.environ[POLICY_ENV])
-    return Router(KSR, lambda: policy)
+    policy_path = Path(os.environ[POLICY_ENV])
+    holder = PolicyHolder(KSR, policy_path, Path(os.environ[RUN_DIR_ENV]), load_policy(policy_path))
+    return Router(KSR, holder)

@@ -1,16 +1,50 @@
 """Decisions on plain data, called by the KSR shell (kemi.shell.routes).
 
-Each function answers one question the routing asks, in the order route_* asks it:
-- which rtpengine set serves the address a message arrived on (every request, reply, failure
-  and branch callback asks again: the choice lasts one message in Kamailio);
-- where an initial INVITE goes;
-- after a failed branch, whether to fail over and to which destination (RFC 3261 16.7: a
-  proxy may try further locations on 408 and 5xx; 6xx and other 4xx are final).
+An initial INVITE is decided in this order (decide_invite):
+1. the VIP it arrived on must be a policy VIP (its rtpengine set serves the media) -> else 500;
+2. the source must be a trusted peer or a trunk -> else 403;
+3. trunk by source network, tenant by trunk, source network or request domain;
+4. route: most specific (tenant+domain, tenant, domain, any), then longest R-URI user prefix
+   -> none matches: 404;
+5. limits that apply (global, tenant, trunk), media flags for (VIP, tenant).
+After a failed branch, RFC 3261 16.7: 408 and 5xx try the next destination; 6xx and other
+4xx are final.
 """
 
 from __future__ import annotations
 
-from kemi.core.policy import Policy, Route, Vip
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from kemi.core.policy import Limit, Policy, Route, RouteKey, Tenant, Trunk, Vip
+
+
+@dataclass(frozen=True, slots=True)
+class InviteFacts:
+    """What the shell reads from an initial INVITE, once."""
+
+    local_address: str  # $Ri: the VIP it arrived on
+    source: str  # $si
+    ruri_user: str  # $rU
+    ruri_domain: str  # $rd
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    code: int
+    reason: str
+    retry_after: int | None = None
+    why: str = ""  # for the log line and metrics label (low cardinality)
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    vip: Vip
+    tenant: Tenant | None
+    trunk: Trunk | None
+    route: Route
+    media_flags: str
+    limits: tuple[Limit, ...]
 
 
 def vip_for(policy: Policy, local_address: str) -> Vip | None:
@@ -18,10 +52,61 @@ def vip_for(policy: Policy, local_address: str) -> Vip | None:
     return policy.vip_by_address.get(local_address)
 
 
-def route_for(policy: Policy, ruri_user: str, ruri_domain: str) -> Route:
-    """The route of an initial INVITE (the policy issue refines the match)."""
-    del ruri_user, ruri_domain
-    return policy.default_route
+def identify(policy: Policy, source: str, ruri_domain: str) -> tuple[Trunk | None, Tenant | None]:
+    trunk = policy.trunk_by_source.lookup(source)
+    if trunk is not None and trunk.tenant is not None:
+        return trunk, policy.tenants[trunk.tenant]
+    tenant = policy.tenant_by_source.lookup(source)
+    if tenant is None:
+        tenant = policy.tenant_by_domain.get(ruri_domain.lower())
+    return trunk, tenant
+
+
+def route_for(policy: Policy, tenant: str | None, ruri_user: str, ruri_domain: str) -> Route | None:
+    domain = ruri_domain.lower()
+    keys: tuple[RouteKey, ...] = ((tenant, domain), (tenant, None), (None, domain), (None, None))
+    for key in keys if tenant is not None else keys[2:]:
+        table = policy.routes.get(key)
+        if table is None:
+            continue
+        for length in policy.route_prefix_lengths[key]:
+            if length <= len(ruri_user):
+                route = table.get(ruri_user[:length])
+                if route is not None:
+                    return route
+    return None
+
+
+def limits_for(policy: Policy, tenant: Tenant | None, trunk: Trunk | None) -> tuple[Limit, ...]:
+    candidates = (
+        policy.global_limit,
+        tenant.limit if tenant else None,
+        trunk.limit if trunk else None,
+    )
+    return tuple(limit for limit in candidates if limit is not None)
+
+
+def decide_invite(policy: Policy, facts: InviteFacts) -> Admit | Reject:
+    vip = policy.vip_by_address.get(facts.local_address)
+    if vip is None:
+        return Reject(500, "No Media Relay For This Address", why="no_vip")
+    trunk, tenant = identify(policy, facts.source, facts.ruri_domain)
+    if trunk is None and policy.trusted.lookup(facts.source) is None:
+        return Reject(403, "Forbidden", why="untrusted_source")
+    tenant_name = tenant.name if tenant else None
+    route = route_for(policy, tenant_name, facts.ruri_user, facts.ruri_domain)
+    if route is None:
+        return Reject(404, "No Route", why="no_route")
+    flags = policy.media_flags[(vip.address, tenant_name)]
+    return Admit(vip, tenant, trunk, route, flags, limits_for(policy, tenant, trunk))
+
+
+def over_limit(limits: tuple[Limit, ...], counts: Mapping[Limit, int]) -> Reject | None:
+    """The first limit whose current count leaves no room for one more call."""
+    for limit in limits:
+        if counts.get(limit, 0) >= limit.max:
+            return Reject(limit.code, limit.reason, limit.retry_after, why=f"limit_{limit.scope}")
+    return None
 
 
 def should_fail_over(status: int) -> bool:

@@ -1,20 +1,21 @@
-"""The compiled policy: immutable, plain Python types, built once at load time.
+"""The compiled policy: immutable, plain Python types, built once per load (kemi.core.compile).
 
 Rules:
 - every VIP owns exactly one rtpengine set; set ids are 1-based positions in `vips`, and the
   same numbering is rendered into Kamailio's `rtpengine_sock` modparams (kemi.ops.nodecfg);
-- a route holds an ordered list of destinations: the first is tried, the next ones only on
-  failover (408 or 5xx);
-- lookups used per message are dicts prepared here, never list scans.
+- every per-message lookup is a dict access prepared here (CIDR tables by prefix length,
+  prefixes by length, domains by name, media flags per VIP and tenant): no list scan;
+- the tables are plain dicts so a policy pickles; nothing mutates them after compile.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-DEFAULT_MEDIA_FLAGS = "replace-origin replace-session-connection ICE=remove"
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +25,36 @@ class Vip:
     address: str
     set_id: int
     rtpengine: tuple[str, ...]
-    media_flags: str = DEFAULT_MEDIA_FLAGS
+    media_flags: str
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A channel limit; `profile` and `key` name the dialog profile that counts it."""
+
+    scope: str  # "global" | "tenant" | "trunk"
+    key: str
+    max: int
+    code: int
+    reason: str
+    retry_after: int | None
+
+    @property
+    def profile(self) -> str:
+        return f"kha_{self.scope}"
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    name: str
+    limit: Limit | None
+
+
+@dataclass(frozen=True, slots=True)
+class Trunk:
+    name: str
+    tenant: str | None
+    limit: Limit | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,18 +66,51 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class CidrTable(Generic[V]):
+    """Longest-prefix match: one dict per (IP version, prefix length), longest first."""
+
+    tables: tuple[tuple[int, int, Mapping[int, V]], ...]  # (version, length, {network: value})
+
+    @staticmethod
+    def build(entries: Mapping[str, V]) -> CidrTable[V]:
+        grouped: dict[tuple[int, int], dict[int, V]] = {}
+        for cidr, value in entries.items():
+            net = ipaddress.ip_network(cidr)
+            grouped.setdefault((net.version, net.prefixlen), {})[int(net.network_address)] = value
+        order = sorted(grouped, key=lambda k: (k[0], -k[1]))
+        return CidrTable(tuple((v, n, grouped[(v, n)]) for v, n in order))
+
+    def lookup(self, address: str) -> V | None:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        value, bits = int(ip), ip.max_prefixlen
+        for version, length, table in self.tables:
+            if version != ip.version:
+                continue
+            found = table.get(value >> (bits - length) << (bits - length))
+            if found is not None:
+                return found
+        return None
+
+
+RouteKey = tuple[str | None, str | None]  # (tenant, domain); None matches any
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     version: str
     vips: tuple[Vip, ...]
-    default_route: Route
-    vip_by_address: Mapping[str, Vip] = field(default_factory=lambda: MappingProxyType({}))
-
-    @staticmethod
-    def build(
-        version: str,
-        vips: tuple[Vip, ...],
-        default_route: Route,
-    ) -> Policy:
-        """The only constructor callers use: it prepares the per-message lookup tables."""
-        index = MappingProxyType({vip.address: vip for vip in vips})
-        return Policy(version=version, vips=vips, default_route=default_route, vip_by_address=index)
+    vip_by_address: Mapping[str, Vip]
+    tenants: Mapping[str, Tenant]
+    trunks: Mapping[str, Trunk]
+    tenant_by_domain: Mapping[str, Tenant]
+    tenant_by_source: CidrTable[Tenant]
+    trunk_by_source: CidrTable[Trunk]
+    routes: Mapping[RouteKey, Mapping[str, Route]]
+    route_prefix_lengths: Mapping[RouteKey, tuple[int, ...]]  # longest first
+    media_flags: Mapping[tuple[str, str | None], str]  # (VIP address, tenant) -> flags
+    global_limit: Limit | None
+    trusted: CidrTable[bool]
+    dmq_peers: tuple[str, ...]

@@ -20,6 +20,8 @@ class NodeValues:
     sip_port: int
     run_dir: Path
     kemi_script: Path
+    http_address: str = "127.0.0.1"
+    http_port: int = 8090
     dialog_timeout_s: int = 43200
     rtpengine_disable_tout_s: int = 2
 
@@ -47,6 +49,8 @@ def render_node_cfg(policy: Policy, node: NodeValues) -> str:
         "",
         "# Listen on every VIP of the cluster (ip_nonlocal_bind where a VIP is not local).",
         *(f"listen=udp:{vip.address}:{node.sip_port}" for vip in policy.vips),
+        "# Management HTTP (xhttp): metrics, policy reload. Keep it on a private address.",
+        f"listen=tcp:{node.http_address}:{node.http_port}",
         "",
         "# One rtpengine set per VIP: media of a call goes to the set of the VIP it came in on.",
         *rtpengine_sock_lines(policy),

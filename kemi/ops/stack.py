@@ -7,6 +7,7 @@ process group, and is stopped by PID. Runtime files live in the run directory on
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -30,6 +31,7 @@ from kemi.policyfile import load_policy
 REPO_ROOT = Path(kemi.__file__).resolve().parent.parent
 KAMAILIO_CFG = REPO_ROOT / "kamailio.cfg"
 KEMI_SCRIPT = REPO_ROOT / "kemi" / "entry.py"
+NODE_INFO = "node.json"
 
 
 def find_binary(name: str, *extra_dirs: str) -> str:
@@ -50,6 +52,7 @@ class StackConfig:
     rtp_port_base: int = 30000
     rtp_ports_per_vip: int = 1000
     cli_port_base: int = 9900
+    http_port: int = 8090
     children: int = 4
     shm_mb: int = 256
     pkg_mb: int = 16
@@ -209,7 +212,9 @@ class Stack:
             sip_port=cfg.sip_port,
             run_dir=self.run_dir,
             kemi_script=KEMI_SCRIPT,
+            http_port=cfg.http_port,
         )
+        self.write_node_info()
         (self.run_dir / NODE_CFG_NAME).write_text(render_node_cfg(self.policy, node))
         pid_file = self.run_dir / "kamailio.pid"
         pid_file.unlink(missing_ok=True)  # a stale pid file stops Kamailio from starting
@@ -243,6 +248,23 @@ class Stack:
         self.kamailio = daemon
         for vip in self.policy.vips:
             self._wait(daemon, lambda v=vip: sip_options_ok(v.address, cfg.sip_port), 20)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.http_port}"
+
+    def write_node_info(self) -> None:
+        """run/node.json: where tools (policy reload, status) find this node."""
+        info = {
+            "node_id": self.config.node_id,
+            "http_url": self.http_url,
+            "metrics_url": f"{self.http_url}/metrics",
+            "rpc_fifo": str(self.run_dir / "kamailio-rpc.fifo"),
+            "policy": str(Path(self.config.policy_path).resolve()),
+            "vips": [v.address for v in self.policy.vips],
+            "sip_port": self.config.sip_port,
+        }
+        (self.run_dir / NODE_INFO).write_text(json.dumps(info, indent=1) + "\n")
 
     # ----- helpers ---------------------------------------------------------------------
 

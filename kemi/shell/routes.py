@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from kemi.core import decide
+from kemi.core.decide import InviteFacts, Reject
 from kemi.core.policy import Policy, Vip
+from kemi.shell.policy_holder import PolicyHolder
 
 log = logging.getLogger("kemi.routes")
 
@@ -34,13 +37,14 @@ MANAGE_FAILURE = "ksr_failure_manage"
 # Transaction-persistent AVPs carrying the failover state of an initial INVITE.
 AVP_DESTINATIONS = "$avp(kha_dsts)"
 AVP_TRIED = "$avp(kha_tried)"
+AVP_MEDIA_FLAGS = "$avp(kha_mflags)"  # for MANAGE_REPLY of this transaction
+DLG_MEDIA_FLAGS = "$dlg_var(kha_mflags)"  # for re-INVITEs/UPDATEs of the dialog
 
 MAX_FORWARDS = 10
 SANITY_MFLAGS = 17895  # Kamailio's default: URI, required headers, CSeq, Content-Length...
 SANITY_UFLAGS = 7
 SDP = "application/sdp"
-
-PolicySource = Callable[[], Policy]
+JSON = "application/json"
 
 
 def ok(rc: Any) -> bool:
@@ -68,9 +72,10 @@ def guarded(kind: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
 class Router:
     """The object app_python3 calls (mod_init() returns it); one per Kamailio process."""
 
-    def __init__(self, ksr: Any, policy: PolicySource) -> None:
+    def __init__(self, ksr: Any, policies: PolicyHolder) -> None:
         self.ksr = ksr
-        self._policy = policy
+        self.policies = policies
+        self._policy = policies.current
 
     def child_init(self, rank: int) -> int:
         return 0
@@ -141,37 +146,54 @@ class Router:
         if ksr.is_BYE():
             ksr.rtpengine.rtpengine_delete0()
         elif (ksr.is_INVITE() or ksr.is_UPDATE()) and ok(ksr.textops.has_body_type(SDP)):
-            if vip is not None and not ok(ksr.rtpengine.rtpengine_offer(vip.media_flags)):
+            flags = self.dialog_media_flags(vip)
+            ksr.pv.sets(AVP_MEDIA_FLAGS, flags)
+            if vip is not None and not ok(ksr.rtpengine.rtpengine_offer(flags)):
                 log.error("rtpengine offer failed on re-INVITE/UPDATE (set %d)", vip.set_id)
             ksr.tm.t_on_reply(MANAGE_REPLY)
         elif ksr.is_ACK() and ok(ksr.textops.has_body_type(SDP)) and vip is not None:
-            ksr.rtpengine.rtpengine_answer(vip.media_flags)  # late offer: SDP answer in ACK
+            ksr.rtpengine.rtpengine_answer(self.dialog_media_flags(vip))  # late offer
         elif ksr.is_INVITE():
             ksr.tm.t_on_reply(MANAGE_REPLY)
         self.route_relay()
 
     def route_invite(self, policy: Policy) -> None:
-        """Initial INVITE: media first (nothing to undo if it fails), then dialog and RR."""
+        """Initial INVITE: decide, then media first (nothing to undo if it fails), dialog, RR."""
         ksr = self.ksr
-        vip = self.use_rtp_set(policy)
-        if vip is None:
-            ksr.sl.sl_send_reply(500, "No Media Relay For This Address")
+        facts = InviteFacts(
+            local_address=str(ksr.pv.get("$Ri")),
+            source=str(ksr.pv.get("$si")),
+            ruri_user=str(ksr.pv.get("$rU") or ""),
+            ruri_domain=str(ksr.pv.get("$rd") or ""),
+        )
+        decision = decide.decide_invite(policy, facts)
+        if isinstance(decision, Reject):
+            self.send_reject(decision)
             return
-        if ok(ksr.textops.has_body_type(SDP)) and not ok(
-            ksr.rtpengine.rtpengine_offer(vip.media_flags)
-        ):
+        vip = decision.vip
+        ksr.rtpengine.set_rtpengine_set(vip.set_id)
+        flags = decision.media_flags
+        if ok(ksr.textops.has_body_type(SDP)) and not ok(ksr.rtpengine.rtpengine_offer(flags)):
             log.error("rtpengine set %d (VIP %s) refused the offer", vip.set_id, vip.address)
             ksr.sl.sl_send_reply(503, "Media Relay Unavailable")
             return
-        route = decide.route_for(policy, ksr.pv.get("$rU") or "", ksr.pv.get("$rd") or "")
         ksr.dialog.dlg_manage()
         ksr.rr.record_route()
-        ksr.pv.sets(AVP_DESTINATIONS, " ".join(route.destinations))
+        ksr.pv.sets(DLG_MEDIA_FLAGS, flags)
+        ksr.pv.sets(AVP_MEDIA_FLAGS, flags)
+        ksr.pv.sets(AVP_DESTINATIONS, " ".join(decision.route.destinations))
         ksr.pv.seti(AVP_TRIED, 0)
-        ksr.setdsturi(route.destinations[0])
+        ksr.setdsturi(decision.route.destinations[0])
         self.arm_transaction()
         if not self.route_relay():
             ksr.rtpengine.rtpengine_delete0()
+
+    def send_reject(self, reject: Reject) -> None:
+        ksr = self.ksr
+        log.info("decision=reject code=%d reason=%s", reject.code, reject.why)
+        if reject.retry_after is not None:
+            ksr.hdr.append_to_reply(f"Retry-After: {reject.retry_after}\r\n")
+        ksr.sl.sl_send_reply(reject.code, reject.reason)
 
     def arm_transaction(self) -> None:
         ksr = self.ksr
@@ -204,7 +226,8 @@ class Router:
         status = ksr.pv.geti("$rs")
         if vip is None or not 100 < status < 300 or not ok(ksr.textops.has_body_type(SDP)):
             return 1
-        if not ok(ksr.rtpengine.rtpengine_answer(vip.media_flags)):
+        flags = ksr.pv.get(AVP_MEDIA_FLAGS) or vip.media_flags
+        if not ok(ksr.rtpengine.rtpengine_answer(str(flags))):
             log.error("rtpengine answer failed on %d (set %d)", status, vip.set_id)
         return 1
 
@@ -236,6 +259,23 @@ class Router:
             ksr.rtpengine.rtpengine_delete0()
         return 1
 
+    # ----- management HTTP (xhttp) ------------------------------------------------------
+
+    @guarded("http")
+    def ksr_xhttp_event(self, msg: Any, evname: str = "") -> int:
+        """Management HTTP on the node's private listener: policy reload (and metrics)."""
+        ksr = self.ksr
+        path = str(ksr.pv.get("$hu")).split("?", 1)[0]
+        method = str(ksr.pv.get("$rm"))
+        if path == "/policy/reload" and method == "POST":
+            accepted, messages = self.policies.reload()
+            body = json.dumps({"accepted": accepted, "messages": messages}) + "\n"
+            code, reason = (200, "OK") if accepted else (422, "Policy Refused")
+            ksr.xhttp.xhttp_reply(code, reason, JSON, body)
+            return 1
+        ksr.xhttp.xhttp_reply(404, "Not Found", "text/plain", f"no such resource: {path}\n")
+        return 1
+
     # ----- helpers -------------------------------------------------------------------
 
     def use_rtp_set(self, policy: Policy) -> Vip | None:
@@ -244,6 +284,13 @@ class Router:
         if vip is not None:
             self.ksr.rtpengine.set_rtpengine_set(vip.set_id)
         return vip
+
+    def dialog_media_flags(self, vip: Vip | None) -> str:
+        """The flags chosen at the initial INVITE (tenant-specific), kept as a dialog var."""
+        flags = self.ksr.pv.get(DLG_MEDIA_FLAGS)
+        if flags:
+            return str(flags)
+        return vip.media_flags if vip is not None else ""
 
     def on_exception(self, kind: str, exc: Exception) -> None:
         ksr = self.ksr
@@ -260,6 +307,8 @@ class Router:
         try:
             if kind == "reply":
                 ksr.set_drop()
+            elif kind == "http":
+                ksr.xhttp.xhttp_reply(500, "Server Internal Error", "text/plain", "error\n")
             elif kind == "failure":
                 ksr.tm.t_send_reply(500, "Server Internal Error")
             elif kind == "request" and not ksr.is_ACK():

@@ -60,6 +60,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Itera
         redis_port=REDIS_PORT,
         rtp_port_base=40000,
         cli_port_base=19900,
+        http_port=18090,
         children=4,
     )
     with Stack(config) as running:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,23 +10,24 @@ import pytest
 from kemi.policyfile import parse_policy
 from kemi.shell import log as kamailio_log
 from kemi.shell import routes
+from kemi.shell.policy_holder import PolicyHolder
 from kemi.shell.routes import Router
 from tests.fakes.ksr import FakeKSR
 
-POLICY = parse_policy(
-    """
+POLICY_TEXT = """
 version: t
 vips:
   - address: 10.0.0.1
     rtpengine: ["udp:10.0.0.1:2223"]
   - address: 10.0.0.2
     rtpengine: ["udp:10.0.0.2:2223"]
-    media_flags: "replace-origin ICE=remove"
+    media: {ice: remove, replace: [origin]}
 routes:
   - name: default
     destinations: ["sip:gw1:5060", "sip:gw2:5060"]
+trusted_peers: ["192.0.2.0/24"]
 """
-)
+POLICY = parse_policy(POLICY_TEXT)
 
 # What a healthy Kamailio answers, stated once; each test overrides what it is about.
 HAPPY: dict[str, Any] = {
@@ -59,15 +61,20 @@ HAPPY: dict[str, Any] = {
     "sl.sl_reply_error": 1,
     "tm.t_send_reply": 1,
     "tm.t_is_canceled": -1,
+    "pvx.shv_get": 0,
+    "hdr.append_to_reply": 1,
+    "xhttp.xhttp_reply": 1,
 }
 PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0.0.2",
-       "$ci": "call-1", "$si": "192.0.2.9", "$sp": 5060}  # fmt: skip
+       "$ci": "call-1", "$si": "192.0.2.9", "$sp": 5060, "$dlg_var(kha_mflags)": None,
+       "$avp(kha_mflags)": None}  # fmt: skip
 
 
 def make(**returns: Any) -> tuple[Router, FakeKSR]:
     ksr = FakeKSR(returns={**HAPPY, **returns}, pvs=dict(PVS))
     kamailio_log.install(ksr)
-    return Router(ksr, lambda: POLICY), ksr
+    holder = PolicyHolder(ksr, Path("/nonexistent/policy.yaml"), Path("/nonexistent"), POLICY)
+    return Router(ksr, holder), ksr
 
 
 def test_callback_names_are_router_methods() -> None:
@@ -117,6 +124,14 @@ def test_relay_failure_releases_media_and_answers() -> None:
     router.ksr_request_route(None)
     assert ksr.called("sl.sl_reply_error")
     assert ksr.called("rtpengine.rtpengine_delete0")
+
+
+def test_untrusted_source_gets_403_before_media() -> None:
+    router, ksr = make()
+    ksr.pvs["$si"] = "198.51.100.7"
+    router.ksr_request_route(None)
+    assert ksr.replies() == [(403, "Forbidden")]
+    assert not ksr.called("rtpengine.rtpengine_offer")
 
 
 def test_message_on_unknown_address_gets_500_without_media() -> None:
@@ -172,8 +187,16 @@ def test_reply_with_sdp_is_answered_on_the_vip_set() -> None:
     router, ksr = make()
     ksr.pvs["$rs"] = 200
     router.ksr_onreply_manage(None)
-    assert ksr.names()[:2] == ["pv.get", "rtpengine.set_rtpengine_set"]
+    assert ksr.names()[:3] == ["pvx.shv_get", "pv.get", "rtpengine.set_rtpengine_set"]
     assert ksr.called("rtpengine.rtpengine_answer", "replace-origin ICE=remove")
+
+
+def test_reply_answer_uses_the_flags_chosen_for_the_invite() -> None:
+    router, ksr = make()
+    ksr.pvs["$rs"] = 183
+    ksr.pvs[routes.AVP_MEDIA_FLAGS] = "ICE=remove transport-protocol=RTP/AVP"
+    router.ksr_onreply_manage(None)
+    assert ksr.called("rtpengine.rtpengine_answer", "ICE=remove transport-protocol=RTP/AVP")
 
 
 def test_branch_route_selects_the_set_again() -> None:
@@ -228,3 +251,31 @@ def test_exception_in_reply_route_drops_the_reply() -> None:
     router.ksr_onreply_manage(None)
     assert ksr.called("set_drop")
     assert any("exception in reply route" in c.args[0] for c in ksr.calls if c.name == "err")
+
+
+def test_reload_of_a_broken_file_is_refused_over_http(tmp_path: Path) -> None:
+    router, ksr = make()
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("version: x\nvips: []\nroutes: []\n")
+    router.policies.policy_path = bad
+    ksr.pvs["$hu"], ksr.pvs["$rm"] = "/policy/reload", "POST"
+    router.ksr_xhttp_event(None, "xhttp:request")
+    (code, reason, ctype, body) = next(c.args for c in ksr.calls if c.name == "xhttp.xhttp_reply")
+    assert (code, reason, ctype) == (422, "Policy Refused", "application/json")
+    assert "at least one VIP is required" in body
+    assert not ksr.called("pvx.shv_seti")
+    assert router.policies.current() is POLICY
+
+
+def test_reload_publishes_a_generation_every_worker_picks_up(tmp_path: Path) -> None:
+    router, ksr = make(**{"pvx.shv_seti": 1})
+    good = tmp_path / "policy.yaml"
+    good.write_text(POLICY_TEXT.replace("version: t", "version: t2"))
+    router.policies.policy_path = good
+    router.policies.snapshot_dir = tmp_path
+    assert router.policies.reload()[0]
+    assert ksr.called("pvx.shv_seti", "kha_policy_gen", 1)
+    # another worker: same snapshot dir, sees generation 1 before its next message
+    other, _ = make(**{"pvx.shv_get": 1})
+    other.policies.snapshot_dir = tmp_path
+    assert other.policies.current().version == "t2"
