@@ -63,6 +63,15 @@ def format_problems(source: str, problems: list[Problem], marks: Marks) -> list[
     return [f"{_where(source, p.path, marks)}: {dotted(p.path)}: {p.message}" for p in ordered]
 
 
+def _without_cascades(semantic: list[Problem], structural: list[Problem]) -> list[Problem]:
+    """Drop a check on a list that only failed because a broken item in it was left out."""
+    broken = [p.path for p in structural]
+    return [
+        p for p in semantic
+        if not any(len(b) > len(p.path) and b[: len(p.path)] == p.path for b in broken)
+    ]  # fmt: skip
+
+
 def parse_spec(text: str, source: str = "<policy>") -> PolicySpec:
     try:
         node = yaml.compose(text, Loader=_Loader)
@@ -77,7 +86,7 @@ def parse_spec(text: str, source: str = "<policy>") -> PolicySpec:
     problems: list[Problem] = []
     spec = build(PolicySpec, data, problems)
     if spec is not None:
-        problems += check(spec)
+        problems += _without_cascades(check(spec), problems)
     if spec is not None and not problems:
         return spec
     if spec is None and not problems:

@@ -66,6 +66,7 @@ class PolicyHolder:
 
     def reload(self) -> tuple[bool, list[str]]:
         """Validate the policy file; if good, publish it to every process."""
+        self.current()  # this process may not have seen the last generation yet
         try:
             policy = load_policy(self.policy_path)
         except PolicyError as exc:

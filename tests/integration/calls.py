@@ -17,11 +17,12 @@ from tests.integration.conftest import SIP_PORT, UAS_PORT, free_port_pair
 STARTED: list[SippRun] = []  # stopped after every test (conftest), even when it fails
 
 
-def start_uas(log_dir: Path, scenario: str = "uas.xml", calls: int = 1) -> SippRun:
-    run = sipp(
-        "uas", scenario, log_dir, "127.0.0.1", UAS_PORT, UAS_PORT + 2,
-        "-rtp_echo", "-m", str(calls),
-    )  # fmt: skip
+def start_uas(
+    log_dir: Path, scenario: str = "uas.xml", calls: int | None = 1, port: int = UAS_PORT
+) -> SippRun:
+    """A callee; `calls=None` serves until stopped and writes its counters every second."""
+    limit = ["-m", str(calls)] if calls else ["-trace_stat", "-fd", "1", "-stf", f"uas-{port}.csv"]
+    run = sipp(f"uas-{port}", scenario, log_dir, "127.0.0.1", port, port + 2, "-rtp_echo", *limit)
     STARTED.append(run)
     return run
 
@@ -42,6 +43,26 @@ def start_uac(
     )  # fmt: skip
     STARTED.append(run)
     return run
+
+
+def start_load(log_dir: Path, vip: str, rate: int, calls: int, duration_ms: int) -> SippRun:
+    """A caller placing `calls` calls at `rate` per second, each `duration_ms` long, with RTP."""
+    port, media = free_port_pair()
+    run = sipp(
+        f"load-{port}", "uac.xml", log_dir, "127.0.0.1", port, media,
+        "-s", "1000", "-r", str(rate), "-m", str(calls), "-d", str(duration_ms),
+        "-timeout", "120", "-timeout_error", "-recv_timeout", "10000",
+        target=f"{vip}:{SIP_PORT}",
+    )  # fmt: skip
+    STARTED.append(run)
+    return run
+
+
+def uas_calls(log_dir: Path, port: int) -> int:
+    """Calls a `start_uas(calls=None)` callee received, from its last counters line."""
+    lines = (log_dir / f"uas-{port}.csv").read_text().strip().splitlines()
+    header = lines[0].split(";")
+    return int(lines[-1].split(";")[header.index("IncomingCall(C)")])
 
 
 def assert_ok(run: SippRun, timeout: float = 60) -> None:
