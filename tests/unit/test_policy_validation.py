@@ -93,3 +93,15 @@ def test_committed_schema_is_the_generated_one() -> None:
 def test_shipped_policies_are_valid_and_name_the_schema(path: Path) -> None:
     load_policy(path)
     assert path.read_text().startswith("# yaml-language-server: $schema=")
+
+
+def test_docs_describe_every_field() -> None:
+    import dataclasses
+
+    from kemi.core import spec
+
+    text = (REPO / "docs" / "policies.md").read_text()
+    for cls in (spec.PolicySpec, spec.VipSpec, spec.MediaSpec, spec.TenantSpec, spec.TrunkSpec,
+                spec.RouteSpec, spec.LimitSpec):  # fmt: skip
+        for f in dataclasses.fields(cls):
+            assert f"| `{f.name}` |" in text, f"docs/policies.md lacks {cls.__name__}.{f.name}"
