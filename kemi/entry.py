@@ -12,6 +12,7 @@ from pathlib import Path
 
 import KSR  # type: ignore[import-not-found]  # provided by app_python3 inside Kamailio
 
+from kemi import metrics
 from kemi.policyfile import load_policy
 from kemi.shell import log as kamailio_log
 from kemi.shell.policy_holder import PolicyHolder
@@ -24,5 +25,13 @@ RUN_DIR_ENV = "KEMI_HA_RUN_DIR"
 def mod_init() -> Router:
     kamailio_log.install(KSR)
     policy_path = Path(os.environ[POLICY_ENV])
-    holder = PolicyHolder(KSR, policy_path, Path(os.environ[RUN_DIR_ENV]), load_policy(policy_path))
+    holder = PolicyHolder(
+        KSR,
+        policy_path,
+        Path(os.environ[RUN_DIR_ENV]),
+        load_policy(policy_path),
+        on_reload=lambda accepted: metrics.POLICY_RELOADS.labels(
+            "accepted" if accepted else "refused"
+        ).inc(),
+    )
     return Router(KSR, holder)

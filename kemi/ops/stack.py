@@ -202,6 +202,7 @@ class Stack:
         env["KEMI_HA_POLICY"] = str(Path(self.config.policy_path).resolve())
         env["KEMI_HA_RUN_DIR"] = str(self.run_dir)
         env["KEMI_HA_NODE_ID"] = str(self.config.node_id)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         env.update(self.config.extra_env)
         return env
 
@@ -216,6 +217,9 @@ class Stack:
         )
         self.write_node_info()
         (self.run_dir / NODE_CFG_NAME).write_text(render_node_cfg(self.policy, node))
+        # Prometheus multiprocess files: emptied at every start (stale PIDs would add up).
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir.mkdir(parents=True)
         pid_file = self.run_dir / "kamailio.pid"
         pid_file.unlink(missing_ok=True)  # a stale pid file stops Kamailio from starting
         (self.run_dir / "kamailio-rpc.fifo").unlink(missing_ok=True)
@@ -250,6 +254,10 @@ class Stack:
             self._wait(daemon, lambda v=vip: sip_options_ok(v.address, cfg.sip_port), 20)
 
     @property
+    def metrics_dir(self) -> Path:
+        return self.run_dir / "metrics"
+
+    @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.config.http_port}"
 
@@ -261,6 +269,7 @@ class Stack:
             "metrics_url": f"{self.http_url}/metrics",
             "rpc_fifo": str(self.run_dir / "kamailio-rpc.fifo"),
             "policy": str(Path(self.config.policy_path).resolve()),
+            "policy_version_at_start": self.policy.version,
             "vips": [v.address for v in self.policy.vips],
             "sip_port": self.config.sip_port,
         }

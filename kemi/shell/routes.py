@@ -18,13 +18,16 @@ import contextlib
 import functools
 import json
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
+from kemi import metrics
 from kemi.core import decide
-from kemi.core.decide import InviteFacts, Reject
-from kemi.core.policy import Policy, Vip
+from kemi.core.decide import Admit, InviteFacts, Reject
+from kemi.core.policy import Limit, Policy, Vip
+from kemi.ops.ng import NgClient, NgError
 from kemi.shell.policy_holder import PolicyHolder
 
 log = logging.getLogger("kemi.routes")
@@ -38,6 +41,11 @@ MANAGE_FAILURE = "ksr_failure_manage"
 AVP_DESTINATIONS = "$avp(kha_dsts)"
 AVP_TRIED = "$avp(kha_tried)"
 AVP_MEDIA_FLAGS = "$avp(kha_mflags)"  # for MANAGE_REPLY of this transaction
+AVP_VIP = "$avp(kha_vip)"  # set on initial INVITEs only: their final result is counted
+AVP_COUNTED = "$avp(kha_counted)"
+PV_PROFILE_SIZE = "$var(kha_n)"
+PROFILE_GLOBAL, PROFILE_TENANT, PROFILE_TRUNK = "kha_global", "kha_tenant", "kha_trunk"
+INDIALOG_METHODS = frozenset({"ACK", "BYE", "INVITE", "UPDATE", "INFO", "PRACK", "NOTIFY", "REFER"})
 DLG_MEDIA_FLAGS = "$dlg_var(kha_mflags)"  # for re-INVITEs/UPDATEs of the dialog
 
 MAX_FORWARDS = 10
@@ -45,6 +53,14 @@ SANITY_MFLAGS = 17895  # Kamailio's default: URI, required headers, CSeq, Conten
 SANITY_UFLAGS = 7
 SDP = "application/sdp"
 JSON = "application/json"
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def ng_alive(socket_spec: str) -> bool:
+    try:
+        return NgClient.from_socket(socket_spec, timeout=0.2).ping()
+    except (OSError, NgError):
+        return False
 
 
 def ok(rc: Any) -> bool:
@@ -82,8 +98,15 @@ class Router:
 
     # ----- request_route -------------------------------------------------------------
 
-    @guarded("request")
     def ksr_request_route(self, msg: Any) -> int:
+        start = time.perf_counter()
+        try:
+            return self.route_request(msg)
+        finally:
+            metrics.REQUEST_ROUTE_SECONDS.observe(time.perf_counter() - start)
+
+    @guarded("request")
+    def route_request(self, msg: Any) -> int:
         ksr = self.ksr
         policy = self._policy()
         if not self.route_reqinit():
@@ -142,17 +165,22 @@ class Router:
                 return
             ksr.sl.sl_send_reply(404, "Not here")
             return
+        method = str(ksr.pv.get("$rm"))
+        metrics.INDIALOG.labels(method if method in INDIALOG_METHODS else "other").inc()
         vip = self.use_rtp_set(policy)
         if ksr.is_BYE():
-            ksr.rtpengine.rtpengine_delete0()
+            self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
         elif (ksr.is_INVITE() or ksr.is_UPDATE()) and ok(ksr.textops.has_body_type(SDP)):
             flags = self.dialog_media_flags(vip)
             ksr.pv.sets(AVP_MEDIA_FLAGS, flags)
-            if vip is not None and not ok(ksr.rtpengine.rtpengine_offer(flags)):
+            if vip is not None and not self.rtp_command(
+                vip, "offer", ksr.rtpengine.rtpengine_offer, flags
+            ):
                 log.error("rtpengine offer failed on re-INVITE/UPDATE (set %d)", vip.set_id)
             ksr.tm.t_on_reply(MANAGE_REPLY)
         elif ksr.is_ACK() and ok(ksr.textops.has_body_type(SDP)) and vip is not None:
-            ksr.rtpengine.rtpengine_answer(self.dialog_media_flags(vip))  # late offer
+            flags = self.dialog_media_flags(vip)  # late offer: the SDP answer is in the ACK
+            self.rtp_command(vip, "answer", ksr.rtpengine.rtpengine_answer, flags)
         elif ksr.is_INVITE():
             ksr.tm.t_on_reply(MANAGE_REPLY)
         self.route_relay()
@@ -168,29 +196,69 @@ class Router:
         )
         decision = decide.decide_invite(policy, facts)
         if isinstance(decision, Reject):
-            self.send_reject(decision)
+            self.send_reject(decision, facts.local_address)
             return
         vip = decision.vip
         ksr.rtpengine.set_rtpengine_set(vip.set_id)
+        refused = decide.over_limit(decision.limits, self.channel_counts(decision.limits))
+        if refused is not None:
+            metrics.LIMIT_REJECTIONS.labels(refused.why.removeprefix("limit_"),
+                                            self.limit_key(decision, refused)).inc()  # fmt: skip
+            self.send_reject(refused, facts.local_address)
+            return
         flags = decision.media_flags
-        if ok(ksr.textops.has_body_type(SDP)) and not ok(ksr.rtpengine.rtpengine_offer(flags)):
+        if ok(ksr.textops.has_body_type(SDP)) and not self.rtp_command(
+            vip, "offer", ksr.rtpengine.rtpengine_offer, flags
+        ):
             log.error("rtpengine set %d (VIP %s) refused the offer", vip.set_id, vip.address)
-            ksr.sl.sl_send_reply(503, "Media Relay Unavailable")
+            self.send_reject(Reject(503, "Media Relay Unavailable", why="rtpengine"), vip.address)
             return
         ksr.dialog.dlg_manage()
+        self.count_channel(decision)
         ksr.rr.record_route()
         ksr.pv.sets(DLG_MEDIA_FLAGS, flags)
         ksr.pv.sets(AVP_MEDIA_FLAGS, flags)
+        ksr.pv.sets(AVP_VIP, vip.address)
         ksr.pv.sets(AVP_DESTINATIONS, " ".join(decision.route.destinations))
         ksr.pv.seti(AVP_TRIED, 0)
         ksr.setdsturi(decision.route.destinations[0])
         self.arm_transaction()
         if not self.route_relay():
-            ksr.rtpengine.rtpengine_delete0()
+            metrics.INVITES.labels(vip.address, "5xx").inc()
+            self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
 
-    def send_reject(self, reject: Reject) -> None:
+    def channel_counts(self, limits: tuple[Limit, ...]) -> dict[Limit, int]:
+        """Active calls per limit, from the dialog profiles (replicated between nodes)."""
+        ksr = self.ksr
+        counts: dict[Limit, int] = {}
+        for limit in limits:
+            if limit.scope == "global":
+                ksr.dialog.get_profile_size_static(PROFILE_GLOBAL, PV_PROFILE_SIZE)
+            else:
+                ksr.dialog.get_profile_size(limit.profile, limit.key, PV_PROFILE_SIZE)
+            counts[limit] = int(ksr.pv.get(PV_PROFILE_SIZE) or 0)
+        return counts
+
+    @staticmethod
+    def limit_key(decision: Admit, refused: Reject) -> str:
+        if refused.why == "limit_tenant" and decision.tenant:
+            return decision.tenant.name
+        if refused.why == "limit_trunk" and decision.trunk:
+            return decision.trunk.name
+        return "all"
+
+    def count_channel(self, decision: Admit) -> None:
+        ksr = self.ksr
+        ksr.dialog.set_dlg_profile_static(PROFILE_GLOBAL)
+        if decision.tenant is not None:
+            ksr.dialog.set_dlg_profile(PROFILE_TENANT, decision.tenant.name)
+        if decision.trunk is not None:
+            ksr.dialog.set_dlg_profile(PROFILE_TRUNK, decision.trunk.name)
+
+    def send_reject(self, reject: Reject, vip: str) -> None:
         ksr = self.ksr
         log.info("decision=reject code=%d reason=%s", reject.code, reject.why)
+        metrics.INVITES.labels(vip, metrics.code_class(reject.code)).inc()
         if reject.retry_after is not None:
             ksr.hdr.append_to_reply(f"Retry-After: {reject.retry_after}\r\n")
         ksr.sl.sl_send_reply(reject.code, reject.reason)
@@ -224,10 +292,12 @@ class Router:
         ksr = self.ksr
         vip = self.use_rtp_set(self._policy())
         status = ksr.pv.geti("$rs")
+        if 200 <= status < 300:
+            self.count_final(status)
         if vip is None or not 100 < status < 300 or not ok(ksr.textops.has_body_type(SDP)):
             return 1
         flags = ksr.pv.get(AVP_MEDIA_FLAGS) or vip.media_flags
-        if not ok(ksr.rtpengine.rtpengine_answer(str(flags))):
+        if not self.rtp_command(vip, "answer", ksr.rtpengine.rtpengine_answer, str(flags)):
             log.error("rtpengine answer failed on %d (set %d)", status, vip.set_id)
         return 1
 
@@ -240,23 +310,26 @@ class Router:
     def ksr_failure_manage(self, msg: Any) -> int:
         """MANAGE_FAILURE: next destination on 408/5xx, otherwise release the media session."""
         ksr = self.ksr
-        self.use_rtp_set(self._policy())
+        vip = self.use_rtp_set(self._policy())
         if ok(ksr.tm.t_is_canceled()):
-            ksr.rtpengine.rtpengine_delete0()
+            self.count_final(487)
+            self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
             return 1
         status = ksr.tm.t_get_status_code()
         destinations = tuple(str(ksr.pv.get(AVP_DESTINATIONS) or "").split())
         tried = ksr.pv.get(AVP_TRIED) or 0
         target = decide.next_destination(destinations, int(tried), int(status))
         if target is None:
-            ksr.rtpengine.rtpengine_delete0()
+            self.count_final(int(status))
+            self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
             return 1
         log.info("failover after %s: trying %s", status, target)
         ksr.pv.seti(AVP_TRIED, int(tried) + 1)
         ksr.setdsturi(target)
         self.arm_transaction()
         if not self.route_relay():
-            ksr.rtpengine.rtpengine_delete0()
+            self.count_final(500)
+            self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
         return 1
 
     # ----- management HTTP (xhttp) ------------------------------------------------------
@@ -273,8 +346,45 @@ class Router:
             code, reason = (200, "OK") if accepted else (422, "Policy Refused")
             ksr.xhttp.xhttp_reply(code, reason, JSON, body)
             return 1
+        if path == "/metrics" and method == "GET":
+            page = metrics.metrics_page(self.scrape_state).decode()
+            ksr.xhttp.xhttp_reply(200, "OK", METRICS_TYPE, page)
+            return 1
         ksr.xhttp.xhttp_reply(404, "Not Found", "text/plain", f"no such resource: {path}\n")
         return 1
+
+    def scrape_state(self) -> list[metrics.Gauge]:
+        """Gauges read at scrape time from Kamailio itself (dialog profiles) and the ng sockets."""
+        policy = self._policy()
+        active = metrics.Gauge("kemi_ha_active_calls", "Active dialogs per channel profile",
+                               ("profile", "key"))  # fmt: skip
+        limits = metrics.Gauge("kemi_ha_channel_limit", "Configured channel limit per profile",
+                               ("profile", "key"))  # fmt: skip
+        active.samples.append((("global", "all"), self.profile_size(PROFILE_GLOBAL, None)))
+        if policy.global_limit:
+            limits.samples.append((("global", "all"), policy.global_limit.max))
+        for scope, items in (("tenant", policy.tenants), ("trunk", policy.trunks)):
+            for name, item in items.items():
+                size = self.profile_size(f"kha_{scope}", name)
+                active.samples.append(((scope, name), size))
+                if item.limit is not None:
+                    limits.samples.append(((scope, name), item.limit.max))
+        up = metrics.Gauge("kemi_ha_rtpengine_up", "1 if the VIP's rtpengine answers an ng ping",
+                           ("set", "vip"))  # fmt: skip
+        for vip in policy.vips:
+            up.samples.append(((str(vip.set_id), vip.address), float(ng_alive(vip.rtpengine[0]))))
+        info = metrics.Gauge("kemi_ha_policy_info", "The policy in force (value 1)",
+                             ("version", "generation"))  # fmt: skip
+        info.samples.append(((policy.version, str(self.policies.generation)), 1.0))
+        return [active, limits, up, info]
+
+    def profile_size(self, profile: str, key: str | None) -> float:
+        ksr = self.ksr
+        if key is None:
+            ksr.dialog.get_profile_size_static(profile, PV_PROFILE_SIZE)
+        else:
+            ksr.dialog.get_profile_size(profile, key, PV_PROFILE_SIZE)
+        return float(ksr.pv.get(PV_PROFILE_SIZE) or 0)
 
     # ----- helpers -------------------------------------------------------------------
 
@@ -285,6 +395,26 @@ class Router:
             self.ksr.rtpengine.set_rtpengine_set(vip.set_id)
         return vip
 
+    def rtp_command(
+        self, vip: Vip | None, command: str, call: Callable[..., Any], *args: Any
+    ) -> bool:
+        """Send one rtpengine command on the current set, counted per set (errors too)."""
+        label = str(vip.set_id) if vip is not None else "none"
+        metrics.RTPENGINE_CALLS.labels(label, command).inc()
+        if ok(call(*args)):
+            return True
+        metrics.RTPENGINE_ERRORS.labels(label, command).inc()
+        return False
+
+    def count_final(self, status: int) -> None:
+        """Count the final result of an initial INVITE transaction, once."""
+        ksr = self.ksr
+        vip = ksr.pv.get(AVP_VIP)
+        if not vip or ksr.pv.get(AVP_COUNTED):
+            return
+        ksr.pv.seti(AVP_COUNTED, 1)
+        metrics.INVITES.labels(str(vip), metrics.code_class(status)).inc()
+
     def dialog_media_flags(self, vip: Vip | None) -> str:
         """The flags chosen at the initial INVITE (tenant-specific), kept as a dialog var."""
         flags = self.ksr.pv.get(DLG_MEDIA_FLAGS)
@@ -294,6 +424,7 @@ class Router:
 
     def on_exception(self, kind: str, exc: Exception) -> None:
         ksr = self.ksr
+        metrics.EXCEPTIONS.labels(kind).inc()
         call_id = "?"
         with contextlib.suppress(Exception):
             call_id = str(ksr.pv.get("$ci"))

@@ -62,12 +62,17 @@ HAPPY: dict[str, Any] = {
     "tm.t_send_reply": 1,
     "tm.t_is_canceled": -1,
     "pvx.shv_get": 0,
+    "dialog.get_profile_size": 1,
+    "dialog.get_profile_size_static": 1,
+    "dialog.set_dlg_profile": 1,
+    "dialog.set_dlg_profile_static": 1,
     "hdr.append_to_reply": 1,
     "xhttp.xhttp_reply": 1,
 }
 PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0.0.2",
        "$ci": "call-1", "$si": "192.0.2.9", "$sp": 5060, "$dlg_var(kha_mflags)": None,
-       "$avp(kha_mflags)": None}  # fmt: skip
+       "$avp(kha_mflags)": None, "$rm": "INVITE", "$var(kha_n)": 0, "$avp(kha_vip)": None,
+       "$avp(kha_counted)": None}  # fmt: skip
 
 
 def make(**returns: Any) -> tuple[Router, FakeKSR]:
@@ -279,3 +284,45 @@ def test_reload_publishes_a_generation_every_worker_picks_up(tmp_path: Path) -> 
     other, _ = make(**{"pvx.shv_get": 1})
     other.policies.snapshot_dir = tmp_path
     assert other.policies.current().version == "t2"
+
+
+LIMITED = parse_policy(
+    POLICY_TEXT + "global_limit: {max: 2, code: 503, retry_after: 7}\n"
+    "tenants: [{name: acme, sources: ['192.0.2.0/28'], limit: {max: 5, code: 486}}]\n"
+)
+
+
+def make_limited(global_count: int, tenant_count: int) -> tuple[Router, FakeKSR]:
+    router, ksr = make()
+    router.policies.policy = LIMITED
+
+    def size(*args: Any) -> int:
+        ksr.pvs["$var(kha_n)"] = global_count if len(args) == 2 else tenant_count
+        return 1
+
+    ksr.returns["dialog.get_profile_size_static"] = size
+    ksr.returns["dialog.get_profile_size"] = size
+    return router, ksr
+
+
+def test_limit_reached_refuses_before_any_media_with_retry_after() -> None:
+    router, ksr = make_limited(global_count=2, tenant_count=0)
+    router.ksr_request_route(None)
+    assert ksr.called("hdr.append_to_reply", "Retry-After: 7\r\n")
+    assert ksr.replies() == [(503, "Channel Limit Reached")]
+    assert not ksr.called("rtpengine.rtpengine_offer")
+    assert not ksr.called("dialog.dlg_manage")
+
+
+def test_tenant_limit_uses_its_own_code() -> None:
+    router, ksr = make_limited(global_count=0, tenant_count=5)
+    router.ksr_request_route(None)
+    assert ksr.replies() == [(486, "Channel Limit Reached")]
+
+
+def test_admitted_call_is_counted_in_its_profiles() -> None:
+    router, ksr = make_limited(global_count=1, tenant_count=4)
+    router.ksr_request_route(None)
+    assert ksr.called("dialog.set_dlg_profile_static", "kha_global")
+    assert ksr.called("dialog.set_dlg_profile", "kha_tenant", "acme")
+    assert ksr.called("tm.t_relay")

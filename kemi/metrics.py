@@ -1,0 +1,90 @@
+"""Every Prometheus object of kemi-ha, and the /metrics page.
+
+Rules:
+- counters and the latency histogram are recorded by each Kamailio process in multiprocess mode:
+  the launcher empties PROMETHEUS_MULTIPROC_DIR at start and sets it in Kamailio's environment;
+  /metrics sums the files of every process, so a scrape answered by one worker shows all;
+- the objects are created once per process, when this module is first imported (a KEMI reload
+  re-runs the script, not this module, so nothing is registered twice);
+- gauges of the running state are computed at scrape time (ScrapeState), not stored;
+- labels are low-cardinality only: VIP, rtpengine set, tenant, trunk, code class, method.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+INVITES = Counter(
+    "kemi_ha_initial_invites_total",
+    "Initial INVITEs by final result (class of the final response sent upstream)",
+    ["vip", "result"],
+)
+LIMIT_REJECTIONS = Counter(
+    "kemi_ha_limit_rejections_total",
+    "Initial INVITEs refused by a channel limit",
+    ["limit", "key"],
+)
+INDIALOG = Counter("kemi_ha_indialog_requests_total", "In-dialog requests routed", ["method"])
+RTPENGINE_CALLS = Counter(
+    "kemi_ha_rtpengine_commands_total", "rtpengine commands sent, per set", ["set", "command"]
+)
+RTPENGINE_ERRORS = Counter(
+    "kemi_ha_rtpengine_errors_total", "rtpengine commands that failed, per set", ["set", "command"]
+)
+KDMQ = Counter("kemi_ha_kdmq_requests_total", "KDMQ requests received", ["result"])
+POLICY_RELOADS = Counter(
+    "kemi_ha_policy_reloads_total", "Policy reloads asked, by result", ["result"]
+)
+EXCEPTIONS = Counter(
+    "kemi_ha_route_exceptions_total", "Exceptions caught in KEMI routes", ["route"]
+)
+REQUEST_ROUTE_SECONDS = Histogram(
+    "kemi_ha_request_route_seconds",
+    "Time spent in the KEMI request route, per SIP request",
+    buckets=(25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1),
+)
+
+CODE_CLASSES = {n: f"{n}xx" for n in range(1, 7)}
+
+
+def code_class(code: int) -> str:
+    return CODE_CLASSES.get(code // 100, "other")
+
+
+@dataclass
+class Gauge:
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+
+
+class ScrapeState:
+    """Collects the gauges a scrape asks for, from a callable reading the live system."""
+
+    def __init__(self, read: Callable[[], Iterable[Gauge]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        for gauge in self.read():
+            family = GaugeMetricFamily(gauge.name, gauge.help, labels=list(gauge.labels))
+            for values, value in gauge.samples:
+                family.add_metric(list(values), value)
+            yield family
+
+
+def metrics_page(read_state: Callable[[], Iterable[Gauge]]) -> bytes:
+    """The text exposition: all processes' counters plus the gauges read now."""
+    registry = CollectorRegistry()
+    if os.environ.get(MULTIPROC_ENV):
+        MultiProcessCollector(registry)
+    registry.register(ScrapeState(read_state))  # type: ignore[arg-type]
+    return generate_latest(registry)
