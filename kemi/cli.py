@@ -19,7 +19,9 @@ import yaml
 from kemi.core.compile import compile_policy
 from kemi.core.schema import json_schema
 from kemi.ops.procs import StartError
+from kemi.ops.rpc import RpcError
 from kemi.ops.stack import NODE_INFO, REPO_ROOT, Stack, StackConfig
+from kemi.ops.status import collect, render
 from kemi.policyfile import PolicyError, load_policy, parse_spec
 
 DEFAULT_POLICY = REPO_ROOT / "policies" / "default.yaml"
@@ -173,6 +175,16 @@ def cmd_policy_reload(args: argparse.Namespace) -> int:
     return 0 if accepted else 1
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        status = collect(node_info(args.run_dir))
+    except (RpcError, OSError) as exc:
+        print(f"Error: cannot read the node in {args.run_dir}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=1) if args.json else render(status))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kemi-ha", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     schema = psub.add_parser("schema", help="write the JSON Schema of policy files")
     schema.add_argument("output", nargs="?", default="-")
     schema.set_defaults(func=cmd_policy_schema)
+
+    status = sub.add_parser("status", help="one screen about the running node (over JSON-RPC)")
+    status.add_argument("--run-dir", default="run")
+    status.add_argument("--json", action="store_true", help="machine-readable")
+    status.set_defaults(func=cmd_status)
 
     api = sub.add_parser("api-list", help="dump Kamailio's KEMI export list as JSON")
     api.add_argument("output")

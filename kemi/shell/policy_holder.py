@@ -23,6 +23,7 @@ from kemi.policyfile import PolicyError, load_policy
 log = logging.getLogger("kemi.policy")
 
 GEN_SHV = "kha_policy_gen"
+VERSION_SHV = "kha_policy_version"  # for `kemi-ha status` (RPC pv.shvGet)
 
 
 class PolicyHolder:
@@ -80,6 +81,7 @@ class PolicyHolder:
         with open(tmp, "wb") as f:
             pickle.dump(policy, f, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.rename(self.snapshot_path(gen))
+        self.ksr.pvx.shv_sets(VERSION_SHV, policy.version)
         self.ksr.pvx.shv_seti(GEN_SHV, gen)
         self.on_reload(True)
         log.info("policy reload accepted: version %s is generation %d", policy.version, gen)

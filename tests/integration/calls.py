@@ -45,11 +45,13 @@ def start_uac(
     return run
 
 
-def start_load(log_dir: Path, vip: str, rate: int, calls: int, duration_ms: int) -> SippRun:
+def start_load(
+    log_dir: Path, vip: str, rate: int, calls: int, duration_ms: int, scenario: str = "uac.xml"
+) -> SippRun:
     """A caller placing `calls` calls at `rate` per second, each `duration_ms` long, with RTP."""
     port, media = free_port_pair()
     run = sipp(
-        f"load-{port}", "uac.xml", log_dir, "127.0.0.1", port, media,
+        f"load-{port}", scenario, log_dir, "127.0.0.1", port, media,
         "-s", "1000", "-r", str(rate), "-m", str(calls), "-d", str(duration_ms),
         "-timeout", "120", "-timeout_error", "-recv_timeout", "10000",
         target=f"{vip}:{SIP_PORT}",

@@ -273,7 +273,7 @@ def test_reload_of_a_broken_file_is_refused_over_http(tmp_path: Path) -> None:
 
 
 def test_reload_publishes_a_generation_every_worker_picks_up(tmp_path: Path) -> None:
-    router, ksr = make(**{"pvx.shv_seti": 1})
+    router, ksr = make(**{"pvx.shv_seti": 1, "pvx.shv_sets": 1})
     good = tmp_path / "policy.yaml"
     good.write_text(POLICY_TEXT.replace("version: t", "version: t2"))
     router.policies.policy_path = good

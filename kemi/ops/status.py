@@ -1,0 +1,89 @@
+"""`kemi-ha status`: one screen about a running node, read over Kamailio's JSON-RPC (jsonrpcs).
+
+Channel counts come from the dialog profiles (dlg.profile_get_size), rtpengine sets from the
+rtpengine module (rtpengine.show) plus an ng `list` for their session counts, the policy
+generation and version from shared variables (pv.shvGet). Nothing is read from logs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kemi.ops.ng import NgClient, NgError
+from kemi.ops.rpc import KamailioRpc, RpcError
+from kemi.policyfile import PolicyError, load_policy
+
+
+def collect(info: dict[str, Any]) -> dict[str, Any]:
+    rpc = KamailioRpc(Path(info["rpc_fifo"]), Path(info["rpc_fifo"]).parent)
+    gen = int(rpc.call("pv.shvGet", "kha_policy_gen")["value"])
+    version = str(rpc.call("pv.shvGet", "kha_policy_version")["value"] or "")
+    version = version or str(info.get("policy_version_at_start", "?"))
+    try:
+        policy = load_policy(info["policy"])
+        tenants = {n: t.limit.max if t.limit else None for n, t in policy.tenants.items()}
+        trunks = {n: t.limit.max if t.limit else None for n, t in policy.trunks.items()}
+        global_limit = policy.global_limit.max if policy.global_limit else None
+    except PolicyError:  # the file on disk was changed and is broken: counts only
+        tenants, trunks, global_limit = {}, {}, None
+
+    def size(profile: str, *key: str) -> int:
+        return int(rpc.call("dlg.profile_get_size", profile, *key))
+
+    channels = [{"profile": "global", "key": "all", "active": size("kha_global"),
+                 "limit": global_limit}]  # fmt: skip
+    channels += [{"profile": "tenant", "key": n, "active": size("kha_tenant", n), "limit": lim}
+                 for n, lim in tenants.items()]  # fmt: skip
+    channels += [{"profile": "trunk", "key": n, "active": size("kha_trunk", n), "limit": lim}
+                 for n, lim in trunks.items()]  # fmt: skip
+    sets = []
+    for node in rpc.call("rtpengine.show", "all"):
+        entry = {"set": node["set"], "url": node["url"], "disabled": bool(node["disabled"])}
+        try:
+            entry["sessions"] = len(NgClient.from_socket(node["url"], 0.3).list_calls())
+            entry["up"] = True
+        except (OSError, NgError):
+            entry["sessions"], entry["up"] = None, False
+        sets.append(entry)
+    try:
+        dmq = rpc.call("dmq.list_nodes")
+    except RpcError:
+        dmq = None  # DMQ not loaded on this node
+    dialogs = rpc.call("dlg.stats_active")
+    return {
+        "node_id": info["node_id"],
+        "vips": info["vips"],
+        "sip_port": info["sip_port"],
+        "uptime_s": int(rpc.call("core.uptime")["uptime"]),
+        "policy": {"version": version, "generation": gen},
+        "dialogs": dialogs,
+        "channels": channels,
+        "rtpengine_sets": sets,
+        "dmq_peers": dmq,
+        "metrics_url": info["metrics_url"],
+    }
+
+
+def render(status: dict[str, Any]) -> str:
+    lines = [
+        f"kemi-ha node {status['node_id']}  up {status['uptime_s']} s  "
+        f"policy {status['policy']['version']} (generation {status['policy']['generation']})",
+        f"VIPs: {', '.join(status['vips'])} (SIP port {status['sip_port']})",
+        f"dialogs: {status['dialogs']['all']} (ongoing {status['dialogs']['ongoing']})",
+        "",
+        f"{'channels':<28}{'active':>8}{'limit':>8}",
+    ]
+    for ch in status["channels"]:
+        limit = "-" if ch["limit"] is None else str(ch["limit"])
+        lines.append(f"  {ch['profile'] + ' ' + ch['key']:<26}{ch['active']:>8}{limit:>8}")
+    lines += ["", f"{'rtpengine set':<28}{'state':>8}{'calls':>8}"]
+    for rs in status["rtpengine_sets"]:
+        state = "down" if not rs["up"] else ("disabled" if rs["disabled"] else "up")
+        calls = "-" if rs["sessions"] is None else str(rs["sessions"])
+        lines.append(f"  {str(rs['set']) + ' ' + rs['url']:<26}{state:>8}{calls:>8}")
+    peers = status["dmq_peers"]
+    lines += ["", "DMQ peers: " + ("not configured" if peers is None else json.dumps(peers))]
+    lines.append(f"metrics: {status['metrics_url']}")
+    return "\n".join(lines)
