@@ -1,0 +1,41 @@
+"""The dashboard and alert rules only use metric names kemi-ha exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+# Counters/histograms from kemi/metrics.py, scrape-time gauges from kemi/shell/routes.py, and
+# the DMQ peer gauge (documented as coming with the DMQ issue).
+SOURCES = [REPO / "kemi" / "metrics.py", REPO / "kemi" / "shell" / "routes.py"]
+PLANNED = {"kemi_ha_dmq_peer_up"}
+
+
+def exported() -> set[str]:
+    names: set[str] = set()
+    for path in SOURCES:
+        names |= set(re.findall(r'"(kemi_ha_[a-z_]+)"', path.read_text()))
+    return names | PLANNED
+
+
+def used(text: str) -> set[str]:
+    found = set(re.findall(r"\b(kemi_ha_[a-z_]+)", text))
+    return {re.sub(r"_(bucket|count|sum)$", "", n) for n in found}
+
+
+def test_dashboard_uses_exported_metrics() -> None:
+    text = (REPO / "deploy" / "grafana" / "dashboard.json").read_text()
+    json.loads(text)
+    assert used(text) <= exported(), used(text) - exported()
+
+
+def test_alert_rules_use_exported_metrics_and_cover_the_cases() -> None:
+    text = (REPO / "deploy" / "grafana" / "alerts.yaml").read_text()
+    rules = {r["alert"] for g in yaml.safe_load(text)["groups"] for r in g["rules"]}
+    assert {"KemiHaChannelLimitNear", "KemiHaRtpengineDown", "KemiHaDmqPeerDown",
+            "KemiHaPolicyRefused"} <= rules  # fmt: skip
+    assert used(text) <= exported(), used(text) - exported()
