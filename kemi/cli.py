@@ -91,14 +91,18 @@ def banner(stack: Stack) -> str:
 def cmd_api_list(args: argparse.Namespace) -> int:
     """Dump the KEMI export list of the installed Kamailio (the fake KSR's ground truth)."""
     with tempfile.TemporaryDirectory(prefix="kemi-ha-api-") as tmp:
+        # A peer in the policy loads the dmq module, so its functions are listed too.
+        policy = Path(tmp) / "policy.yaml"
+        policy.write_text(DEFAULT_POLICY.read_text() + "dmq_peers: ['sip:127.0.0.2:25090']\n")
         config = StackConfig(
             run_dir=Path(tmp),
-            policy_path=DEFAULT_POLICY,
+            policy_path=policy,
             sip_port=25060,
             redis_port=26379,
             rtp_port_base=45000,
             cli_port_base=29900,
             http_port=28090,
+            dmq_port=25090,
             children=1,
         )
         with Stack(config) as stack:

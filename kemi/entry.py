@@ -20,6 +20,8 @@ from kemi.shell.routes import Router
 
 POLICY_ENV = "KEMI_HA_POLICY"
 RUN_DIR_ENV = "KEMI_HA_RUN_DIR"
+NODE_ADDRESS_ENV = "KEMI_HA_NODE_ADDRESS"
+DMQ_ENV = "KEMI_HA_DMQ"  # "1" when the policy names DMQ peers (the dmq module is loaded)
 
 
 def mod_init() -> Router:
@@ -34,4 +36,9 @@ def mod_init() -> Router:
             "accepted" if accepted else "refused"
         ).inc(),
     )
-    return Router(KSR, holder)
+    return Router(
+        KSR,
+        holder,
+        node_address=os.environ.get(NODE_ADDRESS_ENV, "127.0.0.1"),
+        dmq=os.environ.get(DMQ_ENV) == "1",
+    )

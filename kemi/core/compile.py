@@ -215,4 +215,14 @@ def compile_policy(spec: PolicySpec) -> Policy:
         global_limit=_limit("global", "all", spec.global_limit),
         trusted=CidrTable.build(trusted),
         dmq_peers=tuple(spec.dmq_peers),
+        dmq_peer_hosts=frozenset(uri_host(p) for p in spec.dmq_peers),
     )
+
+
+def uri_host(uri: str) -> str:
+    """'sip:10.0.0.2:5090' -> '10.0.0.2' (user part, port and parameters dropped)."""
+    rest = uri.split(":", 1)[1].split(";", 1)[0]
+    rest = rest.rsplit("@", 1)[-1]
+    if rest.startswith("["):
+        return rest[1 : rest.index("]")]
+    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest

@@ -120,3 +120,16 @@ def next_destination(destinations: tuple[str, ...], tried: int, status: int) -> 
         return None
     nxt = tried + 1
     return destinations[nxt] if nxt < len(destinations) else None
+
+
+DMQ_NOTIFICATION_USER = "notification_peer"
+
+
+def kdmq_accepted(
+    policy: Policy, source: str, own_address: str, ruri_user: str, known_node: bool
+) -> bool:
+    """A KDMQ is handled only from a configured DMQ peer (or this node itself); beyond the
+    notification that introduces a peer, it must also come from a node DMQ already knows."""
+    if source != own_address and source not in policy.dmq_peer_hosts:
+        return False
+    return known_node or ruri_user == DMQ_NOTIFICATION_USER

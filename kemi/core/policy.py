@@ -114,3 +114,4 @@ class Policy:
     global_limit: Limit | None
     trusted: CidrTable[bool]
     dmq_peers: tuple[str, ...]
+    dmq_peer_hosts: frozenset[str]

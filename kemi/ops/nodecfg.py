@@ -12,6 +12,7 @@ from pathlib import Path
 from kemi.core.policy import Policy
 
 NODE_CFG_NAME = "kemi-ha-node.cfg"
+DMQ_CFG = Path(__file__).resolve().parents[2] / "dmq" / "dmq.cfg"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,10 @@ class NodeValues:
     kemi_script: Path
     http_address: str = "127.0.0.1"
     http_port: int = 8090
+    node_address: str = "127.0.0.1"
+    dmq_port: int = 5090
+    dmq_peers: tuple[str, ...] = ()  # SIP URIs of the other nodes' DMQ listeners
+    nodes_max: int = 16  # h_id_step: room for this many nodes
     dialog_timeout_s: int = 43200
     rtpengine_disable_tout_s: int = 2
 
@@ -32,6 +37,31 @@ def rtpengine_sock_lines(policy: Policy) -> list[str]:
         f'modparam("rtpengine", "rtpengine_sock", "{vip.set_id} == {" ".join(vip.rtpengine)}")'
         for vip in policy.vips
     ]
+
+
+def dmq_notification_lines(node: NodeValues) -> list[str]:
+    """The peers DMQ learns the cluster from (none for a node alone)."""
+    peers = [p for p in node.dmq_peers if p != f"sip:{node.node_address}:{node.dmq_port}"]
+    return [f'modparam("dmq", "notification_address", "{uri}")' for uri in peers]
+
+
+def dmq_lines(node: NodeValues) -> list[str]:
+    if not dmq_enabled(node):
+        return ["# DMQ: no peers in the policy, this node runs alone (no replication).", ""]
+    return [
+        "# DMQ: this node's listener, its peers, unique dialog ids (dmq/dmq.cfg uses these).",
+        f"listen=udp:{node.node_address}:{node.dmq_port}",
+        f'#!define DMQ_SERVER_ADDRESS "sip:{node.node_address}:{node.dmq_port}"',
+        f"#!define DLG_H_ID_START {node.node_id}",
+        f"#!define DLG_H_ID_STEP {node.nodes_max}",
+        f'import_file "{DMQ_CFG}"',
+        *dmq_notification_lines(node),
+        "",
+    ]
+
+
+def dmq_enabled(node: NodeValues) -> bool:
+    return bool(dmq_notification_lines(node))
 
 
 def render_node_cfg(policy: Policy, node: NodeValues) -> str:
@@ -52,6 +82,7 @@ def render_node_cfg(policy: Policy, node: NodeValues) -> str:
         "# Management HTTP (xhttp): metrics, policy reload. Keep it on a private address.",
         f"listen=tcp:{node.http_address}:{node.http_port}",
         "",
+        *dmq_lines(node),
         "# One rtpengine set per VIP: media of a call goes to the set of the VIP it came in on.",
         *rtpengine_sock_lines(policy),
         "",

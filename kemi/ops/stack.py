@@ -23,7 +23,7 @@ import redis
 import kemi
 from kemi.core.policy import Policy, Vip
 from kemi.ops.ng import NgClient
-from kemi.ops.nodecfg import NODE_CFG_NAME, NodeValues, render_node_cfg
+from kemi.ops.nodecfg import NODE_CFG_NAME, NodeValues, dmq_notification_lines, render_node_cfg
 from kemi.ops.procs import Daemon, StartError, wait_until
 from kemi.ops.rpc import KamailioRpc
 from kemi.policyfile import load_policy
@@ -53,6 +53,8 @@ class StackConfig:
     rtp_ports_per_vip: int = 1000
     cli_port_base: int = 9900
     http_port: int = 8090
+    node_address: str = "127.0.0.1"
+    dmq_port: int = 5090
     children: int = 4
     shm_mb: int = 256
     pkg_mb: int = 16
@@ -202,19 +204,28 @@ class Stack:
         env["KEMI_HA_POLICY"] = str(Path(self.config.policy_path).resolve())
         env["KEMI_HA_RUN_DIR"] = str(self.run_dir)
         env["KEMI_HA_NODE_ID"] = str(self.config.node_id)
+        env["KEMI_HA_NODE_ADDRESS"] = self.config.node_address
+        env["KEMI_HA_DMQ"] = "1" if self.dmq_enabled else "0"
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         env.update(self.config.extra_env)
         return env
 
-    def start_kamailio(self) -> None:
+    def node_values(self) -> NodeValues:
         cfg = self.config
-        node = NodeValues(
+        return NodeValues(
             node_id=cfg.node_id,
             sip_port=cfg.sip_port,
             run_dir=self.run_dir,
             kemi_script=KEMI_SCRIPT,
             http_port=cfg.http_port,
+            node_address=cfg.node_address,
+            dmq_port=cfg.dmq_port,
+            dmq_peers=self.policy.dmq_peers,
         )
+
+    def start_kamailio(self) -> None:
+        cfg = self.config
+        node = self.node_values()
         self.write_node_info()
         (self.run_dir / NODE_CFG_NAME).write_text(render_node_cfg(self.policy, node))
         # Prometheus multiprocess files: emptied at every start (stale PIDs would add up).
@@ -243,6 +254,7 @@ class Stack:
                 str(self.run_dir),
                 "-P",
                 str(pid_file),
+                *(["-A", "WITH_DMQ"] if self.dmq_enabled else []),
             ],
             self.run_dir / "kamailio.log",
             cwd=self.run_dir,
@@ -252,6 +264,10 @@ class Stack:
         self.kamailio = daemon
         for vip in self.policy.vips:
             self._wait(daemon, lambda v=vip: sip_options_ok(v.address, cfg.sip_port), 20)
+
+    @property
+    def dmq_enabled(self) -> bool:
+        return bool(dmq_notification_lines(self.node_values()))
 
     @property
     def metrics_dir(self) -> Path:

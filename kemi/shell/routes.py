@@ -88,8 +88,16 @@ def guarded(kind: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
 class Router:
     """The object app_python3 calls (mod_init() returns it); one per Kamailio process."""
 
-    def __init__(self, ksr: Any, policies: PolicyHolder) -> None:
+    def __init__(
+        self,
+        ksr: Any,
+        policies: PolicyHolder,
+        node_address: str = "127.0.0.1",
+        dmq: bool = True,
+    ) -> None:
         self.ksr = ksr
+        self.node_address = node_address
+        self.dmq = dmq
         self.policies = policies
         self._policy = policies.current
 
@@ -109,6 +117,9 @@ class Router:
     def route_request(self, msg: Any) -> int:
         ksr = self.ksr
         policy = self._policy()
+        if ksr.is_KDMQ():
+            self.route_kdmq(policy)
+            return 1
         if not self.route_reqinit():
             return 1
         if ksr.is_CANCEL():
@@ -133,6 +144,25 @@ class Router:
             return 1
         self.route_invite(policy)
         return 1
+
+    def route_kdmq(self, policy: Policy) -> None:
+        """KDMQ first: only configured peers may touch replicated dialog state; others get 403."""
+        ksr = self.ksr
+        source = str(ksr.pv.get("$si"))
+        if not self.dmq:
+            log.warning("KDMQ from %s refused: this node runs without DMQ peers", source)
+            metrics.KDMQ.labels("refused").inc()
+            ksr.sl.sl_send_reply(403, "Forbidden")
+            return
+        known = ok(ksr.dmq.is_from_node())
+        user = str(ksr.pv.get("$rU") or "")
+        if not decide.kdmq_accepted(policy, source, self.node_address, user, known):
+            log.warning("KDMQ from %s refused: not a configured DMQ peer", source)
+            metrics.KDMQ.labels("refused").inc()
+            ksr.sl.sl_send_reply(403, "Forbidden")
+            return
+        metrics.KDMQ.labels("accepted").inc()
+        ksr.dmq.handle_message()
 
     def route_reqinit(self) -> bool:
         """REQINIT: hop limit (483) and well-formedness (sanity answers 400 itself)."""

@@ -33,7 +33,9 @@ routes:
     destinations: ["sip:127.0.0.1:{UAS_PORT}"]
 """
 
-_ports = itertools.count(20000, 20)
+# Below Linux's ephemeral range (32768+), away from the fixed ports above and from the
+# rtpengine ranges (22000-23999): SIPp's own sockets then never steal a relay port.
+_ports = itertools.count(24000, 10)
 
 
 def free_port_pair() -> tuple[int, int]:
@@ -58,9 +60,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Itera
         policy_path=policy,
         sip_port=SIP_PORT,
         redis_port=REDIS_PORT,
-        rtp_port_base=40000,
+        rtp_port_base=22000,
         cli_port_base=19900,
         http_port=18090,
+        dmq_port=15070,
         children=4,
     )
     with Stack(config) as running:

@@ -33,6 +33,7 @@ POLICY = parse_policy(POLICY_TEXT)
 HAPPY: dict[str, Any] = {
     "maxfwd.process_maxfwd": 1,
     "sanity.sanity_check": 1,
+    "is_KDMQ": False,
     "is_CANCEL": False,
     "is_ACK": False,
     "is_OPTIONS": False,
@@ -326,3 +327,26 @@ def test_admitted_call_is_counted_in_its_profiles() -> None:
     assert ksr.called("dialog.set_dlg_profile_static", "kha_global")
     assert ksr.called("dialog.set_dlg_profile", "kha_tenant", "acme")
     assert ksr.called("tm.t_relay")
+
+
+@pytest.mark.parametrize(
+    ("source", "user", "known", "accepted"),
+    [
+        ("10.0.0.9", "dialog", True, True),  # configured peer, known to DMQ
+        ("10.0.0.9", "notification_peer", False, True),  # a peer introducing itself
+        ("10.0.0.9", "dialog", False, False),  # configured, but not (yet) a DMQ node
+        ("198.51.100.1", "dialog", True, False),  # not a configured peer
+        ("127.0.0.1", "notification_peer", False, True),  # this node, alone
+    ],
+)
+def test_kdmq_only_from_configured_peers(
+    source: str, user: str, known: bool, accepted: bool
+) -> None:
+    router, ksr = make(is_KDMQ=True, **{"dmq.is_from_node": 1 if known else -1,
+                                        "dmq.handle_message": 1})  # fmt: skip
+    router.policies.policy = parse_policy(POLICY_TEXT + "dmq_peers: ['sip:10.0.0.9:5090']\n")
+    ksr.pvs["$si"], ksr.pvs["$rU"] = source, user
+    router.ksr_request_route(None)
+    assert ksr.called("dmq.handle_message") is accepted
+    assert ksr.replies() == ([] if accepted else [(403, "Forbidden")])
+    assert not ksr.called("dialog.dlg_manage")
