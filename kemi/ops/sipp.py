@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kemi.ops.netns import netns_exec
 from kemi.ops.stack import REPO_ROOT, find_binary
 
 SCENARIOS = REPO_ROOT / "tests" / "sipp"
@@ -49,6 +50,8 @@ def sipp(
     media_port: int,
     *args: str,
     target: str | None = None,
+    netns: str | None = None,
+    settle: float = 0.05,
 ) -> SippRun:
     argv = [
         find_binary("sipp"),
@@ -73,7 +76,11 @@ def sipp(
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir
+            netns_exec(netns, argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=log_dir,
         )
-    time.sleep(0.05)
+    time.sleep(settle)  # a callee must be listening before its caller starts
     return SippRun(name, proc, log_path)

@@ -7,6 +7,7 @@ process group, and is stopped by PID. Runtime files live in the run directory on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,11 +18,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
 import kemi
 from kemi.core.policy import Policy, Vip
+from kemi.ops.netns import in_netns, netns_exec
 from kemi.ops.ng import NgClient
 from kemi.ops.nodecfg import NODE_CFG_NAME, NodeValues, dmq_notification_lines, render_node_cfg
 from kemi.ops.procs import Daemon, StartError, wait_until
@@ -55,6 +58,8 @@ class StackConfig:
     http_port: int = 8090
     node_address: str = "127.0.0.1"
     dmq_port: int = 5090
+    netns: str | None = None  # run every process of the node inside this network namespace
+    rtpengine_vips: tuple[str, ...] | None = None  # VIPs whose rtpengine runs here (None: all)
     children: int = 4
     shm_mb: int = 256
     pkg_mb: int = 16
@@ -102,7 +107,8 @@ class Stack:
         try:
             self.start_redis()
             for vip in self.policy.vips:
-                self.start_rtpengine(vip)
+                if self.config.rtpengine_vips is None or vip.address in self.config.rtpengine_vips:
+                    self.start_rtpengine(vip)
             self.start_kamailio()
         except BaseException:
             self.stop()
@@ -116,6 +122,21 @@ class Stack:
             daemon.stop()
         if self.redis_daemon is not None:
             self.redis_daemon.stop()
+
+    def kill_all(self) -> None:
+        """SIGKILL every process of the node at once: what a power cut does to them."""
+        for daemon in self.daemons():
+            daemon.signal(9)
+        for daemon in self.daemons():
+            if daemon.proc is not None:
+                daemon.proc.wait()
+
+    def net(self) -> contextlib.AbstractContextManager[None]:
+        """Open sockets inside the node's network namespace (a no-op on loopback)."""
+        return in_netns(self.config.netns)
+
+    def daemon(self, name: str, argv: list[str], log: Path, **kw: Any) -> Daemon:
+        return Daemon(name, netns_exec(self.config.netns, argv), log, **kw)
 
     def daemons(self) -> list[Daemon]:
         out = [d for d in [self.redis_daemon, *self.rtpengines.values(), self.kamailio] if d]
@@ -131,7 +152,7 @@ class Stack:
 
     def start_redis(self) -> None:
         cfg = self.config
-        daemon = Daemon(
+        daemon = self.daemon(
             "redis",
             [
                 find_binary("redis-server"),
@@ -185,7 +206,7 @@ class Stack:
         return NgClient(host, port)
 
     def start_rtpengine(self, vip: Vip) -> Daemon:
-        daemon = Daemon(
+        daemon = self.daemon(
             f"rtpengine-{vip.set_id}",
             self.rtpengine_argv(vip),
             self.run_dir / f"rtpengine-{vip.set_id}.log",
@@ -234,7 +255,7 @@ class Stack:
         pid_file = self.run_dir / "kamailio.pid"
         pid_file.unlink(missing_ok=True)  # a stale pid file stops Kamailio from starting
         (self.run_dir / "kamailio-rpc.fifo").unlink(missing_ok=True)
-        daemon = Daemon(
+        daemon = self.daemon(
             "kamailio",
             [
                 find_binary("kamailio", "/usr/sbin"),
@@ -262,8 +283,11 @@ class Stack:
         )
         daemon.start()
         self.kamailio = daemon
-        for vip in self.policy.vips:
-            self._wait(daemon, lambda v=vip: sip_options_ok(v.address, cfg.sip_port), 20)
+        if cfg.netns is None:
+            for vip in self.policy.vips:
+                self._wait(daemon, lambda v=vip: sip_options_ok(v.address, cfg.sip_port), 20)
+        else:  # the VIPs may be held by other nodes: ask Kamailio itself
+            self._wait(daemon, lambda: self.rpc.call("core.uptime") is not None, 20)
 
     @property
     def dmq_enabled(self) -> bool:
@@ -300,7 +324,8 @@ class Stack:
                     f"{daemon.name} exited with {daemon.proc.returncode if daemon.proc else '?'}"
                     f"; see {daemon.log_path}:\n{daemon.log_tail()}"
                 )
-            return bool(check())  # type: ignore[operator]
+            with self.net():
+                return bool(check())  # type: ignore[operator]
 
         try:
             wait_until(ready, timeout, daemon.name)

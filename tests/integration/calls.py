@@ -72,14 +72,21 @@ def assert_ok(run: SippRun, timeout: float = 60) -> None:
     assert rc == 0, f"{run.name} failed (rc={rc}):\n{run.output()[-3000:]}"
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+def wait_for(
+    check: Callable[[], Any],
+    timeout: float = 5.0,
+    what: str = "condition",
+    state: Callable[[], str] | None = None,
+) -> Any:
+    """Poll `check` until it is true; on timeout, say what and (if given) the state seen."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            seen = f" (now: {state()})" if state else ""
+            raise AssertionError(f"timed out waiting for {what}{seen}")
         time.sleep(0.05)
 
 
@@ -118,10 +125,12 @@ def rtpengine_sessions(stack: Stack) -> int:
     return sum(len(stack.ng(vip).list_calls()) for vip in stack.policy.vips)
 
 
-def send_raw(host: str, port: int, payload: str, timeout: float = 2.0) -> str | None:
+def send_raw(
+    host: str, port: int, payload: str, timeout: float = 2.0, bind: str = "127.0.0.1"
+) -> str | None:
     """Send one raw SIP request over UDP; return the first response line, None if silent."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((bind, 0))
         sock.settimeout(timeout)
         local_port = sock.getsockname()[1]
         sock.sendto(payload.replace("LPORT", str(local_port)).encode(), (host, port))
