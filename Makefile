@@ -51,6 +51,7 @@ api-list: deps venv
 
 bench: deps venv
 	$(PY) bench/decide_bench.py
+	$(PY) bench/dmq_lag.py 100
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) *.egg-info .pytest_cache .ruff_cache

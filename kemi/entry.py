@@ -13,6 +13,7 @@ from pathlib import Path
 import KSR  # type: ignore[import-not-found]  # provided by app_python3 inside Kamailio
 
 from kemi import metrics
+from kemi.ops.rpc import KamailioRpc
 from kemi.policyfile import load_policy
 from kemi.shell import log as kamailio_log
 from kemi.shell.policy_holder import PolicyHolder
@@ -27,10 +28,14 @@ DMQ_ENV = "KEMI_HA_DMQ"  # "1" when the policy names DMQ peers (the dmq module i
 def mod_init() -> Router:
     kamailio_log.install(KSR)
     policy_path = Path(os.environ[POLICY_ENV])
+    run_dir = Path(os.environ[RUN_DIR_ENV])
+    # Scrape-time reads of what KEMI does not export go through our own JSON-RPC FIFO,
+    # served by Kamailio's jsonrpcs process (never the worker asking).
+    rpc = KamailioRpc(run_dir / "kamailio-rpc.fifo", run_dir, timeout=1.0)
     holder = PolicyHolder(
         KSR,
         policy_path,
-        Path(os.environ[RUN_DIR_ENV]),
+        run_dir,
         load_policy(policy_path),
         on_reload=lambda accepted: metrics.POLICY_RELOADS.labels(
             "accepted" if accepted else "refused"
@@ -41,4 +46,5 @@ def mod_init() -> Router:
         holder,
         node_address=os.environ.get(NODE_ADDRESS_ENV, "127.0.0.1"),
         dmq=os.environ.get(DMQ_ENV) == "1",
+        dmq_nodes=lambda: list(rpc.call("dmq.list_nodes")),
     )

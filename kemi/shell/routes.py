@@ -94,10 +94,12 @@ class Router:
         policies: PolicyHolder,
         node_address: str = "127.0.0.1",
         dmq: bool = True,
+        dmq_nodes: Callable[[], list[dict[str, Any]]] = list,
     ) -> None:
         self.ksr = ksr
         self.node_address = node_address
         self.dmq = dmq
+        self.dmq_nodes = dmq_nodes  # what DMQ knows of its peers (RPC dmq.list_nodes)
         self.policies = policies
         self._policy = policies.current
 
@@ -406,7 +408,28 @@ class Router:
         info = metrics.Gauge("kemi_ha_policy_info", "The policy in force (value 1)",
                              ("version", "generation"))  # fmt: skip
         info.samples.append(((policy.version, str(self.policies.generation)), 1.0))
-        return [active, limits, up, info]
+        gauges = [active, limits, up, info]
+        if self.dmq:
+            gauges.append(self.dmq_peer_gauge(policy))
+        return gauges
+
+    def dmq_peer_gauge(self, policy: Policy) -> metrics.Gauge:
+        """1 per configured peer DMQ reports active; 0 if inactive or unknown to DMQ."""
+        gauge = metrics.Gauge("kemi_ha_dmq_peer_up", "1 if DMQ sees the peer node active",
+                              ("peer",))  # fmt: skip
+        try:
+            nodes = self.dmq_nodes()
+        except Exception as exc:  # a scrape must still answer
+            log.warning("cannot read DMQ nodes: %s", exc)
+            nodes = []
+        state = {f"{n.get('host')}:{n.get('port')}": n.get("status") for n in nodes}
+        own = f"{self.node_address}:"
+        for uri in policy.dmq_peers:
+            peer = uri.split(":", 1)[1].split(";", 1)[0]
+            if peer.startswith(own):
+                continue
+            gauge.samples.append(((peer,), 1.0 if state.get(peer) == "active" else 0.0))
+        return gauge
 
     def profile_size(self, profile: str, key: str | None) -> float:
         ksr = self.ksr

@@ -5,16 +5,19 @@ Real Kamailio, rtpengine, Redis and SIPp in network namespaces (see cluster.py).
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
+from kemi.cli import main as kemi_ha
 from kemi.ops.netns import in_netns
 from kemi.ops.stack import Stack
-from tests.integration.calls import assert_ok, send_raw, wait_for
-from tests.integration.cluster import (
+from kemi.ops.twonode import (
     A_ADDR,
+    B_ADDR,
     NS_A,
     NS_B,
     NS_CLIENT,
@@ -24,6 +27,7 @@ from tests.integration.cluster import (
     Cluster,
     start_cluster,
 )
+from tests.integration.calls import assert_ok, send_raw, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +35,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Cluster]:
     yield from start_cluster(tmp_path_factory.mktemp("cluster"))
+
+
+@pytest.fixture(autouse=True)
+def stop_cluster_sipps(cluster: Cluster) -> Iterator[None]:
+    yield
+    cluster.stop_sipps()
 
 
 def both(cluster: Cluster, n: int, tenant: str = "clients") -> bool:
@@ -84,6 +94,18 @@ def test_b_bye_through_the_other_node_ends_the_call(cluster: Cluster) -> None:
     finally:
         cluster.move_vip(VIP1, NS_B, NS_A)
     uas.stop()
+
+
+def test_dmq_peers_in_metrics_and_status(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with in_netns(NS_A), urllib.request.urlopen(f"{cluster.a.http_url}/metrics") as page:
+        text = page.read().decode()
+    assert 'kemi_ha_dmq_peer_up{peer="10.99.0.2:5090"} 1.0' in text
+    capsys.readouterr()
+    assert kemi_ha(["status", "--run-dir", str(cluster.a.run_dir), "--json"]) == 0
+    peers = json.loads(capsys.readouterr().out)["dmq_peers"]
+    assert {(p["host"], p["status"]) for p in peers} == {(A_ADDR, "active"), (B_ADDR, "active")}
 
 
 def test_d_kdmq_from_a_stranger_is_refused(cluster: Cluster) -> None:

@@ -1,23 +1,24 @@
 """Two kemi-ha nodes in network namespaces (node A, node B, a client), wired by DMQ.
 
 A holds VIP1 and runs its rtpengine, B holds VIP2 and runs its rtpengine; both Kamailios listen
-on both VIPs (ip_nonlocal_bind) and replicate dialogs over DMQ. Shared by the cluster tests.
+on both VIPs (ip_nonlocal_bind) and replicate dialogs over DMQ. Used by the cluster tests and
+bench/dmq_lag.py; everything it creates is removed on exit.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kemi.ops.netns import Host, Lab
 from kemi.ops.sipp import SippRun, sipp
 from kemi.ops.stack import Stack, StackConfig
-from tests.integration.calls import STARTED
 
 NET = "10.99.0"
 A_ADDR, B_ADDR, CLIENT, RACER = f"{NET}.1", f"{NET}.2", f"{NET}.10", f"{NET}.11"
+UNLIMITED = f"{NET}.12"  # a trusted client of no tenant: only the global profile counts it
 VIP1, VIP2 = f"{NET}.101", f"{NET}.102"
 NS_A, NS_B, NS_CLIENT = "khat-a", "khat-b", "khat-c"
 UAS_PORT = 5080
@@ -52,9 +53,17 @@ class Cluster:
     a: Stack
     b: Stack
     log_dir: Path
+    runs: list[SippRun] = field(default_factory=list)
+
+    def stop_sipps(self) -> None:
+        while self.runs:
+            self.runs.pop().stop()
 
     def count(self, node: Stack, tenant: str = "clients") -> int:
         return int(node.rpc.call("dlg.profile_get_size", "kha_tenant", tenant))
+
+    def count_all(self, node: Stack) -> int:
+        return int(node.rpc.call("dlg.profile_get_size", "kha_global"))
 
     def move_vip(self, vip: str, src: str, dst: str) -> None:
         self.lab.del_address(src, vip)
@@ -65,7 +74,7 @@ class Cluster:
             f"uas-{next(_ports)}", scenario, self.log_dir, CLIENT, UAS_PORT, UAS_PORT + 2,
             "-rtp_echo", netns=NS_CLIENT,
         )  # fmt: skip
-        STARTED.append(run)
+        self.runs.append(run)
         return run
 
     def uac(
@@ -79,7 +88,7 @@ class Cluster:
             "-timeout", "90", "-timeout_error", "-recv_timeout", "15000",
             target=f"{vip}:5060", netns=NS_CLIENT, settle=settle,
         )  # fmt: skip
-        STARTED.append(run)
+        self.runs.append(run)
         return run
 
 
@@ -91,6 +100,8 @@ def node_config(run_dir: Path, node_id: int, ns: str, address: str, vip: str) ->
         netns=ns,
         node_address=address,
         rtpengine_vips=(vip,),
+        rtp_port_base=10000,  # 4000 ports (1000 calls) per VIP, below the ephemeral range
+        rtp_ports_per_vip=4000,
         children=4,
     )
 
@@ -102,7 +113,12 @@ def start_cluster(base: Path) -> Iterator[Cluster]:
         lab.add_address(NS_A, VIP1)
         lab.add_address(NS_B, VIP2)
         lab.add_address(NS_CLIENT, RACER)
+        lab.add_address(NS_CLIENT, UNLIMITED)
         a = Stack(node_config(base / "a", 1, NS_A, A_ADDR, VIP1))
         b = Stack(node_config(base / "b", 2, NS_B, B_ADDR, VIP2))
         with a, b:
-            yield Cluster(lab, a, b, base)
+            cluster = Cluster(lab, a, b, base)
+            try:
+                yield cluster
+            finally:
+                cluster.stop_sipps()
