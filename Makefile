@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 KEMI_HA := $(VENV)/bin/kemi-ha
 RUN_DIR ?= run
 APT_PACKAGES := kamailio kamailio-python3-modules kamailio-extra-modules kamailio-redis-modules \
-	rtpengine-daemon redis-server sip-tester python3-venv iproute2 procps iputils-arping
+	rtpengine-daemon redis-server sip-tester python3-venv iproute2 procps iputils-arping \
+	pacemaker corosync crmsh resource-agents libxml2-utils
 PYTEST_ARGS ?=
 
 .PHONY: run test unit integration lint deps venv api-list schema bench clean

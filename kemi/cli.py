@@ -19,9 +19,10 @@ import yaml
 from kemi.core.compile import compile_policy
 from kemi.core.schema import json_schema
 from kemi.ops.procs import StartError
+from kemi.ops.render import RenderError, render
 from kemi.ops.rpc import RpcError
 from kemi.ops.stack import NODE_INFO, REPO_ROOT, Stack, StackConfig
-from kemi.ops.status import collect, render
+from kemi.ops.status import collect, render_status
 from kemi.policyfile import PolicyError, load_policy, parse_spec
 
 DEFAULT_POLICY = REPO_ROOT / "policies" / "default.yaml"
@@ -43,6 +44,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         redis_port=args.redis_port,
         children=args.children,
     )
+    if args.node_config:
+        node = yaml.safe_load(Path(args.node_config).read_text())
+        config.node_id = int(node["node_id"])
+        config.node_address = str(node["node_address"])
+        config.sip_port = int(node.get("sip_port", config.sip_port))
+        config.dmq_port = int(node.get("dmq_port", config.dmq_port))
+        config.policy_path = Path(node["policy"])
+        config.run_dir = Path(node.get("run_dir", config.run_dir))
+        config.components = tuple(node.get("components", config.components))
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     stack = Stack(config)
@@ -179,13 +189,23 @@ def cmd_policy_reload(args: argparse.Namespace) -> int:
     return 0 if accepted else 1
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    try:
+        written = render(Path(args.cluster), Path(args.outdir))
+    except RenderError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{len(written)} files written to {args.outdir}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         status = collect(node_info(args.run_dir))
     except (RpcError, OSError) as exc:
         print(f"Error: cannot read the node in {args.run_dir}: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(status, indent=1) if args.json else render(status))
+    print(json.dumps(status, indent=1) if args.json else render_status(status))
     return 0
 
 
@@ -199,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sip-port", type=int, default=5060)
     run.add_argument("--redis-port", type=int, default=6379)
     run.add_argument("--children", type=int, default=4, help="Kamailio UDP workers per VIP")
+    run.add_argument("--node-config", help="a node.yaml rendered by `kemi-ha render`")
     run.set_defaults(func=cmd_run)
 
     policy = sub.add_parser("policy", help="check, show, reload policies")
@@ -220,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--run-dir", default="run")
     status.add_argument("--json", action="store_true", help="machine-readable")
     status.set_defaults(func=cmd_status)
+
+    rend = sub.add_parser("render", help="render every node's deploy files from a cluster file")
+    rend.add_argument("cluster")
+    rend.add_argument("outdir")
+    rend.set_defaults(func=cmd_render)
 
     api = sub.add_parser("api-list", help="dump Kamailio's KEMI export list as JSON")
     api.add_argument("output")

@@ -60,6 +60,7 @@ class StackConfig:
     dmq_port: int = 5090
     netns: str | None = None  # run every process of the node inside this network namespace
     rtpengine_vips: tuple[str, ...] | None = None  # VIPs whose rtpengine runs here (None: all)
+    components: tuple[str, ...] = ("redis", "rtpengine", "kamailio")  # what this stack runs
     children: int = 4
     shm_mb: int = 256
     pkg_mb: int = 16
@@ -105,11 +106,14 @@ class Stack:
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.start_redis()
-            for vip in self.policy.vips:
+            parts = self.config.components
+            if "redis" in parts:
+                self.start_redis()
+            for vip in self.policy.vips if "rtpengine" in parts else ():
                 if self.config.rtpengine_vips is None or vip.address in self.config.rtpengine_vips:
                     self.start_rtpengine(vip)
-            self.start_kamailio()
+            if "kamailio" in parts:
+                self.start_kamailio()
         except BaseException:
             self.stop()
             raise

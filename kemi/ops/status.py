@@ -66,7 +66,7 @@ def collect(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def render(status: dict[str, Any]) -> str:
+def render_status(status: dict[str, Any]) -> str:
     lines = [
         f"kemi-ha node {status['node_id']}  up {status['uptime_s']} s  "
         f"policy {status['policy']['version']} (generation {status['policy']['generation']})",

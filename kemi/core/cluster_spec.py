@@ -1,0 +1,62 @@
+"""The cluster description (`kemi-ha render CLUSTER.yaml OUTDIR`): nodes, VIPs, Redis VIP.
+
+One file describes the whole cluster; every per-node file (Corosync, Pacemaker, sysctl, Redis,
+Kamailio, rtpengine) is rendered from it, so no node has a hand-edited copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from kemi.core.spec import doc, required
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """A cluster node."""
+
+    name: str = required("host name (Corosync/Pacemaker node name)")
+    id: int = required("Corosync nodeid, also Kamailio's node id (1..15)")
+    address: str = required("the node's own address: Corosync ring 0, DMQ, management")
+    interface: str = doc("interface carrying the VIPs", "eth0")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterVipSpec:
+    """A VIP with its Kamailio/rtpengine pair."""
+
+    address: str = required("the VIP")
+    prefer: str = required("the node that holds it when both are up")
+    ng_port: int = doc("rtpengine ng port on the VIP", 2223)
+    port_min: int = doc("first RTP port of this VIP's rtpengine", 30000)
+    port_max: int = doc("last RTP port of this VIP's rtpengine", 39999)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSpec:
+    """Redis: one per node, replicating; the VIP follows the master."""
+
+    vip: str = required("address of the Redis master (a VIP that follows it)")
+    port: int = doc("Redis port", 6379)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """A kemi-ha cluster."""
+
+    cluster_name: str = required("Corosync cluster name")
+    nodes: list[NodeSpec] = required("the nodes (two, or more with a quorum node)")
+    vips: list[ClusterVipSpec] = required("one VIP per Kamailio/rtpengine pair")
+    redis: RedisSpec = required("the Redis VIP")
+    policy: str = required(
+        "base policy (routes, tenants, limits); VIPs and DMQ peers come from here"
+    )
+    netmask: int = doc("prefix length of the VIPs", 24)
+    sip_port: int = doc("SIP port on every VIP", 5060)
+    dmq_port: int = doc("DMQ port on every node address", 5090)
+    corosync_profile: Literal["tuned", "default"] = doc(
+        "profile in corosync.conf (both are rendered)", "tuned"
+    )
+    kemi_ha_root: str = doc("where kemi-ha is installed on the nodes", "/opt/kemi-ha")
+    run_dir: str = doc("runtime directory on the nodes", "/run/kemi-ha")
