@@ -12,7 +12,10 @@ APT_PACKAGES := kamailio kamailio-python3-modules kamailio-extra-modules kamaili
 	pacemaker corosync crmsh resource-agents libxml2-utils
 PYTEST_ARGS ?=
 
-.PHONY: run test unit integration lint deps venv api-list schema bench clean
+.PHONY: run test unit integration lint deps venv api-list schema bench drill clean
+CALLS ?= 10
+PROFILE ?= tuned
+REPEAT ?= 1
 
 run: deps venv
 	$(KEMI_HA) run --run-dir $(RUN_DIR)
@@ -45,6 +48,10 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
+
+# Failover drill: two nodes under Corosync+Pacemaker in namespaces, node1 powered off.
+drill: deps venv
+	$(KEMI_HA) drill --calls $(CALLS) --profile $(PROFILE) --repeat $(REPEAT)
 
 # Refresh the KEMI export list the fake KSR is built from (starts a throwaway Kamailio).
 api-list: deps venv

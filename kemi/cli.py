@@ -199,6 +199,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drill(args: argparse.Namespace) -> int:
+    from kemi.ops.drill import drill
+
+    return drill(calls=args.calls, profile=args.profile, repeat=args.repeat, keep=args.keep)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         status = collect(node_info(args.run_dir))
@@ -246,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     rend.add_argument("cluster")
     rend.add_argument("outdir")
     rend.set_defaults(func=cmd_render)
+
+    dr = sub.add_parser("drill", help="power a node off under Corosync+Pacemaker, with calls up")
+    dr.add_argument("--calls", type=int, default=10)
+    dr.add_argument("--profile", choices=["tuned", "default"], default="tuned")
+    dr.add_argument("--repeat", type=int, default=1)
+    dr.add_argument("--keep", action="store_true", help="keep the work directory (logs, pcap)")
+    dr.set_defaults(func=cmd_drill)
 
     api = sub.add_parser("api-list", help="dump Kamailio's KEMI export list as JSON")
     api.add_argument("output")

@@ -146,7 +146,7 @@ def redis_conf(spec: ClusterSpec, node: NodeSpec) -> str:
     return (
         "# Rendered by kemi-ha render. One Redis per node; ocf:heartbeat:redis promotes one and\n"
         "# makes the others replicate it (replicaof); the Redis VIP follows the master.\n"
-        f"bind 127.0.0.1 {node.address} {spec.redis.vip}\n"
+        "bind 0.0.0.0\n"
         f"port {spec.redis.port}\n"
         'protected-mode no\nsave ""\nappendonly no\n'
         "replica-read-only yes\nreplica-serve-stale-data yes\n"
@@ -158,7 +158,8 @@ def rtpengine_env(spec: ClusterSpec, vip: ClusterVipSpec, set_id: int) -> str:
     return (
         "# Rendered by kemi-ha render: options of the rtpengine serving this VIP.\n"
         f"VIP={vip.address}\nNG_PORT={vip.ng_port}\nPORT_MIN={vip.port_min}\n"
-        f"PORT_MAX={vip.port_max}\nREDIS={spec.redis.vip}:{spec.redis.port}/{set_id}\n"
+        f"PORT_MAX={vip.port_max}\nREDIS=127.0.0.1:{spec.redis.port}/{set_id}\n"
+        f"REDIS_WRITE={spec.redis.vip}:{spec.redis.port}/{set_id}\n"
         f'OPTIONS="--table=-1 --interface={vip.address} --listen-ng={vip.address}:{vip.ng_port} '
         f"--port-min={vip.port_min} --port-max={vip.port_max} "
         f'--redis={spec.redis.vip}:{spec.redis.port}/{set_id} --delete-delay=0"\n'
@@ -188,6 +189,8 @@ def crm_config(spec: ClusterSpec, ocf_root: str = "kemi-ha") -> str:
         "op monitor interval=20s timeout=10s on-fail=restart",
         "colocation redis-vip-with-master inf: redis-vip redis-clone:Promoted",
         "order redis-vip-after-promote Mandatory: redis-clone:promote redis-vip:start",
+        f"location redis-promoted-prefers redis-clone rule role=Promoted 50: "
+        f"#uname eq {spec.vips[0].prefer}",
     ]
     for i, vip in enumerate(spec.vips, start=1):
         node = next(n for n in spec.nodes if n.name == vip.prefer)
@@ -197,11 +200,11 @@ def crm_config(spec: ClusterSpec, ocf_root: str = "kemi-ha") -> str:
             "op monitor interval=20s timeout=10s on-fail=restart",
             f"primitive rtpengine{i} ocf:{ocf_root}:rtpengine params vip={vip.address} "
             f"ng_port={vip.ng_port} port_min={vip.port_min} port_max={vip.port_max} "
-            f"redis={spec.redis.vip}:{spec.redis.port}/{i} "
-            "op monitor interval=2s timeout=5s op start timeout=20s op stop timeout=10s",
+            f"redis=127.0.0.1:{spec.redis.port}/{i} "
+            f"redis_write={spec.redis.vip}:{spec.redis.port}/{i} "
+            "op monitor interval=2s timeout=5s op start timeout=30s op stop timeout=10s",
             f"colocation rtpengine{i}-with-vip{i} inf: rtpengine{i} vip{i}",
             f"order vip{i}-before-rtpengine{i} Mandatory: vip{i} rtpengine{i}",
-            f"order redis-before-rtpengine{i} Optional: redis-vip rtpengine{i}",
             f"location vip{i}-prefers-{node.name} vip{i} 50: {node.name}",
         ]
     lines += [
@@ -279,7 +282,6 @@ def cib_resources(
                 "config": redis_conf_path,
                 "port": str(spec.redis.port),
                 "rundir": redis_dir,
-                "pidfile": f"{redis_dir}/redis.pid",
                 "wait_last_known_master": "false",
             },
             [
@@ -302,7 +304,13 @@ def cib_resources(
             [op("redis-vip", "monitor", "20s", "10s", on_fail="restart")],
         ),
     ]
+    first_pref = spec.vips[0].prefer
     cons = [
+        # The Redis master starts where VIP1 does: losing that node exercises the promotion.
+        f'<rsc_location id="redis-promoted-prefers" rsc="redis-clone"><rule '
+        f'id="redis-promoted-prefers-rule" role="Promoted" score="50"><expression '
+        f'id="redis-promoted-prefers-expr" attribute="#uname" operation="eq" '
+        f'value="{first_pref}"/></rule></rsc_location>',
         '<rsc_colocation id="redis-vip-with-master" rsc="redis-vip" with-rsc="redis-clone" '
         'with-rsc-role="Promoted" score="INFINITY"/>',
         '<rsc_order id="redis-vip-after-promote" first="redis-clone" first-action="promote" '
@@ -330,11 +338,12 @@ def cib_resources(
                     "ng_port": str(vip.ng_port),
                     "port_min": str(vip.port_min),
                     "port_max": str(vip.port_max),
-                    "redis": f"{spec.redis.vip}:{spec.redis.port}/{i}",
+                    "redis": f"127.0.0.1:{spec.redis.port}/{i}",
+                    "redis_write": f"{spec.redis.vip}:{spec.redis.port}/{i}",
                 },
                 [
                     op(f"rtpengine{i}", "monitor", "2s", "5s"),
-                    op(f"rtpengine{i}", "start", "0", "20s"),
+                    op(f"rtpengine{i}", "start", "0", "30s"),
                     op(f"rtpengine{i}", "stop", "0", "10s"),
                 ],
             )

@@ -31,7 +31,7 @@ def full_cib(rendered: Path, nodes: list[tuple[int, str]]) -> str:
     node_xml = "".join(f'<node id="{i}" uname="{name}"/>' for i, name in nodes)
     body = body.replace("<resources>", f"<nodes>{node_xml}</nodes><resources>", 1)
     return (
-        '<cib crm_feature_set="3.16.2" validate-with="pacemaker-3.9" epoch="1" '
+        '<cib validate-with="pacemaker-3.9" epoch="1" '
         f'num_updates="0" admin_epoch="0"><configuration>{body}</configuration><status/></cib>'
     )
 
