@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -386,6 +387,7 @@ def report(results: list[RunResult], calls: int, profile: str) -> tuple[str, str
 
 
 def drill(calls: int = 10, profile: str = "tuned", repeat: int = 1, keep: bool = False) -> int:
+    """Run the drill `repeat` times; print the report, the JSON path and the summary line last."""
     if profile not in COROSYNC_PROFILES:
         raise ValueError(f"unknown profile {profile!r}")
     results: list[RunResult] = []
@@ -394,17 +396,12 @@ def drill(calls: int = 10, profile: str = "tuned", repeat: int = 1, keep: bool =
         with drill_cluster(work, profile) as setup:
             results.append(run_once(setup, calls, run_no))
         if not keep:
-            import shutil
-
             shutil.rmtree(work, ignore_errors=True)
     text, summary = report(results, calls, profile)
     print(text)
-    (Path("drill-result.json")).write_text(
-        json.dumps(
-            [r.__dict__ | {"calls": [c.__dict__ for c in r.calls]} for r in results],
-            default=str,
-            indent=1,
-        )
-    )
+    out = Path(tempfile.gettempdir()) / "kemi-ha-drill-result.json"
+    per_run = [vars(r) | {"calls": [vars(c) for c in r.calls]} for r in results]
+    out.write_text(json.dumps(per_run, default=str, indent=1))
+    print(f"drill: per-call results in {out}")
     print(summary, flush=True)
     return 0 if all(r.dropped == 0 for r in results) else 1
