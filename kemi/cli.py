@@ -199,9 +199,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def cmd_drill(args: argparse.Namespace) -> int:
     from kemi.ops.drill import drill
 
+    # SIGTERM unwinds like Ctrl-C, so the drill removes every namespace and process it made.
+    signal.signal(signal.SIGTERM, _interrupt)
     return drill(calls=args.calls, profile=args.profile, repeat=args.repeat, keep=args.keep)
 
 

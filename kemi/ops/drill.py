@@ -104,7 +104,7 @@ def drill_cluster(work: Path, profile: str) -> Iterator[DrillSetup]:
     (work / "policy-base.yaml").write_text(DRILL_POLICY)
     (work / "cluster.yaml").write_text(cluster_yaml(profile))
     rendered = work / "rendered"
-    render(work / "cluster.yaml", rendered)
+    render(work / "cluster.yaml", rendered, kamailio_in_cib=False)  # Kamailio: started below
     lab = Lab("khad", [Host(ns, addr) for _n, (_i, addr, ns) in NODES.items()]
               + [Host(CLIENT_NS, CLIENT)])  # fmt: skip
     setup = DrillSetup(work, lab, {}, {})

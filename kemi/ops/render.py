@@ -252,10 +252,9 @@ def cib_resources(
     ocf_provider: str,
     redis_conf_path: str,
     redis_dir: str,
-    node_ifaces: dict[str, str],
+    kamailio: bool = True,
 ) -> str:
-    """<resources> and <constraints> for cibadmin (what crm.txt says, in CIB XML)."""
-    del node_ifaces
+    """The <configuration> for cibadmin: what crm.txt says, in CIB XML."""
     nic = spec.nodes[0].interface
     res = [
         '<clone id="redis-clone"><meta_attributes id="redis-clone-meta">'
@@ -370,6 +369,7 @@ def cib_resources(
         + nvpairs("rsc-options", defaults)
         + "</meta_attributes></rsc_defaults>"
         + "<resources>"
+        + (kamailio_clone(spec) if kamailio else "")
         + "".join(res)
         + "</resources>"
         "<constraints>" + "".join(cons) + "</constraints></configuration>"
@@ -395,7 +395,24 @@ def node_yaml(spec: ClusterSpec, node: NodeSpec) -> str:
     )
 
 
-def render(cluster_file: Path, outdir: Path) -> list[Path]:
+def kamailio_clone(spec: ClusterSpec) -> str:
+    """Kamailio on every node (active-active): `kemi-ha run` with the node's rendered node.yaml."""
+    agent = primitive(
+        "kamailio", "ocf", "heartbeat", "anything",
+        {"binfile": f"{spec.kemi_ha_root}/.venv/bin/kemi-ha",
+         "cmdline_options": "run --node-config /etc/kemi-ha/node.yaml"},
+        [op("kamailio", "monitor", "5s", "10s")],
+    )  # fmt: skip
+    meta = nvpairs("kamailio-clone", {"clone-max": str(len(spec.nodes)), "clone-node-max": "1",
+                                       "interleave": "true"})  # fmt: skip
+    return (
+        f'<clone id="kamailio-clone"><meta_attributes id="kamailio-clone-meta">{meta}'
+        f"</meta_attributes>{agent}</clone>"
+    )
+
+
+def render(cluster_file: Path, outdir: Path, kamailio_in_cib: bool = True) -> list[Path]:
+    """Write every file; `kamailio_in_cib=False` leaves Kamailio to the caller (the drill)."""
     spec = load_cluster(cluster_file)
     base = (cluster_file.parent / spec.policy).resolve()
     policy_text, policy_spec = cluster_policy(spec, base)
@@ -414,7 +431,13 @@ def render(cluster_file: Path, outdir: Path) -> list[Path]:
     write(outdir / "crm.txt", crm_config(spec))
     write(
         outdir / "cib-resources.xml",
-        cib_resources(spec, "kemi-ha", "/etc/kemi-ha/redis.conf", "/run/kemi-ha/redis", {}),
+        cib_resources(
+            spec,
+            "kemi-ha",
+            "/etc/kemi-ha/redis.conf",
+            "/run/kemi-ha/redis",
+            kamailio=kamailio_in_cib,
+        ),
     )
     for node in spec.nodes:
         d = outdir / node.name

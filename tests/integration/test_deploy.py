@@ -70,6 +70,7 @@ def test_pacemaker_accepts_the_cib(rendered: Path, tmp_path: Path) -> None:
     crm = (rendered / "crm.txt").read_text()
     assert "colocation rtpengine1-with-vip1 inf: rtpengine1 vip1" in crm
     assert "colocation redis-vip-with-master inf: redis-vip redis-clone:Promoted" in crm
+    assert '<clone id="kamailio-clone">' in (rendered / "cib-resources.xml").read_text()
 
 
 @pytest.fixture
