@@ -86,14 +86,15 @@ def banner(stack: Stack) -> str:
             f"  VIP{vip.set_id} sip:{vip.address}:{cfg.sip_port}  -> rtpengine set {vip.set_id}"
             f" ng {vip.rtpengine[0]} RTP {low}-{high} Redis db {cfg.redis_db(vip)}"
         )
-    dest = ", ".join(stack.policy.default_route.destinations)
+    routes = [r for table in stack.policy.routes.values() for r in table.values()]
     lines += [
-        f"  calls are relayed to: {dest}",
+        *(f"  route {r.name}: {', '.join(r.destinations)}" for r in routes),
         f"  run dir (logs, node cfg, RPC fifo): {stack.run_dir}",
         "",
-        "Place a call (README, 'Test call'): start the callee on 127.0.0.1:5080, then e.g.",
+        "Place a call (README, 'Test call'), from the repository root in a second shell:",
+        "  sipp -sf tests/sipp/uas.xml -i 127.0.0.1 -p 5080 -mi 127.0.0.1 -mp 6000 -rtp_echo -m 1 -bg",
         f"  sipp -sf tests/sipp/uac.xml -s 1000 {stack.policy.vips[0].address}:{cfg.sip_port}"
-        " -i 127.0.0.1 -p 5070 -m 1",
+        " -i 127.0.0.1 -p 5070 -mi 127.0.0.1 -mp 7000 -m 1 -d 3000",
     ]
     return "\n".join(lines)
 
