@@ -92,7 +92,8 @@ def banner(stack: Stack) -> str:
         f"  run dir (logs, node cfg, RPC fifo): {stack.run_dir}",
         "",
         "Place a call (README, 'Test call'), from the repository root in a second shell:",
-        "  sipp -sf tests/sipp/uas.xml -i 127.0.0.1 -p 5080 -mi 127.0.0.1 -mp 6000 -rtp_echo -m 1 -bg",
+        "  sipp -sf tests/sipp/uas.xml -i 127.0.0.1 -p 5080 -mi 127.0.0.1 -mp 6000"
+        " -rtp_echo -m 1 -bg",
         f"  sipp -sf tests/sipp/uac.xml -s 1000 {stack.policy.vips[0].address}:{cfg.sip_port}"
         " -i 127.0.0.1 -p 5070 -mi 127.0.0.1 -mp 7000 -m 1 -d 3000",
     ]
