@@ -203,8 +203,9 @@ def crm_config(spec: ClusterSpec, ocf_root: str = "kemi-ha") -> str:
             f"redis=127.0.0.1:{spec.redis.port}/{i} "
             f"redis_write={spec.redis.vip}:{spec.redis.port}/{i} "
             "op monitor interval=2s timeout=5s op start timeout=30s op stop timeout=10s",
+            # No order after the VIP: with ip_nonlocal_bind rtpengine binds the VIP before it is
+            # up, so both start at once on a takeover (start returns once the VIP answers).
             f"colocation rtpengine{i}-with-vip{i} inf: rtpengine{i} vip{i}",
-            f"order vip{i}-before-rtpengine{i} Mandatory: vip{i} rtpengine{i}",
             f"location vip{i}-prefers-{node.name} vip{i} 50: {node.name}",
         ]
     lines += [
@@ -350,8 +351,6 @@ def cib_resources(
         cons += [
             f'<rsc_colocation id="rtpengine{i}-with-vip{i}" rsc="rtpengine{i}" '
             f'with-rsc="vip{i}" score="INFINITY"/>',
-            f'<rsc_order id="vip{i}-before-rtpengine{i}" first="vip{i}" then="rtpengine{i}" '
-            'kind="Mandatory"/>',
             f'<rsc_location id="vip{i}-prefers" rsc="vip{i}" node="{vip.prefer}" score="50"/>',
         ]
     props = {
