@@ -199,6 +199,7 @@ class RunResult:
     survivor_channels: int
     timeline_ms: dict[str, float]
     redis_restore_ms: str
+    dc_before: str = "?"  # the Pacemaker DC when drill1 was powered off
 
     @property
     def dropped(self) -> int:
@@ -261,6 +262,7 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
                             ports[int(stream["local port"])] = call_id
     time.sleep(hold_s)
 
+    dc = setup.ha["drill2"].run(["crmadmin", "-D", "-q"]).stdout.strip() or "?"
     # Power off drill1: its link first (no goodbye on the wire), then every process it runs.
     t_fail = time.time()
     lab.link("khad-1", up=False)
@@ -317,6 +319,7 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         survivor_channels=int(survivor.rpc.call("dlg.profile_get_size", "kha_global")),
         timeline_ms=dict(sorted(timeline.items(), key=lambda kv: kv[1])),
         redis_restore_ms=restore or "Redis restore time not logged",
+        dc_before=dc,
     )
 
 
@@ -369,6 +372,7 @@ def report(results: list[RunResult], calls: int, profile: str) -> tuple[str, str
             f"run {i}: BYE 200 after failover {r.bye_ok}/{len(r.calls)}; survivor dialogs "
             f"{r.survivor_dialogs}, channels {r.survivor_channels}; rtpengine {r.redis_restore_ms}"
         )
+        lines.append(f"  Pacemaker DC at power-off: {r.dc_before}")
         lines.append("  timeline (ms after power-off): " + ", ".join(
             f"{k} {v:.0f}" for k, v in r.timeline_ms.items()))  # fmt: skip
         lines.append(f"  {'call':<16}{'gap_ms':>10}{'lost':>6}  resumed")
