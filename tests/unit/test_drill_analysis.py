@@ -1,0 +1,53 @@
+"""The drill's measurements, on synthetic data: a wrong gap would be a wrong promise."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from kemi.ops.drill import gap_around, log_times, sipp_stats
+
+T0 = 1_000_000.0
+
+
+def stream(start: float, end: float, step: float = 0.02) -> list[float]:
+    n = round((end - start) / step)
+    return [start + i * step for i in range(n + 1)]
+
+
+def test_gap_across_the_failure_and_resumed_media() -> None:
+    times = stream(T0 - 2, T0) + stream(T0 + 0.45, T0 + 3)  # last packet at T0, next at +450
+    gap, resumed = gap_around(times, T0)
+    assert abs(gap - 450) < 0.5
+    assert resumed
+
+
+def test_packets_in_flight_just_after_the_failure_do_not_hide_the_gap() -> None:
+    times = stream(T0 - 1, T0 + 0.04) + stream(T0 + 1.2, T0 + 2)
+    gap, resumed = gap_around(times, T0)
+    assert 1159 < gap < 1161 and resumed
+
+
+def test_media_that_never_came_back() -> None:
+    gap, resumed = gap_around(stream(T0 - 1, T0), T0)
+    assert gap == float("inf") and not resumed
+    gap, resumed = gap_around([*stream(T0 - 1, T0), T0 + 5], T0)  # one stray packet
+    assert not resumed
+
+
+def test_sipp_final_counters() -> None:
+    screen = (
+        "  Successful call        |        0                  |       49                 \n"
+        "  Failed call            |        0                  |        1                 \n"
+    )
+    assert sipp_stats(screen) == {"successful": 49, "failed": 1}
+
+
+def test_log_times_takes_the_first_event_after_the_failure() -> None:
+    now = datetime.now()
+    stamp = now.strftime("%b %d %H:%M:%S")
+    line = "drill2 pacemaker-controld notice: Result of start operation for vip1 on drill2: ok"
+    text = f"{stamp}.100 {line}\n{stamp}.900 {line}\n"
+    t_fail = datetime.strptime(f"{now.year} {stamp}.500", "%Y %b %d %H:%M:%S.%f").timestamp()
+    ts = log_times(text, re.compile("start operation for vip1"), t_fail)
+    assert ts is not None and abs((ts - t_fail) - 0.4) < 1e-3
