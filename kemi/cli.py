@@ -53,6 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.policy_path = Path(node["policy"])
         config.run_dir = Path(node.get("run_dir", config.run_dir))
         config.components = tuple(node.get("components", config.components))
+        config.ready_check = str(node.get("ready_check", config.ready_check))
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     stack = Stack(config)

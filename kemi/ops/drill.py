@@ -64,7 +64,7 @@ def cluster_yaml(profile: str) -> str:
                   for n, (i, a, _ns) in NODES.items()],
         "vips": [{"address": VIP1, "prefer": "drill1", "port_min": 20000, "port_max": 24999},
                  {"address": VIP2, "prefer": "drill2", "port_min": 25000, "port_max": 29999}],
-        "redis": {"vip": REDIS_VIP}, "netmask": 24,
+        "redis": {"vip": REDIS_VIP}, "netmask": 24, "kemi_ha_root": str(REPO_ROOT),
     }, sort_keys=False)  # fmt: skip
 
 
@@ -72,6 +72,8 @@ def seeded_cib(rendered: Path, base: Path) -> str:
     """A full CIB: the rendered configuration with this run's paths, and both nodes."""
     config = (rendered / "cib-resources.xml").read_text()
     config = config.replace("/etc/kemi-ha/redis.conf", str(base / "redis.conf"))
+    # Each node's node.yaml is copied to its private /run/kemi-ha by the node's start script.
+    config = config.replace("/etc/kemi-ha/node.yaml", "/run/kemi-ha/node.yaml")
     # rtpengine's pid and log files where the drill can read them after a power-off.
     config = re.sub(
         r'(<instance_attributes id="(rtpengine\d+)-params">)',
@@ -104,15 +106,20 @@ def drill_cluster(work: Path, profile: str) -> Iterator[DrillSetup]:
     (work / "policy-base.yaml").write_text(DRILL_POLICY)
     (work / "cluster.yaml").write_text(cluster_yaml(profile))
     rendered = work / "rendered"
-    render(work / "cluster.yaml", rendered, kamailio_in_cib=False)  # Kamailio: started below
+    render(work / "cluster.yaml", rendered)
     lab = Lab("khad", [Host(ns, addr) for _n, (_i, addr, ns) in NODES.items()]
               + [Host(CLIENT_NS, CLIENT)])  # fmt: skip
     setup = DrillSetup(work, lab, {}, {})
     try:
         lab.create()
-        for name, (_i, _addr, ns) in NODES.items():
+        for name, (node_id, addr, ns) in NODES.items():
             base = work / name
             base.mkdir(mode=0o755)
+            (base / "node.yaml").write_text(yaml.safe_dump({
+                "node_id": node_id, "node_address": addr, "policy": str(rendered / "policy.yaml"),
+                "run_dir": str(base / "kamailio"), "components": ["kamailio"],
+                "ready_check": "rpc",
+            }))  # fmt: skip
             (base / "redis.conf").write_text((rendered / name / "redis.conf").read_text())
             sh_chown(base / "redis.conf")
             node = HaNode(
@@ -132,14 +139,14 @@ def drill_cluster(work: Path, profile: str) -> Iterator[DrillSetup]:
             raise RuntimeError(
                 f"{exc}\n{first.run(['crm_mon', '-1', '-r', '--show-detail']).stdout}"
             ) from None
-        for name, (node_id, addr, ns) in NODES.items():
-            stack = Stack(StackConfig(
-                run_dir=work / name / "kamailio", policy_path=rendered / "policy.yaml",
-                node_id=node_id, node_address=addr, netns=ns, components=("kamailio",),
-                children=4,
-            ))  # fmt: skip
+        # Kamailio runs as Pacemaker's clone (ocf:heartbeat:anything + kemi-ha run); these
+        # Stack objects only read each node's JSON-RPC FIFO.
+        for name in NODES:
+            stack = Stack(StackConfig(run_dir=work / name / "kamailio",
+                                      policy_path=rendered / "policy.yaml"))  # fmt: skip
             setup.kamailio[name] = stack
-            stack.start()
+            wait_until(lambda st=stack: st.rpc.call("core.uptime") is not None, 60,
+                       f"Kamailio (Pacemaker clone) on {name}")  # fmt: skip
         yield setup
     finally:
         for run in setup.runs:

@@ -24,6 +24,7 @@ mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/crm /run/redis /run/kemi-ha
 chown hacluster:haclient /run/crm && chmod 750 /run/crm
 chown redis:redis /run/redis
+[ -f "$BASE/node.yaml" ] && cp "$BASE/node.yaml" /run/kemi-ha/node.yaml
 mount -t tmpfs tmpfs /dev/shm
 mount --bind "$BASE/etc-corosync" /etc/corosync
 mount --bind "$BASE/var-lib-corosync" /var/lib/corosync

@@ -399,7 +399,8 @@ def kamailio_clone(spec: ClusterSpec) -> str:
     agent = primitive(
         "kamailio", "ocf", "heartbeat", "anything",
         {"binfile": f"{spec.kemi_ha_root}/.venv/bin/kemi-ha",
-         "cmdline_options": "run --node-config /etc/kemi-ha/node.yaml"},
+         "cmdline_options": "run --node-config /etc/kemi-ha/node.yaml",
+         "logfile": f"{spec.run_dir}/kemi-ha-run.log"},
         [op("kamailio", "monitor", "5s", "10s")],
     )  # fmt: skip
     meta = nvpairs("kamailio-clone", {"clone-max": str(len(spec.nodes)), "clone-node-max": "1",

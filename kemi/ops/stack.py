@@ -61,6 +61,9 @@ class StackConfig:
     netns: str | None = None  # run every process of the node inside this network namespace
     rtpengine_vips: tuple[str, ...] | None = None  # VIPs whose rtpengine runs here (None: all)
     components: tuple[str, ...] = ("redis", "rtpengine", "kamailio")  # what this stack runs
+    # "options": Kamailio is ready when every VIP answers OPTIONS (one node holding every VIP);
+    # "rpc": when its JSON-RPC answers (in a cluster, other nodes hold some VIPs).
+    ready_check: str = "options"
     children: int = 4
     shm_mb: int = 256
     pkg_mb: int = 16
@@ -287,7 +290,7 @@ class Stack:
         )
         daemon.start()
         self.kamailio = daemon
-        if cfg.netns is None:
+        if cfg.netns is None and cfg.ready_check == "options":
             for vip in self.policy.vips:
                 self._wait(daemon, lambda v=vip: sip_options_ok(v.address, cfg.sip_port), 20)
         else:  # the VIPs may be held by other nodes: ask Kamailio itself
