@@ -24,6 +24,9 @@ except AttributeError:  # PyYAML without libyaml
     _Loader = yaml.SafeLoader
 
 
+_SCALARS = _Loader("")  # constructs scalar nodes (str, int, bool, null) like safe_load does
+
+
 class PolicyError(Exception):
     """A policy that cannot be used; `messages` are 'file:line:col: field: reason' lines."""
 
@@ -47,7 +50,7 @@ def _plain(node: yaml.Node, path: FieldPath, marks: Marks) -> Any:
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_plain(item, (*path, i), marks) for i, item in enumerate(node.value)]
-    return yaml.load(yaml.serialize(node), Loader=_Loader)
+    return _SCALARS.construct_object(node)
 
 
 def _where(source: str, path: FieldPath, marks: Marks) -> str:

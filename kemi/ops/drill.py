@@ -31,6 +31,7 @@ import yaml
 
 from kemi.ops.hanode import HaNode, kill_netns
 from kemi.ops.netns import Host, Lab, in_netns
+from kemi.ops.ng import NgClient, rtp_streams
 from kemi.ops.procs import Daemon, wait_until
 from kemi.ops.render import COROSYNC_PROFILES, render
 from kemi.ops.sipp import SippRun, sipp
@@ -121,7 +122,7 @@ def drill_cluster(work: Path, profile: str) -> Iterator[DrillSetup]:
                 "ready_check": "rpc",
             }))  # fmt: skip
             (base / "redis.conf").write_text((rendered / name / "redis.conf").read_text())
-            sh_chown(base / "redis.conf")
+            shutil.chown(base / "redis.conf", "redis", "redis")
             node = HaNode(
                 name, ns, base, (rendered / name / "corosync.conf").read_text(),
                 seeded_cib(rendered, base),
@@ -163,17 +164,13 @@ def drill_cluster(work: Path, profile: str) -> Iterator[DrillSetup]:
         lab.destroy()
 
 
-def wait_resources(first: HaNode, timeout: float = 25) -> None:
+def wait_resources(first: HaNode, timeout: float = 60) -> None:
     wait_until(
         lambda: first.located("vip1") == "drill1" and first.located("vip2") == "drill2"
         and first.located("rtpengine1") == "drill1" and first.located("rtpengine2") == "drill2"
         and bool(first.located("redis-vip")),
         timeout, "cluster resources started", step=0.25,
     )  # fmt: skip
-
-
-def sh_chown(path: Path) -> None:
-    subprocess.run(["chown", "redis:redis", str(path)], check=False)
 
 
 # ----- one run: calls, power-off, measurements ---------------------------------------------
@@ -255,18 +252,13 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     survivor = setup.kamailio["drill2"]
     wait_until(lambda: int(survivor.rpc.call("dlg.stats_active")["ongoing"]) == calls,
                30, "calls established and replicated")  # fmt: skip
-    ports: dict[int, str] = {}
-    from kemi.ops.ng import NgClient
-
+    call_ids = [f"drill{run_no}-{n}@x" for n in range(1, calls + 1)]
+    ports: dict[int, str] = {}  # rtpengine's local RTP port of each call leg -> its call
     with in_netns(CLIENT_NS):
         ng = NgClient.from_socket(vip1_ng.rtpengine[0])
-        for n in range(1, calls + 1):
-            call_id = f"drill{run_no}-{n}@x"
-            for tag in ng.query(call_id).get("tags", {}).values():
-                for media in tag.get("medias", []):
-                    for stream in media.get("streams", []):
-                        if "RTP" in stream.get("flags", []):
-                            ports[int(stream["local port"])] = call_id
+        for call_id in call_ids:
+            for stream in rtp_streams(ng.query(call_id)):
+                ports[int(stream["local port"])] = call_id
     time.sleep(hold_s)
 
     dc = setup.ha["drill2"].run(["crmadmin", "-D", "-q"]).stdout.strip() or "?"
@@ -274,7 +266,7 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     t_fail = time.time()
     lab.link("khad-1", up=False)
     kill_netns("khad-1")
-    rc = uac.wait(duration_ms / 1000 + 90)
+    uac.wait(duration_ms / 1000 + 90)
     time.sleep(1)
     capture.stop()
     setup.capture = None
@@ -282,23 +274,11 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
 
     stats = sipp_stats(uac.output())
     streams = packet_times(work / "rtp.pcap")
-    per_call: dict[str, CallResult] = {}
+    legs: dict[str, list[tuple[float, bool]]] = {call_id: [] for call_id in call_ids}
     for port, times in streams.items():
-        call_id = ports.get(port)
-        if call_id is None:
-            continue
-        gap, resumed = gap_around(times, t_fail)
-        lost = max(0, round(gap / PACKET_MS) - 1) if resumed else -1
-        old = per_call.get(call_id)
-        if old is None or gap > old.gap_ms:
-            per_call[call_id] = CallResult(
-                call_id, gap, lost, resumed and (old is None or old.media_resumed)
-            )
-        elif not resumed:
-            per_call[call_id] = CallResult(call_id, old.gap_ms, old.lost, False)
-    for n in range(1, calls + 1):
-        cid = f"drill{run_no}-{n}@x"
-        per_call.setdefault(cid, CallResult(cid, float("inf"), -1, False))
+        if port in ports:
+            legs[ports[port]].append(gap_around(times, t_fail))
+    results = [call_result(call_id, legs[call_id]) for call_id in call_ids]
     node2 = setup.ha["drill2"]
     logs = {
         "corosync": (node2.base / "log-corosync" / "corosync.log").read_text(errors="replace"),
@@ -309,25 +289,38 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         ts = log_times(logs[log], pattern, t_fail)
         if ts is not None:
             timeline[name] = (ts - t_fail) * 1000
-    firsts = [t for times in streams.values() for t in times if t > t_fail]
-    resumed_at = [min(t for t in times if t > t_fail + 0.05) for times in streams.values()
-                  if any(t > t_fail + 0.05 for t in times)]  # fmt: skip
-    if resumed_at and firsts:
+    resumed_at = [t for times in streams.values() for t in times if t > t_fail + 0.05]
+    if resumed_at:
         timeline["first RTP after failover"] = (min(resumed_at) - t_fail) * 1000
-    restore = node2.run(
-        ["sh", "-c", f"grep -h 'Redis restore time' /run/kemi-ha/rtpengine-{VIP1}.log | tail -1"]
-    ).stdout.strip()
+    restore = last_line_with(setup.work / "rtpengine-logs" / f"rtpengine-{VIP1}.log",
+                             "Redis restore time")  # fmt: skip
     wait_until(lambda: int(survivor.rpc.call("dlg.stats_active")["all"]) == 0, 30,
                "survivor dialogs back to 0")  # fmt: skip
     return RunResult(
-        calls=[per_call[k] for k in sorted(per_call)],
-        bye_ok=stats.get("successful", 0) if rc == 0 or stats else 0,
+        calls=results,
+        bye_ok=stats.get("successful", 0),
         survivor_dialogs=int(survivor.rpc.call("dlg.stats_active")["all"]),
         survivor_channels=int(survivor.rpc.call("dlg.profile_get_size", "kha_global")),
         timeline_ms=dict(sorted(timeline.items(), key=lambda kv: kv[1])),
         redis_restore_ms=restore or "Redis restore time not logged",
         dc_before=dc,
     )
+
+
+def call_result(call_id: str, legs: list[tuple[float, bool]]) -> CallResult:
+    """A call's gap is its worst leg's; its media resumed only if every leg's did."""
+    if not legs or not all(resumed for _gap, resumed in legs):
+        return CallResult(call_id, float("inf"), -1, False)
+    gap = max(gap for gap, _resumed in legs)
+    return CallResult(call_id, gap, max(0, round(gap / PACKET_MS) - 1), True)
+
+
+def last_line_with(path: Path, text: str) -> str:
+    """The last log line containing `text`, without its timestamp ('' if none)."""
+    if not path.exists():
+        return ""
+    hits = [ln for ln in path.read_text(errors="replace").splitlines() if text in ln]
+    return hits[-1].split("]", 1)[-1].strip() if hits else ""
 
 
 def sipp_stats(output: str) -> dict[str, int]:

@@ -5,6 +5,8 @@ the system ones), so that two stacks run side by side without seeing each other'
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -129,35 +131,12 @@ class HaNode:
         out = self.run(["crm_resource", "--locate", "-r", resource, "-Q"]).stdout.strip()
         return out.splitlines()[0].strip() if out else ""
 
-    def promoted(self, clone: str) -> str:
-        out = self.run(["crm_resource", "--locate", "-r", clone]).stdout
-        for line in out.splitlines():
-            if "Promoted" in line or "Master" in line:
-                return (
-                    line.rstrip().split()[-2]
-                    if line.rstrip().endswith("Promoted")
-                    else line.split()[-1]
-                )
-        return ""
-
-    def log_text(self) -> str:
-        parts = []
-        for rel in ("log-corosync/corosync.log", "log-pacemaker/pacemaker.log"):
-            path = self.base / rel
-            if path.exists():
-                parts.append(path.read_text(errors="replace"))
-        return "\n".join(parts)
-
 
 def kill_netns(netns: str) -> list[int]:
     """SIGKILL every process in a network namespace (a power cut), by PID."""
     pids = [int(p) for p in sh("ip", "netns", "pids", netns, check=False).stdout.split()]
     for pid in pids:
-        try:
-            import os
-
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     time.sleep(0.05)
     return pids

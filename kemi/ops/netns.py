@@ -118,6 +118,3 @@ class Lab:
     def link(self, host: str, up: bool) -> None:
         h = self.hosts[host]
         sh("ip", "-n", h.name, "link", "set", h.iface, "up" if up else "down")
-
-    def flush_neighbours(self, host: str) -> None:
-        sh("ip", "-n", self.hosts[host].name, "neigh", "flush", "all")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 Bencodable = int | str | bytes | list[Any] | dict[str, Any]
@@ -61,6 +62,15 @@ def _decode(data: bytes, i: int) -> tuple[Any, int]:
         return raw, colon + 1 + size
 
 
+def rtp_streams(query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The RTP streams (not RTCP) of an ng `query` reply, over every party and media."""
+    for tag in query.get("tags", {}).values():
+        for media in tag.get("medias", []):
+            for stream in media.get("streams", []):
+                if "RTP" in stream.get("flags", []):
+                    yield stream
+
+
 class NgError(RuntimeError):
     pass
 
@@ -104,6 +114,3 @@ class NgClient:
 
     def query(self, call_id: str) -> dict[str, Any]:
         return self.command("query", **{"call-id": call_id})
-
-    def statistics(self) -> dict[str, Any]:
-        return self.command("statistics")

@@ -166,10 +166,6 @@ def rtpengine_env(spec: ClusterSpec, vip: ClusterVipSpec, set_id: int) -> str:
     )
 
 
-def rsc(vip: ClusterVipSpec | None = None, index: int = 0) -> str:
-    return f"vip{index}" if vip is not None else "redis-vip"
-
-
 def crm_config(spec: ClusterSpec, ocf_root: str = "kemi-ha") -> str:
     first = spec.nodes[0].interface
     lines = [

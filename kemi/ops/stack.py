@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import sysconfig
 import time
 import uuid
@@ -369,8 +368,3 @@ def sip_options_ok(host: str, port: int, timeout: float = 0.5) -> bool:
             if call_id.encode() in data:
                 return data.startswith(b"SIP/2.0 200")
     return False
-
-
-def python_for_kamailio_matches() -> bool:
-    """Kamailio embeds /usr/bin/python3: the venv must be made from the same interpreter."""
-    return Path(sys.base_prefix).resolve() == Path("/usr")

@@ -152,19 +152,19 @@ class Router:
         ksr = self.ksr
         source = str(ksr.pv.get("$si"))
         if not self.dmq:
-            log.warning("KDMQ from %s refused: this node runs without DMQ peers", source)
-            metrics.KDMQ.labels("refused").inc()
-            ksr.sl.sl_send_reply(403, "Forbidden")
+            why = "this node runs without DMQ peers"
+        elif not decide.kdmq_accepted(
+            policy, source, self.node_address, str(ksr.pv.get("$rU") or ""),
+            ok(ksr.dmq.is_from_node()),
+        ):  # fmt: skip
+            why = "not a configured DMQ peer"
+        else:
+            metrics.KDMQ.labels("accepted").inc()
+            ksr.dmq.handle_message()
             return
-        known = ok(ksr.dmq.is_from_node())
-        user = str(ksr.pv.get("$rU") or "")
-        if not decide.kdmq_accepted(policy, source, self.node_address, user, known):
-            log.warning("KDMQ from %s refused: not a configured DMQ peer", source)
-            metrics.KDMQ.labels("refused").inc()
-            ksr.sl.sl_send_reply(403, "Forbidden")
-            return
-        metrics.KDMQ.labels("accepted").inc()
-        ksr.dmq.handle_message()
+        log.warning("KDMQ from %s refused: %s", source, why)
+        metrics.KDMQ.labels("refused").inc()
+        ksr.sl.sl_send_reply(403, "Forbidden")
 
     def route_reqinit(self) -> bool:
         """REQINIT: hop limit (483) and well-formedness (sanity answers 400 itself)."""
@@ -261,15 +261,12 @@ class Router:
 
     def channel_counts(self, limits: tuple[Limit, ...]) -> dict[Limit, int]:
         """Active calls per limit, from the dialog profiles (replicated between nodes)."""
-        ksr = self.ksr
-        counts: dict[Limit, int] = {}
-        for limit in limits:
-            if limit.scope == "global":
-                ksr.dialog.get_profile_size_static(PROFILE_GLOBAL, PV_PROFILE_SIZE)
-            else:
-                ksr.dialog.get_profile_size(limit.profile, limit.key, PV_PROFILE_SIZE)
-            counts[limit] = int(ksr.pv.get(PV_PROFILE_SIZE) or 0)
-        return counts
+        return {
+            limit: int(
+                self.profile_size(limit.profile, None if limit.scope == "global" else limit.key)
+            )
+            for limit in limits
+        }
 
     @staticmethod
     def limit_key(decision: Admit, refused: Reject) -> str:

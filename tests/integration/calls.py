@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kemi.ops.ng import NgError
+from kemi.ops.ng import NgError, rtp_streams
 from kemi.ops.sipp import SippRun, sipp
 from kemi.ops.stack import Stack
 from tests.integration.conftest import SIP_PORT, UAS_PORT, free_port_pair
@@ -92,13 +92,7 @@ def wait_for(
 
 def rtp_packets(query: dict[str, Any]) -> int:
     """RTP packets rtpengine relayed for a call, summed over every stream of every party."""
-    total = 0
-    for tag in query.get("tags", {}).values():
-        for media in tag.get("medias", []):
-            for stream in media.get("streams", []):
-                if "RTP" in stream.get("flags", []):
-                    total += int(stream.get("stats", {}).get("packets", 0))
-    return total
+    return sum(int(s.get("stats", {}).get("packets", 0)) for s in rtp_streams(query))
 
 
 def packets_of(stack: Stack, vip_index: int, call_id: str) -> int:
