@@ -9,10 +9,11 @@ KEMI_HA := $(VENV)/bin/kemi-ha
 RUN_DIR ?= run
 APT_PACKAGES := kamailio kamailio-python3-modules kamailio-extra-modules kamailio-redis-modules \
 	rtpengine-daemon redis-server sip-tester python3-venv iproute2 procps iputils-arping \
-	pacemaker corosync crmsh resource-agents libxml2-utils tshark
+	pacemaker corosync crmsh resource-agents libxml2-utils tshark rtpengine-utils
 PYTEST_ARGS ?=
 
 .PHONY: run test unit integration lint deps venv api-list schema bench drill clean
+NODES ?= 2
 CALLS ?= 10
 PROFILE ?= tuned
 REPEAT ?= 1
@@ -49,9 +50,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# Failover drill: two nodes under Corosync+Pacemaker in namespaces, node1 powered off.
+# Failover drill: NODES nodes under Corosync+Pacemaker in namespaces, installed from what
+# `kemi-ha render` wrote; one node powered off per run (each in turn), calls on every VIP.
 drill: deps venv
-	$(KEMI_HA) drill --calls $(CALLS) --profile $(PROFILE) --repeat $(REPEAT)
+	$(PY) -m kemi.lab drill --nodes $(NODES) --calls $(CALLS) --profile $(PROFILE) --repeat $(REPEAT)
 
 # Refresh the KEMI export list the fake KSR is built from (starts a throwaway Kamailio).
 api-list: deps venv

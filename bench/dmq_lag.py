@@ -1,6 +1,6 @@
 """DMQ replication lag: an INVITE admitted on node A -> its call counted on node B.
 
-Two real nodes in network namespaces (kemi.ops.twonode). A SIPp caller places calls on VIP1
+Two real nodes in network namespaces (kemi.lab.cluster). A SIPp caller places calls on VIP1
 (node A) at RATE cps, each DURATION s long, so that during the first DURATION seconds both
 channel counts only rise. Both counts are sampled as fast as the JSON-RPC FIFOs answer; for
 each value k, lag(k) = (first time B counted k) - (first time A counted k). Prints median,
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kemi.ops.twonode import UNLIMITED, VIP1, start_cluster
+from kemi.lab.cluster import UNLIMITED, VIP1, start_cluster
 
 DURATION_S = 6
 

@@ -18,12 +18,13 @@ import yaml
 
 from kemi.core.compile import compile_policy
 from kemi.core.schema import json_schema
+from kemi.core.structure import SpecError
 from kemi.ops.procs import StartError
 from kemi.ops.render import RenderError, render
 from kemi.ops.rpc import RpcError
 from kemi.ops.stack import NODE_INFO, REPO_ROOT, Stack, StackConfig
 from kemi.ops.status import collect, render_status
-from kemi.policyfile import PolicyError, load_policy, parse_spec
+from kemi.policyfile import load_policy, parse_spec
 
 DEFAULT_POLICY = REPO_ROOT / "policies" / "default.yaml"
 
@@ -131,7 +132,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             policy = load_policy(path)
-        except PolicyError as exc:
+        except SpecError as exc:
             failed += 1
             for line in exc.messages:
                 print(line, file=sys.stderr)
@@ -202,18 +203,6 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def cmd_drill(args: argparse.Namespace) -> int:
-    from kemi.ops.drill import drill
-
-    # SIGTERM unwinds like Ctrl-C, so the drill removes every namespace and process it made.
-    signal.signal(signal.SIGTERM, _interrupt)
-    return drill(calls=args.calls, profile=args.profile, repeat=args.repeat, keep=args.keep)
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         status = collect(node_info(args.run_dir))
@@ -262,13 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
     rend.add_argument("outdir")
     rend.set_defaults(func=cmd_render)
 
-    dr = sub.add_parser("drill", help="power a node off under Corosync+Pacemaker, with calls up")
-    dr.add_argument("--calls", type=int, default=10)
-    dr.add_argument("--profile", choices=["tuned", "default"], default="tuned")
-    dr.add_argument("--repeat", type=int, default=1)
-    dr.add_argument("--keep", action="store_true", help="keep the work directory (logs, pcap)")
-    dr.set_defaults(func=cmd_drill)
-
     api = sub.add_parser("api-list", help="dump Kamailio's KEMI export list as JSON")
     api.add_argument("output")
     api.set_defaults(func=cmd_api_list)
@@ -279,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except PolicyError as exc:
+    except SpecError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     except StartError as exc:

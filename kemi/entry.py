@@ -12,10 +12,11 @@ from pathlib import Path
 
 import KSR  # type: ignore[import-not-found]  # provided by app_python3 inside Kamailio
 
-from kemi import metrics
+from kemi.ops.ng import NgClient, NgError
 from kemi.ops.rpc import KamailioRpc
 from kemi.policyfile import load_policy
 from kemi.shell import log as kamailio_log
+from kemi.shell import metrics
 from kemi.shell.policy_holder import PolicyHolder
 from kemi.shell.routes import Router
 
@@ -37,6 +38,7 @@ def mod_init() -> Router:
         policy_path,
         run_dir,
         load_policy(policy_path),
+        load=load_policy,
         on_reload=lambda accepted: metrics.POLICY_RELOADS.labels(
             "accepted" if accepted else "refused"
         ).inc(),
@@ -47,4 +49,13 @@ def mod_init() -> Router:
         node_address=os.environ.get(NODE_ADDRESS_ENV, "127.0.0.1"),
         dmq=os.environ.get(DMQ_ENV) == "1",
         dmq_nodes=lambda: list(rpc.call("dmq.list_nodes")),
+        rtpengine_alive=ng_alive,
     )
+
+
+def ng_alive(socket_spec: str) -> bool:
+    """One ng ping with a short timeout: a scrape must answer even when rtpengine is down."""
+    try:
+        return NgClient.from_socket(socket_spec, timeout=0.2).ping()
+    except (OSError, NgError):
+        return False

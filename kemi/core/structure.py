@@ -25,6 +25,14 @@ class Problem:
     message: str
 
 
+class SpecError(Exception):
+    """A file that cannot be used; `messages` are 'file:line:col: field: reason' lines."""
+
+    def __init__(self, messages: list[str]) -> None:
+        self.messages = messages
+        super().__init__("\n".join(messages))
+
+
 def dotted(path: Path) -> str:
     out = ""
     for part in path:

@@ -22,9 +22,9 @@ import yaml
 from kemi.core.cluster_spec import ClusterSpec, ClusterVipSpec, NodeSpec
 from kemi.core.compile import check, compile_policy
 from kemi.core.spec import PolicySpec
-from kemi.core.structure import Problem, build, dotted
+from kemi.core.structure import Problem, SpecError, build, dotted
 from kemi.ops.nodecfg import NodeValues, render_node_cfg
-from kemi.policyfile import PolicyError, parse_spec
+from kemi.policyfile import parse_spec
 
 COROSYNC_PROFILES = {
     # Fast detection (LAB-NOTES: token 50 needs retransmits 1; knet pings tuned or links flap).
@@ -106,7 +106,7 @@ def cluster_policy(spec: ClusterSpec, base: Path) -> tuple[str, PolicySpec]:
     )
     try:
         policy = parse_spec(text, "policy.yaml (rendered)")
-    except PolicyError as exc:
+    except SpecError as exc:
         raise RenderError(str(exc)) from exc
     return text, policy
 

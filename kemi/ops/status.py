@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kemi.core.structure import SpecError
 from kemi.ops.ng import NgClient, NgError
 from kemi.ops.rpc import KamailioRpc, RpcError
-from kemi.policyfile import PolicyError, load_policy
+from kemi.policyfile import load_policy
 
 
 def collect(info: dict[str, Any]) -> dict[str, Any]:
@@ -26,7 +27,7 @@ def collect(info: dict[str, Any]) -> dict[str, Any]:
         tenants = {n: t.limit.max if t.limit else None for n, t in policy.tenants.items()}
         trunks = {n: t.limit.max if t.limit else None for n, t in policy.trunks.items()}
         global_limit = policy.global_limit.max if policy.global_limit else None
-    except PolicyError:  # the file on disk was changed and is broken: counts only
+    except SpecError:  # the file on disk was changed and is broken: counts only
         tenants, trunks, global_limit = {}, {}, None
 
     def size(profile: str, *key: str) -> int:

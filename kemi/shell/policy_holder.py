@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kemi.core.policy import Policy
-from kemi.policyfile import PolicyError, load_policy
+from kemi.core.structure import SpecError
 
 log = logging.getLogger("kemi.policy")
 
@@ -33,12 +33,14 @@ class PolicyHolder:
         policy_path: Path,
         snapshot_dir: Path,
         initial: Policy,
+        load: Callable[[Path], Policy],
         on_reload: Callable[[bool], None] = lambda accepted: None,
     ) -> None:
         self.ksr = ksr
         self.policy_path = policy_path
         self.snapshot_dir = snapshot_dir
         self.policy = initial
+        self.load = load  # file -> validated Policy; raises SpecError (kemi.policyfile)
         self.generation = 0
         self.on_reload = on_reload
 
@@ -69,8 +71,8 @@ class PolicyHolder:
         """Validate the policy file; if good, publish it to every process."""
         self.current()  # this process may not have seen the last generation yet
         try:
-            policy = load_policy(self.policy_path)
-        except PolicyError as exc:
+            policy = self.load(self.policy_path)
+        except SpecError as exc:
             log.error("policy reload refused, %s stays in force: %s",
                       self.policy.version, "; ".join(exc.messages))  # fmt: skip
             self.on_reload(False)

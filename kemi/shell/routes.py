@@ -23,11 +23,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from kemi import metrics
 from kemi.core import decide
 from kemi.core.decide import Admit, InviteFacts, Reject
 from kemi.core.policy import Limit, Policy, Vip
-from kemi.ops.ng import NgClient, NgError
+from kemi.shell import metrics
 from kemi.shell.policy_holder import PolicyHolder
 
 log = logging.getLogger("kemi.routes")
@@ -54,13 +53,6 @@ SANITY_UFLAGS = 7
 SDP = "application/sdp"
 JSON = "application/json"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def ng_alive(socket_spec: str) -> bool:
-    try:
-        return NgClient.from_socket(socket_spec, timeout=0.2).ping()
-    except (OSError, NgError):
-        return False
 
 
 def ok(rc: Any) -> bool:
@@ -95,11 +87,13 @@ class Router:
         node_address: str = "127.0.0.1",
         dmq: bool = True,
         dmq_nodes: Callable[[], list[dict[str, Any]]] = list,
+        rtpengine_alive: Callable[[str], bool] = lambda socket_spec: False,
     ) -> None:
         self.ksr = ksr
         self.node_address = node_address
         self.dmq = dmq
         self.dmq_nodes = dmq_nodes  # what DMQ knows of its peers (RPC dmq.list_nodes)
+        self.rtpengine_alive = rtpengine_alive  # ng ping of one socket, for the scrape only
         self.policies = policies
         self._policy = policies.current
 
@@ -401,7 +395,9 @@ class Router:
         up = metrics.Gauge("kemi_ha_rtpengine_up", "1 if the VIP's rtpengine answers an ng ping",
                            ("set", "vip"))  # fmt: skip
         for vip in policy.vips:
-            up.samples.append(((str(vip.set_id), vip.address), float(ng_alive(vip.rtpengine[0]))))
+            up.samples.append(
+                ((str(vip.set_id), vip.address), float(self.rtpengine_alive(vip.rtpengine[0])))
+            )
         info = metrics.Gauge("kemi_ha_policy_info", "The policy in force (value 1)",
                              ("version", "generation"))  # fmt: skip
         info.samples.append(((policy.version, str(self.policies.generation)), 1.0))

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.ng import NgError, rtp_streams
-from kemi.ops.sipp import SippRun, sipp
 from kemi.ops.stack import Stack
 from tests.integration.conftest import SIP_PORT, UAS_PORT, free_port_pair
 

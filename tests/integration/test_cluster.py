@@ -13,9 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from kemi.cli import main as kemi_ha
-from kemi.ops.netns import in_netns
-from kemi.ops.stack import Stack
-from kemi.ops.twonode import (
+from kemi.lab.cluster import (
     A_ADDR,
     B_ADDR,
     NS_A,
@@ -27,6 +25,8 @@ from kemi.ops.twonode import (
     Cluster,
     start_cluster,
 )
+from kemi.ops.netns import in_netns
+from kemi.ops.stack import Stack
 from tests.integration.calls import assert_ok, send_raw, wait_for
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kemi.cli import main as kemi_ha
-from kemi.ops.netns import Host, Lab
+from kemi.lab.net import Host, Lab
 from kemi.ops.procs import Daemon, wait_until
 from kemi.policyfile import load_policy
 

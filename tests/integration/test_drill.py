@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kemi.ops.drill import drill_cluster, report, run_once
+from kemi.lab.drill import drill_cluster, report, run_once
 
 pytestmark = pytest.mark.integration
 

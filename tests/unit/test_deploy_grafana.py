@@ -9,9 +9,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-# Counters/histograms from kemi/metrics.py, scrape-time gauges from kemi/shell/routes.py, and
+# Counters/histograms from kemi/shell/metrics.py, scrape-time gauges from kemi/shell/routes.py, and
 # the DMQ peer gauge (documented as coming with the DMQ issue).
-SOURCES = [REPO / "kemi" / "metrics.py", REPO / "kemi" / "shell" / "routes.py"]
+SOURCES = [REPO / "kemi" / "shell" / "metrics.py", REPO / "kemi" / "shell" / "routes.py"]
 PLANNED = {"kemi_ha_dmq_peer_up"}
 
 

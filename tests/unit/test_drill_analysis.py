@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from kemi.ops.drill import gap_around, log_times, sipp_stats
+from kemi.lab.drill import gap_around, log_times, sipp_stats
 
 T0 = 1_000_000.0
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from kemi.core.schema import json_schema
-from kemi.policyfile import PolicyError, load_policy, parse_policy
+from kemi.core.structure import SpecError
+from kemi.policyfile import load_policy, parse_policy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,7 +30,7 @@ routes:
 
 
 def errors_of(text: str) -> list[str]:
-    with pytest.raises(PolicyError) as info:
+    with pytest.raises(SpecError) as info:
         parse_policy(text, "p.yaml")
     return info.value.messages
 
@@ -80,7 +81,7 @@ def test_all_errors_at_once() -> None:
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(PolicyError, match="cannot read"):
+    with pytest.raises(SpecError, match="cannot read"):
         load_policy(tmp_path / "nope.yaml")
 
 

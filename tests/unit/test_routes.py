@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kemi.policyfile import parse_policy
+from kemi.policyfile import load_policy, parse_policy
 from kemi.shell import log as kamailio_log
 from kemi.shell import routes
 from kemi.shell.policy_holder import PolicyHolder
@@ -79,7 +79,9 @@ PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0
 def make(**returns: Any) -> tuple[Router, FakeKSR]:
     ksr = FakeKSR(returns={**HAPPY, **returns}, pvs=dict(PVS))
     kamailio_log.install(ksr)
-    holder = PolicyHolder(ksr, Path("/nonexistent/policy.yaml"), Path("/nonexistent"), POLICY)
+    holder = PolicyHolder(
+        ksr, Path("/nonexistent/policy.yaml"), Path("/nonexistent"), POLICY, load=load_policy
+    )
     return Router(ksr, holder), ksr
 
 

@@ -29,12 +29,13 @@ from pathlib import Path
 
 import yaml
 
-from kemi.ops.hanode import HaNode, kill_netns
-from kemi.ops.netns import Host, Lab, in_netns
+from kemi.lab.hanode import HaNode, kill_netns
+from kemi.lab.net import Host, Lab
+from kemi.lab.sipp import SippRun, sipp
+from kemi.ops.netns import in_netns
 from kemi.ops.ng import NgClient, rtp_streams
 from kemi.ops.procs import Daemon, wait_until
 from kemi.ops.render import COROSYNC_PROFILES, render
-from kemi.ops.sipp import SippRun, sipp
 from kemi.ops.stack import REPO_ROOT, Stack, StackConfig
 
 NET = "10.98.0"

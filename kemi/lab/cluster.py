@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kemi.ops.netns import Host, Lab
-from kemi.ops.sipp import SippRun, sipp
+from kemi.lab.net import Host, Lab
+from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.stack import Stack, StackConfig
 
 NET = "10.99.0"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from kemi.ops.netns import sh
+from kemi.lab.net import sh
 from kemi.ops.procs import Daemon, wait_until
 
 OCF_ROOT = Path("/usr/lib/ocf/resource.d")

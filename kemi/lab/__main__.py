@@ -1,0 +1,35 @@
+"""`python -m kemi.lab drill ...`: the failover drill (`make drill`), apart from the node's CLI."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from types import FrameType
+
+from kemi.lab.drill import drill
+from kemi.ops.render import COROSYNC_PROFILES
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kemi.lab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    dr = sub.add_parser("drill", help="power nodes off under Corosync+Pacemaker, with calls up")
+    dr.add_argument("--nodes", type=int, default=2, help="cluster size (one VIP per node)")
+    dr.add_argument("--calls", type=int, default=10, help="calls per run, spread on every VIP")
+    dr.add_argument("--profile", choices=sorted(COROSYNC_PROFILES), default="tuned")
+    dr.add_argument("--repeat", type=int, default=1, help="runs; the node powered off rotates")
+    dr.add_argument("--keep", action="store_true", help="keep the work directory (logs, pcap)")
+    args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the drill removes every namespace and process it made.
+    signal.signal(signal.SIGTERM, _interrupt)
+    return drill(nodes=args.nodes, calls=args.calls, profile=args.profile, repeat=args.repeat,
+                 keep=args.keep)  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Network namespaces for multi-node tests and the drill: a private switch, one namespace per
+node and one for the clients, each with its own addresses. Nothing touches the machine's own
+network: the bridge lives in a namespace of its own, veth ends are created directly inside the
+namespaces, and destroy() removes every namespace it made (their links go with them).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True)
+
+
+@dataclass
+class Host:
+    name: str  # namespace name
+    address: str  # its own address on the switch (/24)
+    iface: str = "eth0"
+    extra: list[str] = field(default_factory=list)  # addresses added later (VIPs)
+
+
+class Lab:
+    """A switch namespace with a bridge, and hosts plugged into it."""
+
+    def __init__(self, prefix: str, hosts: Sequence[Host], prefixlen: int = 24) -> None:
+        self.prefix = prefix
+        self.switch = f"{prefix}-sw"
+        self.hosts = {h.name: h for h in hosts}
+        self.prefixlen = prefixlen
+        self.created: list[str] = []
+
+    def create(self) -> None:
+        try:
+            self._add_ns(self.switch)
+            sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", self.switch, "link", "set", "br0", "up")
+            for i, host in enumerate(self.hosts.values()):
+                self._add_ns(host.name)
+                port = f"p{i}"
+                sh("ip", "link", "add", host.iface, "netns", host.name, "type", "veth",
+                   "peer", "name", port, "netns", self.switch)  # fmt: skip
+                sh("ip", "-n", self.switch, "link", "set", port, "master", "br0", "up")
+                sh("ip", "-n", host.name, "link", "set", "lo", "up")
+                sh("ip", "-n", host.name, "addr", "add",
+                   f"{host.address}/{self.prefixlen}", "dev", host.iface)  # fmt: skip
+                sh("ip", "-n", host.name, "link", "set", host.iface, "up")
+                sh("ip", "netns", "exec", host.name, "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1")
+        except BaseException:
+            self.destroy()
+            raise
+
+    def _add_ns(self, name: str) -> None:
+        sh("ip", "netns", "del", name, check=False)  # a leftover from a killed run
+        sh("ip", "netns", "add", name)
+        self.created.append(name)
+
+    def destroy(self) -> None:
+        for name in reversed(self.created):
+            sh("ip", "netns", "del", name, check=False)
+        self.created.clear()
+
+    def __enter__(self) -> Lab:
+        self.create()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    # ----- VIPs and failures -------------------------------------------------------------
+
+    def add_address(self, host: str, address: str) -> None:
+        h = self.hosts[host]
+        sh("ip", "-n", h.name, "addr", "add", f"{address}/{self.prefixlen}", "dev", h.iface)
+        # Gratuitous ARP so that neighbours stop sending to the old owner at once.
+        sh("ip", "netns", "exec", h.name, "arping", "-q", "-U", "-c", "1", "-I", h.iface, address,
+           check=False)  # fmt: skip
+
+    def del_address(self, host: str, address: str) -> None:
+        h = self.hosts[host]
+        sh("ip", "-n", h.name, "addr", "del", f"{address}/{self.prefixlen}", "dev", h.iface,
+           check=False)  # fmt: skip
+
+    def link(self, host: str, up: bool) -> None:
+        h = self.hosts[host]
+        sh("ip", "-n", h.name, "link", "set", h.iface, "up" if up else "down")
