@@ -20,7 +20,7 @@ from kemi.core.compile import compile_policy
 from kemi.core.schema import json_schema
 from kemi.core.structure import SpecError
 from kemi.ops.procs import StartError
-from kemi.ops.render import RenderError, render
+from kemi.ops.render import load_node_config, render
 from kemi.ops.rpc import RpcError
 from kemi.ops.stack import NODE_INFO, REPO_ROOT, Stack, StackConfig
 from kemi.ops.status import collect, render_status
@@ -46,15 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         children=args.children,
     )
     if args.node_config:
-        node = yaml.safe_load(Path(args.node_config).read_text())
-        config.node_id = int(node["node_id"])
-        config.node_address = str(node["node_address"])
-        config.sip_port = int(node.get("sip_port", config.sip_port))
-        config.dmq_port = int(node.get("dmq_port", config.dmq_port))
-        config.policy_path = Path(node["policy"])
-        config.run_dir = Path(node.get("run_dir", config.run_dir))
-        config.components = tuple(node.get("components", config.components))
-        config.ready_check = str(node.get("ready_check", config.ready_check))
+        config = StackConfig.from_node(load_node_config(args.node_config))
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     stack = Stack(config)
@@ -194,11 +186,7 @@ def cmd_policy_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    try:
-        written = render(Path(args.cluster), Path(args.outdir))
-    except RenderError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
+    written = render(Path(args.cluster), Path(args.outdir))
     print(f"{len(written)} files written to {args.outdir}")
     return 0
 

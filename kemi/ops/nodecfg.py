@@ -1,7 +1,9 @@
 """Renders kemi-ha-node.cfg: every node-specific value kamailio.cfg uses, in one file.
 
 kamailio.cfg imports it from Kamailio's working directory (the run directory), so the same
-kamailio.cfg serves every node and nobody edits it per node.
+kamailio.cfg serves every node and nobody edits it per node. Its values come from one place,
+kemi.ops.stack.StackConfig.node_values(): `kemi-ha run` and `kemi-ha render` both call it, and
+every path in it is a path of the node (kemi_root: where kemi-ha is installed there).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from pathlib import Path
 from kemi.core.policy import Policy
 
 NODE_CFG_NAME = "kemi-ha-node.cfg"
-DMQ_CFG = Path(__file__).resolve().parents[2] / "dmq" / "dmq.cfg"
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +21,7 @@ class NodeValues:
     node_id: int
     sip_port: int
     run_dir: Path
-    kemi_script: Path
+    kemi_root: Path  # kamailio.cfg, kemi/entry.py and dmq/dmq.cfg are under it, on the node
     http_address: str = "127.0.0.1"
     http_port: int = 8090
     node_address: str = "127.0.0.1"
@@ -29,6 +30,11 @@ class NodeValues:
     nodes_max: int = 16  # h_id_step: room for this many nodes
     dialog_timeout_s: int = 43200
     rtpengine_disable_tout_s: int = 2
+
+    @property
+    def dmq_enabled(self) -> bool:
+        """DMQ runs when the policy names a peer other than this node."""
+        return bool(dmq_notification_lines(self))
 
 
 def rtpengine_sock_lines(policy: Policy) -> list[str]:
@@ -46,7 +52,7 @@ def dmq_notification_lines(node: NodeValues) -> list[str]:
 
 
 def dmq_lines(node: NodeValues) -> list[str]:
-    if not dmq_enabled(node):
+    if not node.dmq_enabled:
         return ["# DMQ: no peers in the policy, this node runs alone (no replication).", ""]
     return [
         "# DMQ: this node's listener, its peers, unique dialog ids (dmq/dmq.cfg uses these).",
@@ -54,14 +60,10 @@ def dmq_lines(node: NodeValues) -> list[str]:
         f'#!define DMQ_SERVER_ADDRESS "sip:{node.node_address}:{node.dmq_port}"',
         f"#!define DLG_H_ID_START {node.node_id}",
         f"#!define DLG_H_ID_STEP {node.nodes_max}",
-        f'import_file "{DMQ_CFG}"',
+        f'import_file "{node.kemi_root / "dmq" / "dmq.cfg"}"',
         *dmq_notification_lines(node),
         "",
     ]
-
-
-def dmq_enabled(node: NodeValues) -> bool:
-    return bool(dmq_notification_lines(node))
 
 
 def render_node_cfg(policy: Policy, node: NodeValues) -> str:
@@ -75,7 +77,7 @@ def render_node_cfg(policy: Policy, node: NodeValues) -> str:
         f'#!define CTL_SOCKET "unix:{run}/kamailio-ctl.sock"',
         f'#!define JSONRPC_FIFO "{run}/kamailio-rpc.fifo"',
         f'#!define JSONRPC_REPLY_DIR "{run}/"',
-        f'#!define KEMI_SCRIPT "{node.kemi_script}"',
+        f'#!define KEMI_SCRIPT "{node.kemi_root / "kemi" / "entry.py"}"',
         "",
         "# Listen on every VIP of the cluster (ip_nonlocal_bind where a VIP is not local).",
         *(f"listen=udp:{vip.address}:{node.sip_port}" for vip in policy.vips),

@@ -13,17 +13,22 @@ OUTDIR/
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import yaml
 
+from kemi import specfile
 from kemi.core.cluster_spec import ClusterSpec, ClusterVipSpec, NodeSpec
-from kemi.core.compile import check, compile_policy
-from kemi.core.spec import PolicySpec
-from kemi.core.structure import Problem, SpecError, build, dotted
-from kemi.ops.nodecfg import NodeValues, render_node_cfg
+from kemi.core.compile import compile_policy
+from kemi.core.node_spec import NodeConfigSpec, check_node
+from kemi.core.spec import PolicySpec, VipSpec
+from kemi.core.structure import Problem
+from kemi.ops.nodecfg import render_node_cfg
+from kemi.ops.stack import StackConfig
 from kemi.policyfile import parse_spec
 
 COROSYNC_PROFILES = {
@@ -48,67 +53,81 @@ COROSYNC_PROFILES = {
 }
 
 
-class RenderError(Exception):
-    pass
-
-
 def load_cluster(path: Path) -> ClusterSpec:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    problems: list[Problem] = []
-    spec = build(ClusterSpec, data, problems)
-    if spec is not None:
-        problems += check_cluster(spec)
-    if problems or spec is None:
-        raise RenderError("\n".join(f"{path}: {dotted(p.path)}: {p.message}" for p in problems))
-    return spec
+    """The cluster file, validated; SpecError lines are `file:line:col: field: reason`."""
+    return specfile.load(ClusterSpec, path, check_cluster)
+
+
+def load_node_config(path: str | Path) -> NodeConfigSpec:
+    """A node.yaml (`kemi-ha run --node-config`), validated like every other file."""
+    return specfile.load(NodeConfigSpec, path, check_node)
 
 
 def check_cluster(spec: ClusterSpec) -> list[Problem]:
+    """Rules a cluster file must meet beyond its types; each problem points at its field."""
     problems: list[Problem] = []
-    names = [n.name for n in spec.nodes]
     if len(spec.nodes) < 2:
         problems.append(Problem(("nodes",), "a cluster needs at least two nodes"))
-    if len(set(names)) != len(names) or len({n.id for n in spec.nodes}) != len(names):
-        problems.append(Problem(("nodes",), "node names and ids must be unique"))
+    if not spec.vips:
+        problems.append(Problem(("vips",), "a cluster needs at least one VIP"))
+    seen: dict[object, str] = {}
     for i, node in enumerate(spec.nodes):
         if not 1 <= node.id <= 15:
             problems.append(Problem(("nodes", i, "id"), "must be 1..15 (dialog h_id_step is 16)"))
-    addresses = [n.address for n in spec.nodes] + [v.address for v in spec.vips] + [spec.redis.vip]
-    for where, address in enumerate(addresses):
+        for key, value in (("name", node.name), ("id", node.id)):
+            if (key, value) in seen:
+                problems.append(Problem(("nodes", i, key), "node names and ids must be unique"))
+            seen[(key, value)] = key
+    fields = [(("nodes", i, "address"), n.address) for i, n in enumerate(spec.nodes)]
+    fields += [(("vips", i, "address"), v.address) for i, v in enumerate(spec.vips)]
+    fields += [(("redis", "vip"), spec.redis.vip)]
+    addresses: set[str] = set()
+    for path, address in fields:
         try:
             ipaddress.ip_address(address)
         except ValueError:
-            problems.append(Problem(("addresses", where), f"not an IP address: {address!r}"))
-    if len(set(addresses)) != len(addresses):
-        problems.append(
-            Problem(("addresses",), "node addresses, VIPs and the Redis VIP must differ")
-        )
+            problems.append(Problem(path, f"not an IP address: {address!r}"))
+        if address in addresses:
+            problems.append(
+                Problem(path, f"{address}: node addresses, VIPs and the Redis VIP must differ")
+            )
+        addresses.add(address)
+    names = {n.name for n in spec.nodes}
     for i, vip in enumerate(spec.vips):
         if vip.prefer not in names:
             problems.append(Problem(("vips", i, "prefer"), f"unknown node {vip.prefer!r}"))
+        if not 1024 <= vip.port_min < vip.port_max <= 65535:
+            problems.append(Problem(("vips", i, "port_min"), "RTP ports: 1024 <= min < max"))
     return problems
 
 
 def cluster_policy(spec: ClusterSpec, base: Path) -> tuple[str, PolicySpec]:
     """The base policy with the cluster's VIPs (ng sockets on the VIPs) and DMQ peers."""
-    data = yaml.safe_load(base.read_text(encoding="utf-8"))
-    media = {v.get("address"): v.get("media") for v in data.get("vips") or []}
-    data["vips"] = [
-        {"address": v.address, "rtpengine": [f"udp:{v.address}:{v.ng_port}"]}
-        | ({"media": media[v.address]} if media.get(v.address) else {})
-        for v in spec.vips
-    ]
-    data["dmq_peers"] = [f"sip:{n.address}:{spec.dmq_port}" for n in spec.nodes]
+    base_spec = specfile.load(PolicySpec, base)
+    media = {v.address: v.media for v in base_spec.vips}
+    policy = dataclasses.replace(
+        base_spec,
+        vips=[
+            VipSpec(v.address, [f"udp:{v.address}:{v.ng_port}"], media.get(v.address))
+            for v in spec.vips
+        ],
+        dmq_peers=[f"sip:{n.address}:{spec.dmq_port}" for n in spec.nodes],
+    )
     text = (
         "# yaml-language-server: $schema=policy.schema.json\n"
         f"# Rendered by kemi-ha render from {base.name} and the cluster description.\n"
-        + yaml.safe_dump(data, sort_keys=False)
+        + yaml.safe_dump(without_nulls(dataclasses.asdict(policy)), sort_keys=False)
     )
-    try:
-        policy = parse_spec(text, "policy.yaml (rendered)")
-    except SpecError as exc:
-        raise RenderError(str(exc)) from exc
-    return text, policy
+    return text, parse_spec(text, "policy.yaml (rendered)")
+
+
+def without_nulls(data: Any) -> Any:
+    """asdict() output without the unset optional fields (the rendered file stays readable)."""
+    if isinstance(data, dict):
+        return {k: without_nulls(v) for k, v in data.items() if v is not None}
+    if isinstance(data, list):
+        return [without_nulls(v) for v in data]
+    return data
 
 
 def corosync_conf(spec: ClusterSpec, profile: str) -> str:
@@ -142,7 +161,7 @@ def corosync_conf(spec: ClusterSpec, profile: str) -> str:
     )
 
 
-def redis_conf(spec: ClusterSpec, node: NodeSpec) -> str:
+def redis_conf(spec: ClusterSpec) -> str:
     return (
         "# Rendered by kemi-ha render. One Redis per node; ocf:heartbeat:redis promotes one and\n"
         "# makes the others replicate it (replicaof); the Redis VIP follows the master.\n"
@@ -371,22 +390,25 @@ def cib_resources(
     )
 
 
-def node_yaml(spec: ClusterSpec, node: NodeSpec) -> str:
+def node_config(spec: ClusterSpec, node: NodeSpec) -> NodeConfigSpec:
     """`kemi-ha run --node-config`: Kamailio only (Pacemaker runs Redis and rtpengine)."""
+    return NodeConfigSpec(
+        node_id=node.id,
+        node_address=node.address,
+        policy="/etc/kemi-ha/policy.yaml",
+        run_dir=spec.run_dir,
+        sip_port=spec.sip_port,
+        dmq_port=spec.dmq_port,
+        components=["kamailio"],
+        ready_check="rpc",  # the other nodes hold some of the VIPs
+    )
+
+
+def node_yaml(config: NodeConfigSpec) -> str:
     return (
-        "# Rendered by kemi-ha render: this node's values for `kemi-ha run --node-config`.\n"
-        + yaml.safe_dump(
-            {
-                "node_id": node.id,
-                "node_address": node.address,
-                "sip_port": spec.sip_port,
-                "dmq_port": spec.dmq_port,
-                "policy": "/etc/kemi-ha/policy.yaml",
-                "run_dir": spec.run_dir,
-                "components": ["kamailio"],
-            },
-            sort_keys=False,
-        )
+        "# Rendered by kemi-ha render: this node's values for `kemi-ha run --node-config`\n"
+        "# (fields: kemi.core.node_spec). Install as /etc/kemi-ha/node.yaml.\n"
+        + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
     )
 
 
@@ -413,9 +435,6 @@ def render(cluster_file: Path, outdir: Path, kamailio_in_cib: bool = True) -> li
     base = (cluster_file.parent / spec.policy).resolve()
     policy_text, policy_spec = cluster_policy(spec, base)
     policy = compile_policy(policy_spec)
-    problems = check(policy_spec)
-    if problems:
-        raise RenderError("; ".join(p.message for p in problems))
     written: list[Path] = []
 
     def write(path: Path, text: str) -> None:
@@ -441,18 +460,12 @@ def render(cluster_file: Path, outdir: Path, kamailio_in_cib: bool = True) -> li
             write(d / f"corosync-{profile}.conf", corosync_conf(spec, profile))
         write(d / "corosync.conf", corosync_conf(spec, spec.corosync_profile))
         write(d / "sysctl-kemi-ha.conf", "net.ipv4.ip_nonlocal_bind = 1\n")
-        write(d / "redis.conf", redis_conf(spec, node))
-        values = NodeValues(
-            node_id=node.id,
-            sip_port=spec.sip_port,
-            run_dir=Path(spec.run_dir),
-            kemi_script=Path(spec.kemi_ha_root) / "kemi" / "entry.py",
-            node_address=node.address,
-            dmq_port=spec.dmq_port,
-            dmq_peers=policy.dmq_peers,
-        )
+        write(d / "redis.conf", redis_conf(spec))
+        config = node_config(spec, node)
+        write(d / "node.yaml", node_yaml(config))
+        # What `kemi-ha run --node-config` writes at start, shown here for review: same code.
+        values = StackConfig.from_node(config, Path(spec.kemi_ha_root)).node_values(policy)
         write(d / "kemi-ha-node.cfg", render_node_cfg(policy, values))
-        write(d / "node.yaml", node_yaml(spec, node))
         for i, vip in enumerate(spec.vips, start=1):
             write(d / f"rtpengine-{vip.address}.env", rtpengine_env(spec, vip, i))
     return written

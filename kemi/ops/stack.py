@@ -8,6 +8,7 @@ process group, and is stopped by PID. Runtime files live in the run directory on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -17,22 +18,21 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
 import kemi
+from kemi.core.node_spec import NodeConfigSpec
 from kemi.core.policy import Policy, Vip
 from kemi.ops.netns import in_netns, netns_exec
 from kemi.ops.ng import NgClient
-from kemi.ops.nodecfg import NODE_CFG_NAME, NodeValues, dmq_notification_lines, render_node_cfg
+from kemi.ops.nodecfg import NODE_CFG_NAME, NodeValues, render_node_cfg
 from kemi.ops.procs import Daemon, StartError, wait_until
 from kemi.ops.rpc import KamailioRpc
 from kemi.policyfile import load_policy
 
 REPO_ROOT = Path(kemi.__file__).resolve().parent.parent
-KAMAILIO_CFG = REPO_ROOT / "kamailio.cfg"
-KEMI_SCRIPT = REPO_ROOT / "kemi" / "entry.py"
 NODE_INFO = "node.json"
 
 
@@ -45,8 +45,11 @@ def find_binary(name: str, *extra_dirs: str) -> str:
 
 @dataclass
 class StackConfig:
+    """What one node runs and where; a cluster node's comes from its node.yaml (from_node)."""
+
     run_dir: Path
     policy_path: Path
+    log_dir: Path | None = None  # None: the run directory
     node_id: int = 1
     sip_port: int = 5060
     redis_host: str = "127.0.0.1"
@@ -54,6 +57,7 @@ class StackConfig:
     rtp_port_base: int = 30000
     rtp_ports_per_vip: int = 1000
     cli_port_base: int = 9900
+    http_address: str = "127.0.0.1"
     http_port: int = 8090
     node_address: str = "127.0.0.1"
     dmq_port: int = 5090
@@ -62,11 +66,47 @@ class StackConfig:
     components: tuple[str, ...] = ("redis", "rtpengine", "kamailio")  # what this stack runs
     # "options": Kamailio is ready when every VIP answers OPTIONS (one node holding every VIP);
     # "rpc": when its JSON-RPC answers (in a cluster, other nodes hold some VIPs).
-    ready_check: str = "options"
+    ready_check: Literal["rpc", "options"] = "options"
     children: int = 4
     shm_mb: int = 256
     pkg_mb: int = 16
+    kemi_root: Path = REPO_ROOT  # where kemi-ha is installed on the node
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_node(cls, node: NodeConfigSpec, kemi_root: Path = REPO_ROOT) -> StackConfig:
+        """The launcher's view of a node.yaml (see kemi.core.node_spec)."""
+        return cls(
+            run_dir=Path(node.run_dir),
+            policy_path=Path(node.policy),
+            log_dir=Path(node.log_dir),
+            node_id=node.node_id,
+            node_address=node.node_address,
+            sip_port=node.sip_port,
+            dmq_port=node.dmq_port,
+            http_address=node.http_address,
+            http_port=node.http_port,
+            components=tuple(node.components),
+            ready_check=node.ready_check,
+            children=node.children,
+            shm_mb=node.shm_mb,
+            pkg_mb=node.pkg_mb,
+            kemi_root=kemi_root,
+        )
+
+    def node_values(self, policy: Policy) -> NodeValues:
+        """The values of kemi-ha-node.cfg: the one place they are decided (run and render)."""
+        return NodeValues(
+            node_id=self.node_id,
+            sip_port=self.sip_port,
+            run_dir=self.run_dir,
+            kemi_root=self.kemi_root,
+            http_address=self.http_address,
+            http_port=self.http_port,
+            node_address=self.node_address,
+            dmq_port=self.dmq_port,
+            dmq_peers=policy.dmq_peers,
+        )
 
     def redis_db(self, vip: Vip) -> int:
         return vip.set_id
@@ -88,8 +128,9 @@ class Stack:
     """Start with start(), stop with stop() (or use it as a context manager)."""
 
     def __init__(self, config: StackConfig) -> None:
-        self.config = config
-        self.run_dir = config.run_dir.resolve()
+        self.config = config = dataclasses.replace(config, run_dir=config.run_dir.resolve())
+        self.run_dir = config.run_dir
+        self.log_dir = (config.log_dir or config.run_dir).resolve()
         self.policy: Policy = load_policy(config.policy_path)
         self.redis_daemon: Daemon | None = None
         self.rtpengines: dict[str, Daemon] = {}
@@ -107,6 +148,7 @@ class Stack:
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             parts = self.config.components
             if "redis" in parts:
@@ -177,7 +219,7 @@ class Stack:
                 "--protected-mode",
                 "no",
             ],
-            self.run_dir / "redis.log",
+            self.log_dir / "redis.log",
         )
         daemon.start()
         self.redis_daemon = daemon
@@ -215,7 +257,7 @@ class Stack:
         daemon = self.daemon(
             f"rtpengine-{vip.set_id}",
             self.rtpengine_argv(vip),
-            self.run_dir / f"rtpengine-{vip.set_id}.log",
+            self.log_dir / f"rtpengine-{vip.set_id}.log",
         )
         daemon.start()
         self.rtpengines[vip.address] = daemon
@@ -230,29 +272,15 @@ class Stack:
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), site])
         env["KEMI_HA_POLICY"] = str(Path(self.config.policy_path).resolve())
         env["KEMI_HA_RUN_DIR"] = str(self.run_dir)
-        env["KEMI_HA_NODE_ID"] = str(self.config.node_id)
         env["KEMI_HA_NODE_ADDRESS"] = self.config.node_address
         env["KEMI_HA_DMQ"] = "1" if self.dmq_enabled else "0"
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         env.update(self.config.extra_env)
         return env
 
-    def node_values(self) -> NodeValues:
-        cfg = self.config
-        return NodeValues(
-            node_id=cfg.node_id,
-            sip_port=cfg.sip_port,
-            run_dir=self.run_dir,
-            kemi_script=KEMI_SCRIPT,
-            http_port=cfg.http_port,
-            node_address=cfg.node_address,
-            dmq_port=cfg.dmq_port,
-            dmq_peers=self.policy.dmq_peers,
-        )
-
     def start_kamailio(self) -> None:
         cfg = self.config
-        node = self.node_values()
+        node = cfg.node_values(self.policy)
         self.write_node_info()
         (self.run_dir / NODE_CFG_NAME).write_text(render_node_cfg(self.policy, node))
         # Prometheus multiprocess files: emptied at every start (stale PIDs would add up).
@@ -268,7 +296,7 @@ class Stack:
                 "-DD",
                 "-E",
                 "-f",
-                str(KAMAILIO_CFG),
+                str(cfg.kemi_root / "kamailio.cfg"),
                 "-x",
                 "tlsf",
                 "-m",
@@ -283,7 +311,7 @@ class Stack:
                 str(pid_file),
                 *(["-A", "WITH_DMQ"] if self.dmq_enabled else []),
             ],
-            self.run_dir / "kamailio.log",
+            self.log_dir / "kamailio.log",
             cwd=self.run_dir,
             env=self.kamailio_env(),
         )
@@ -297,7 +325,7 @@ class Stack:
 
     @property
     def dmq_enabled(self) -> bool:
-        return bool(dmq_notification_lines(self.node_values()))
+        return self.config.node_values(self.policy).dmq_enabled
 
     @property
     def metrics_dir(self) -> Path:
@@ -305,7 +333,7 @@ class Stack:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.config.http_port}"
+        return f"http://{self.config.http_address}:{self.config.http_port}"
 
     def write_node_info(self) -> None:
         """run/node.json: where tools (policy reload, status) find this node."""

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from kemi.ops.render import RenderError, corosync_conf, load_cluster
+from kemi.core.node_spec import NodeConfigSpec
+from kemi.core.structure import SpecError
+from kemi.ops.nodecfg import render_node_cfg
+from kemi.ops.render import corosync_conf, load_cluster, load_node_config, render
+from kemi.ops.stack import StackConfig
+from kemi.policyfile import load_policy
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "cluster.example.yaml"
@@ -43,5 +50,107 @@ def test_bad_cluster_files_are_refused(
     assert change[0] in text
     bad = tmp_path / "cluster.yaml"
     bad.write_text(text.replace(change[0], change[1], 1))
-    with pytest.raises(RenderError, match=message):
+    with pytest.raises(SpecError, match=message) as info:
         load_cluster(bad)
+    line = text.splitlines().index(next(ln for ln in text.splitlines() if change[0] in ln)) + 1
+    assert any(m.startswith(f"{bad}:{line}:") for m in info.value.messages), info.value.messages
+
+
+def three_nodes(tmp_path: Path) -> Path:
+    """The example grown to three nodes and three VIPs (render must not assume two)."""
+    text = EXAMPLE.read_text().replace("../policies/default.yaml", str(REPO / "policies" /
+                                                                      "default.yaml"))  # fmt: skip
+    text = text.replace(
+        "  - {name: node2, id: 2, address: 10.99.1.2, interface: eth0}\n",
+        "  - {name: node2, id: 2, address: 10.99.1.2, interface: eth0}\n"
+        "  - {name: node3, id: 3, address: 10.99.1.3, interface: eth0}\n",
+    ).replace(
+        "  - {address: 10.99.1.102, prefer: node2, port_min: 35000, port_max: 39999}\n",
+        "  - {address: 10.99.1.102, prefer: node2, port_min: 35000, port_max: 39999}\n"
+        "  - {address: 10.99.1.103, prefer: node3, port_min: 40000, port_max: 44999}\n",
+    )
+    path = tmp_path / "cluster3.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_no_rendered_file_holds_a_path_of_the_rendering_machine(tmp_path: Path, size: int) -> None:
+    cluster = EXAMPLE if size == 2 else three_nodes(tmp_path)
+    out = tmp_path / "out"
+    written = render(cluster, out)
+    assert {p.parent.name for p in written if p.parent != out} == {
+        f"node{i}" for i in range(1, size + 1)
+    }
+    foreign = [str(REPO), str(tmp_path), str(Path.cwd()), str(Path(tempfile.gettempdir()))]
+    for path in written:
+        text = path.read_text()
+        for root in foreign:
+            assert root not in text, f"{path.relative_to(out)} holds {root}"
+    cfg = (out / "node1" / "kemi-ha-node.cfg").read_text()
+    assert 'import_file "/opt/kemi-ha/dmq/dmq.cfg"' in cfg
+    assert '#!define KEMI_SCRIPT "/opt/kemi-ha/kemi/entry.py"' in cfg
+
+
+def test_node_yaml_round_trips_into_the_launcher(tmp_path: Path) -> None:
+    """The node.yaml render writes is what `kemi-ha run --node-config` reads, and the node cfg
+    the launcher writes at start from it is the one render wrote (one code path)."""
+    out = tmp_path / "out"
+    render(three_nodes(tmp_path), out)
+    policy = load_policy(out / "policy.yaml")
+    for i in (1, 2, 3):
+        node = load_node_config(out / f"node{i}" / "node.yaml")
+        assert node.node_id == i and node.ready_check == "rpc"
+        assert node.components == ["kamailio"] and node.policy == "/etc/kemi-ha/policy.yaml"
+        config = StackConfig.from_node(node, Path("/opt/kemi-ha"))
+        assert config.node_address == f"10.99.1.{i}" and config.components == ("kamailio",)
+        assert config.run_dir == Path(node.run_dir) and config.log_dir == Path(node.log_dir)
+        assert (
+            render_node_cfg(policy, config.node_values(policy))
+            == (out / f"node{i}" / "kemi-ha-node.cfg").read_text()
+        )
+        cfg = (out / f"node{i}" / "kemi-ha-node.cfg").read_text()
+        peers = {f'"sip:10.99.1.{j}:5090"' for j in (1, 2, 3) if j != i}
+        assert {ln.split(", ")[-1][:-1] for ln in cfg.splitlines()
+                if "notification_address" in ln} == peers  # fmt: skip
+
+
+def test_from_node_carries_every_field() -> None:
+    """A field added to the node model but not to the launcher would be silently ignored."""
+    node = NodeConfigSpec(node_id=7, node_address="10.1.1.7", policy="/p.yaml", run_dir="/r",
+                          log_dir="/l", sip_port=5062, dmq_port=5092, http_address="10.1.1.7",
+                          http_port=8092, components=["redis", "kamailio"],
+                          ready_check="options", children=2, shm_mb=512, pkg_mb=32)  # fmt: skip
+    config = StackConfig.from_node(node)
+    mapped = {"policy": "policy_path"}
+    for f in dataclasses.fields(NodeConfigSpec):
+        got = getattr(config, mapped.get(f.name, f.name))
+        want = getattr(node, f.name)
+        if isinstance(got, Path):
+            got = str(got)
+        if isinstance(got, tuple):
+            got = list(got)
+        assert got == want, f.name
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("node_id: 1", "node_id: 16"), "node_id: must be 1..15"),
+        (("node_address: 10.99.1.1", "node_address: node1"), "not an IP address"),
+        (("- kamailio", "- asterisk"), "must be one of redis, rtpengine, kamailio"),
+        (("ready_check: rpc", "ready_chek: rpc"), "unknown key"),
+    ],
+)
+def test_bad_node_yaml_is_refused_with_its_line(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    render(EXAMPLE, tmp_path / "out")
+    text = (tmp_path / "out" / "node1" / "node.yaml").read_text()
+    assert change[0] in text
+    bad = tmp_path / "node.yaml"
+    bad.write_text(text.replace(change[0], change[1], 1))
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if change[0] in ln)
+    with pytest.raises(SpecError, match=message) as info:
+        load_node_config(bad)
+    assert info.value.messages[0].startswith(f"{bad}:{line}:"), info.value.messages

@@ -1,0 +1,69 @@
+"""One node as `kemi-ha run --node-config node.yaml` runs it (`kemi-ha render` writes the file).
+
+The one node model: render writes it, the launcher reads it (through kemi.specfile, so errors
+are `file:line:col: field: reason`), the drill installs what render wrote. On a cluster node
+Pacemaker runs Redis and the rtpengines, so `components` is just Kamailio there; `make run`
+(one node alone) runs all three.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+from kemi.core.spec import doc, required
+from kemi.core.structure import Problem
+
+Component = Literal["redis", "rtpengine", "kamailio"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfigSpec:
+    """A kemi-ha node: what it runs, where its files are, its identity in the cluster."""
+
+    node_id: int = required("Kamailio's node id (1..15): unique dialog ids, DMQ identity")
+    node_address: str = required("the node's own address: DMQ listener, peers reach it here")
+    policy: str = required("the policy file (VIPs, routes, limits, DMQ peers)")
+    run_dir: str = doc("runtime files: node cfg, RPC FIFO, control socket", "/run/kemi-ha")
+    log_dir: str = doc("log files of what this node runs (Kamailio, ...)", "/var/log/kemi-ha")
+    sip_port: int = doc("SIP port on every VIP", 5060)
+    dmq_port: int = doc("DMQ port on the node address", 5090)
+    http_address: str = doc(
+        "management HTTP (metrics, policy reload): keep it private", "127.0.0.1"
+    )
+    http_port: int = doc("management HTTP port", 8090)
+    components: list[Component] = doc(
+        "what `kemi-ha run` starts here (a cluster node: kamailio; Pacemaker runs the rest)",
+        factory=lambda: ["kamailio"],
+    )
+    ready_check: Literal["rpc", "options"] = doc(
+        "when Kamailio counts as started: its JSON-RPC answers (rpc), or every VIP answers "
+        "SIP OPTIONS from this host (options: a node holding every VIP, e.g. make run)",
+        "rpc",
+    )
+    children: int = doc("Kamailio UDP workers per listener", 4)
+    shm_mb: int = doc("Kamailio shared memory (MB)", 256)
+    pkg_mb: int = doc("Kamailio private memory per process (MB)", 16)
+
+
+def check_node(spec: NodeConfigSpec) -> list[Problem]:
+    problems: list[Problem] = []
+    if not 1 <= spec.node_id <= 15:
+        problems.append(Problem(("node_id",), "must be 1..15 (dialog h_id_step is 16)"))
+    for name in ("node_address", "http_address"):
+        try:
+            ipaddress.ip_address(getattr(spec, name))
+        except ValueError:
+            problems.append(Problem((name,), f"not an IP address: {getattr(spec, name)!r}"))
+    for name in ("sip_port", "dmq_port", "http_port"):
+        if not 1 <= getattr(spec, name) <= 65535:
+            problems.append(Problem((name,), "must be a port (1..65535)"))
+    if not spec.components:
+        problems.append(Problem(("components",), "names nothing to run"))
+    if len(set(spec.components)) != len(spec.components):
+        problems.append(Problem(("components",), "names a component twice"))
+    for name in ("run_dir", "log_dir", "policy"):
+        if not getattr(spec, name).startswith("/"):
+            problems.append(Problem((name,), "must be an absolute path"))
+    return problems
