@@ -19,6 +19,7 @@ import yaml
 from kemi.core.compile import compile_policy
 from kemi.core.schema import json_schema
 from kemi.core.structure import SpecError
+from kemi.ops.health import node_problems
 from kemi.ops.procs import StartError
 from kemi.ops.render import load_node_config, render
 from kemi.ops.rpc import RpcError
@@ -191,6 +192,17 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 0 if the node serves (JSON-RPC, OPTIONS on the VIPs it holds): Pacemaker's monitor."""
+    run_dir = Path(args.run_dir)
+    if args.node_config:
+        run_dir = Path(load_node_config(args.node_config).run_dir)
+    problems = node_problems(run_dir)
+    for problem in problems:
+        print(f"Error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         status = collect(node_info(args.run_dir))
@@ -233,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--run-dir", default="run")
     status.add_argument("--json", action="store_true", help="machine-readable")
     status.set_defaults(func=cmd_status)
+
+    chk = sub.add_parser("check", help="exit 0 if the node serves (Pacemaker's monitor)")
+    chk.add_argument("--run-dir", default="run")
+    chk.add_argument("--node-config", help="the node.yaml the node runs with (gives its run dir)")
+    chk.set_defaults(func=cmd_check)
 
     rend = sub.add_parser("render", help="render every node's deploy files from a cluster file")
     rend.add_argument("cluster")

@@ -1,0 +1,89 @@
+"""ocf:kemi-ha:kamailio: Pacemaker's view of a node's Kamailio is SIP, not a PID.
+
+The agent runs `kemi-ha run --node-config` with a node.yaml (here one node alone on loopback,
+every component, on ports of its own) and its monitor is `kemi-ha check`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+AGENT = REPO / "deploy" / "ocf" / "kamailio"
+KEMI_HA = REPO / ".venv" / "bin" / "kemi-ha"
+OCF_RUNNING, OCF_ERR_GENERIC, OCF_NOT_RUNNING = 0, 1, 7
+
+POLICY = """\
+version: agent-test
+vips:
+  - address: 127.0.0.1
+    rtpengine: ["udp:127.0.0.1:32223"]
+routes:
+  - name: default
+    destinations: ["sip:127.0.0.1:35080"]
+"""
+
+
+@pytest.fixture
+def node_yaml(tmp_path: Path, require_root: None) -> Iterator[Path]:
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    node = tmp_path / "node.yaml"
+    node.write_text(
+        f"node_id: 1\nnode_address: 127.0.0.1\npolicy: {tmp_path}/policy.yaml\n"
+        f"run_dir: {tmp_path}/run\nlog_dir: {tmp_path}/log\nsip_port: 35060\ndmq_port: 35090\n"
+        "http_port: 38090\ncomponents: [redis, rtpengine, kamailio]\nready_check: options\n"
+        "children: 2\n"
+    )
+    yield node
+    agent("stop", node, tmp_path)
+
+
+def agent(action: str, node: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        "OCF_ROOT": "/usr/lib/ocf", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "OCF_RESOURCE_INSTANCE": "kamailio", "__OCF_ACTION": action,
+        "OCF_RESKEY_kemi_ha": str(KEMI_HA), "OCF_RESKEY_node_config": str(node),
+        "OCF_RESKEY_logfile": str(tmp / "log" / "kemi-ha-run.log"),
+        "OCF_RESKEY_pidfile": str(tmp / "kemi-ha-run.pid"),
+    }  # fmt: skip
+    return subprocess.run([str(AGENT), action], env=env, capture_output=True, text=True,
+                          timeout=90)  # fmt: skip
+
+
+def test_agent_passes_ocf_tester(node_yaml: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["ocf-tester", "-n", "kamailio", "-o", f"kemi_ha={KEMI_HA}",
+         "-o", f"node_config={node_yaml}", "-o", f"logfile={tmp_path}/log/kemi-ha-run.log",
+         "-o", f"pidfile={tmp_path}/kemi-ha-run.pid", str(AGENT)],
+        capture_output=True, text=True, timeout=300,
+        env={"OCF_ROOT": "/usr/lib/ocf", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "passed all tests" in result.stdout + result.stderr
+
+
+def test_monitor_fails_when_kamailio_stops_answering_sip(node_yaml: Path, tmp_path: Path) -> None:
+    """SIGSTOP freezes Kamailio with its PID alive: only a SIP/RPC check notices."""
+    assert agent("start", node_yaml, tmp_path).returncode == OCF_RUNNING
+    assert agent("monitor", node_yaml, tmp_path).returncode == OCF_RUNNING
+    pid = int((tmp_path / "run" / "kamailio.pid").read_text())
+    group = os.getpgid(pid)
+    os.killpg(group, signal.SIGSTOP)
+    try:
+        frozen = agent("monitor", node_yaml, tmp_path)
+    finally:
+        os.killpg(group, signal.SIGCONT)
+    assert frozen.returncode == OCF_ERR_GENERIC, frozen.stdout + frozen.stderr
+    assert "does not serve" in frozen.stdout + frozen.stderr
+    assert agent("monitor", node_yaml, tmp_path).returncode == OCF_RUNNING
+    assert agent("stop", node_yaml, tmp_path).returncode == OCF_RUNNING
+    assert agent("monitor", node_yaml, tmp_path).returncode == OCF_NOT_RUNNING
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # stop took Kamailio down with kemi-ha run
