@@ -1,14 +1,15 @@
-"""`kemi-ha drill`: two nodes under real Corosync + Pacemaker on one machine, node1 powered off
-with calls up, and what happened to every call.
+"""The failover drill: N nodes under real Corosync + Pacemaker on one machine, installed from
+`kemi-ha render` output exactly as docs/ha.md installs it on real hosts, one node powered off
+with calls up on every VIP, and what happened to every call.
 
 Topology (all in namespaces created here, removed at the end, also on Ctrl-C or failure):
   khad-sw   a bridge
-  khad-1    node drill1 (10.98.0.1): Corosync, Pacemaker, Redis, rtpengine, Kamailio
-  khad-2    node drill2 (10.98.0.2): the same
+  khad-<i>  node drill<i> (10.98.0.<i>): Corosync, Pacemaker, Redis, rtpengine, Kamailio
   khad-c    the client (10.98.0.10): SIPp callers and callee, the RTP capture
-VIP1 10.98.0.101 prefers drill1, VIP2 10.98.0.102 prefers drill2, Redis VIP 10.98.0.100.
-Pacemaker runs the VIPs, Redis (promotable) and one rtpengine per VIP (our OCF agent); Kamailio
-runs on both nodes, listening on both VIPs, wired by DMQ.
+VIP<i> 10.98.0.(100+i) prefers drill<i>; Redis VIP 10.98.0.100. Pacemaker runs the VIPs, Redis
+(promotable), one rtpengine per VIP and Kamailio on every node (ocf:kemi-ha:* agents), all as
+rendered; Kamailio listens on every VIP and replicates dialogs over DMQ (full mesh).
+Run r powers off drill<((r - 1) mod N) + 1>, so REPEAT=N powers off each node once.
 """
 
 from __future__ import annotations
@@ -29,168 +30,154 @@ from pathlib import Path
 
 import yaml
 
-from kemi.lab.hanode import HaNode, kill_netns
+from kemi.lab.hanode import HaNode, install_node, kill_netns
 from kemi.lab.net import Host, Lab
 from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.netns import in_netns
 from kemi.ops.ng import NgClient, rtp_streams
 from kemi.ops.procs import Daemon, wait_until
 from kemi.ops.render import COROSYNC_PROFILES, render
-from kemi.ops.stack import REPO_ROOT, Stack, StackConfig
+from kemi.ops.rpc import KamailioRpc
+from kemi.ops.stack import REPO_ROOT
 
 NET = "10.98.0"
-NODES = {"drill1": (1, f"{NET}.1", "khad-1"), "drill2": (2, f"{NET}.2", "khad-2")}
-CLIENT, CLIENT_NS = f"{NET}.10", "khad-c"
-VIP1, VIP2, REDIS_VIP = f"{NET}.101", f"{NET}.102", f"{NET}.100"
+PREFIX = "khad"
+CLIENT, CLIENT_NS = f"{NET}.10", f"{PREFIX}-c"
+REDIS_VIP = f"{NET}.100"
 UAS_PORT = 5080
 PACKET_MS = 20
-
-DRILL_POLICY = f"""\
-version: drill
-vips:
-  - address: {VIP1}
-    rtpengine: ["udp:{VIP1}:2223"]
-  - address: {VIP2}
-    rtpengine: ["udp:{VIP2}:2223"]
-routes:
-  - name: callee
-    destinations: ["sip:{CLIENT}:{UAS_PORT}"]
-trusted_peers: ["{NET}.0/24"]
-"""
+AGENTS = {f"kemi-ha/{a}": REPO_ROOT / "deploy" / "ocf" / a for a in ("rtpengine", "kamailio")}
 
 
-def cluster_yaml(profile: str) -> str:
+@dataclass(frozen=True)
+class DrillNode:
+    name: str
+    node_id: int
+    address: str
+    netns: str
+    vip: str  # the VIP it prefers
+
+    @staticmethod
+    def build(count: int) -> list[DrillNode]:
+        return [DrillNode(f"drill{i}", i, f"{NET}.{i}", f"{PREFIX}-{i}", f"{NET}.{100 + i}")
+                for i in range(1, count + 1)]  # fmt: skip
+
+
+def drill_policy() -> str:
+    """The operator's base policy: routes to the client's callee (VIPs come from the cluster)."""
     return yaml.safe_dump({
-        "cluster_name": "kemi-ha-drill", "corosync_profile": profile, "policy": "policy-base.yaml",
-        "nodes": [{"name": n, "id": i, "address": a, "interface": "eth0"}
-                  for n, (i, a, _ns) in NODES.items()],
-        "vips": [{"address": VIP1, "prefer": "drill1", "port_min": 20000, "port_max": 24999},
-                 {"address": VIP2, "prefer": "drill2", "port_min": 25000, "port_max": 29999}],
-        "redis": {"vip": REDIS_VIP}, "netmask": 24, "kemi_ha_root": str(REPO_ROOT),
+        "version": "drill", "vips": [{"address": "0.0.0.0", "rtpengine": ["udp:0.0.0.0:1"]}],
+        "routes": [{"name": "callee", "destinations": [f"sip:{CLIENT}:{UAS_PORT}"]}],
+        "trusted_peers": [f"{NET}.0/24"],
     }, sort_keys=False)  # fmt: skip
 
 
-def seeded_cib(rendered: Path, base: Path) -> str:
-    """A full CIB: the rendered configuration with this run's paths, and both nodes."""
-    config = (rendered / "cib-resources.xml").read_text()
-    config = config.replace("/etc/kemi-ha/redis.conf", str(base / "redis.conf"))
-    # Each node's node.yaml is copied to its private /run/kemi-ha by the node's start script.
-    config = config.replace("/etc/kemi-ha/node.yaml", "/run/kemi-ha/node.yaml")
-    # rtpengine's pid and log files where the drill can read them after a power-off.
-    config = re.sub(
-        r'(<instance_attributes id="(rtpengine\d+)-params">)',
-        rf'\1<nvpair id="\2-rundir" name="rundir" value="{base.parent}/rtpengine-logs"/>',
-        config,
-    )
-    body = config.removeprefix("<configuration>").removesuffix("</configuration>")
-    nodes = "".join(f'<node id="{i}" uname="{n}"/>' for n, (i, _a, _ns) in NODES.items())
-    body = body.replace("<resources>", f"<nodes>{nodes}</nodes><resources>", 1)
-    return (
-        '<cib validate-with="pacemaker-3.9" epoch="1" num_updates="0" '
-        f'admin_epoch="0"><configuration>{body}</configuration><status/></cib>\n'
-    )
+def cluster_yaml(nodes: list[DrillNode], profile: str) -> str:
+    """The operator's cluster file; everything the lab needs differently is a field here."""
+    span = 20000 // len(nodes)
+    return yaml.safe_dump({
+        "cluster_name": "kemi-ha-drill", "corosync_profile": profile, "policy": "policy-base.yaml",
+        "nodes": [{"name": n.name, "id": n.node_id, "address": n.address, "interface": "eth0"}
+                  for n in nodes],
+        "vips": [{"address": n.vip, "prefer": n.name, "port_min": 20000 + i * span,
+                  "port_max": 20000 + (i + 1) * span - 1} for i, n in enumerate(nodes)],
+        "redis": {"vip": REDIS_VIP}, "netmask": 24, "kemi_ha_root": str(REPO_ROOT),
+    }, sort_keys=False)  # fmt: skip
 
 
 @dataclass
 class DrillSetup:
     work: Path
     lab: Lab
+    nodes: list[DrillNode]
     ha: dict[str, HaNode]
-    kamailio: dict[str, Stack]
+    rpc: dict[str, KamailioRpc]  # each node's Kamailio (its /run/kemi-ha, seen from here)
+    rendered: Path
     runs: list[SippRun] = field(default_factory=list)
     capture: Daemon | None = None
 
 
 @contextlib.contextmanager
-def drill_cluster(work: Path, profile: str) -> Iterator[DrillSetup]:
-    """Build the namespaces, start both nodes, wait until every resource runs; undo it all."""
+def drill_cluster(work: Path, profile: str, size: int = 2) -> Iterator[DrillSetup]:
+    """Render, install, start every node, wait until every resource runs; undo it all."""
+    nodes = DrillNode.build(size)
     work.chmod(0o755)  # the redis user (ocf:heartbeat:redis runs it) reads its config here
-    (work / "policy-base.yaml").write_text(DRILL_POLICY)
-    (work / "cluster.yaml").write_text(cluster_yaml(profile))
+    (work / "policy-base.yaml").write_text(drill_policy())
+    (work / "cluster.yaml").write_text(cluster_yaml(nodes, profile))
     rendered = work / "rendered"
     render(work / "cluster.yaml", rendered)
-    lab = Lab("khad", [Host(ns, addr) for _n, (_i, addr, ns) in NODES.items()]
-              + [Host(CLIENT_NS, CLIENT)])  # fmt: skip
-    setup = DrillSetup(work, lab, {}, {})
+    lab = Lab(PREFIX, [Host(n.netns, n.address) for n in nodes] + [Host(CLIENT_NS, CLIENT)])
+    setup = DrillSetup(work, lab, nodes, {}, {}, rendered)
+    hosts = {n.name: n.address for n in nodes}
     try:
         lab.create()
-        for name, (node_id, addr, ns) in NODES.items():
-            base = work / name
+        for n in nodes:
+            base = work / n.name
             base.mkdir(mode=0o755)
-            (base / "node.yaml").write_text(yaml.safe_dump({
-                "node_id": node_id, "node_address": addr, "policy": str(rendered / "policy.yaml"),
-                "run_dir": str(base / "kamailio"), "components": ["kamailio"],
-                "ready_check": "rpc",
-            }))  # fmt: skip
-            (base / "redis.conf").write_text((rendered / name / "redis.conf").read_text())
-            shutil.chown(base / "redis.conf", "redis", "redis")
-            node = HaNode(
-                name, ns, base, (rendered / name / "corosync.conf").read_text(),
-                seeded_cib(rendered, base),
-                {"kemi-ha/rtpengine": REPO_ROOT / "deploy" / "ocf" / "rtpengine"},
-                {n: a for n, (_i, a, _ns) in NODES.items()},
-            )  # fmt: skip
-            setup.ha[name] = node
-            node.start()
+            install_node(rendered, n.name, base, AGENTS)
+            setup.ha[n.name] = HaNode(n.name, n.netns, base, hosts)
+            setup.ha[n.name].start()
+            run_dir = base / "run-kemi-ha"
+            setup.rpc[n.name] = KamailioRpc(run_dir / "kamailio-rpc.fifo", run_dir)
         for node in setup.ha.values():
             node.wait_ready(90)
-        first = setup.ha["drill1"]
+        first = setup.ha[nodes[0].name]
         try:
-            wait_resources(first)
+            wait_resources(first, nodes)
+            for name, rpc in setup.rpc.items():
+                wait_until(lambda r=rpc: r.call("core.uptime") is not None, 60,
+                           f"Kamailio (Pacemaker clone) on {name}")  # fmt: skip
         except Exception as exc:
             raise RuntimeError(
                 f"{exc}\n{first.run(['crm_mon', '-1', '-r', '--show-detail']).stdout}"
             ) from None
-        # Kamailio runs as Pacemaker's clone (ocf:heartbeat:anything + kemi-ha run); these
-        # Stack objects only read each node's JSON-RPC FIFO.
-        for name in NODES:
-            stack = Stack(StackConfig(run_dir=work / name / "kamailio",
-                                      policy_path=rendered / "policy.yaml"))  # fmt: skip
-            setup.kamailio[name] = stack
-            wait_until(lambda st=stack: st.rpc.call("core.uptime") is not None, 60,
-                       f"Kamailio (Pacemaker clone) on {name}")  # fmt: skip
         yield setup
     finally:
         for run in setup.runs:
             run.stop()
         if setup.capture is not None:
             setup.capture.stop()
-        for stack in setup.kamailio.values():
-            stack.stop()
-        for _n, (_i, _a, ns) in NODES.items():
-            kill_netns(ns)
+        for n in nodes:
+            kill_netns(n.netns)
         for node in setup.ha.values():
             if node.daemon is not None:
                 node.daemon.kill()
         lab.destroy()
 
 
-def wait_resources(first: HaNode, timeout: float = 60) -> None:
-    wait_until(
-        lambda: first.located("vip1") == "drill1" and first.located("vip2") == "drill2"
-        and first.located("rtpengine1") == "drill1" and first.located("rtpengine2") == "drill2"
-        and bool(first.located("redis-vip")),
-        timeout, "cluster resources started", step=0.25,
-    )  # fmt: skip
+def wait_resources(first: HaNode, nodes: list[DrillNode], timeout: float = 90) -> None:
+    def placed() -> bool:
+        return bool(first.located("redis-vip")) and all(
+            first.located(f"vip{i}") == n.name and first.located(f"rtpengine{i}") == n.name
+            for i, n in enumerate(nodes, start=1)
+        )
+
+    wait_until(placed, timeout, "cluster resources started", step=0.25)
 
 
 # ----- one run: calls, power-off, measurements ---------------------------------------------
 
 LOG_TS = re.compile(r"^(\w{3} +\d+ \d\d:\d\d:\d\d\.\d{3})")
-RESULT = "Result of {} operation for {} on drill2: ok"
-EVENTS = (  # (timeline name, log, pattern): the first match after the failure counts
-    ("token lost", "corosync", re.compile(r"A processor failed|Token has not been received")),
-    ("new membership", "corosync", re.compile(r"A new membership .* was formed")),
-    ("Redis promoted", "pacemaker", re.compile(RESULT.format("promote", "redis"))),
-    ("Redis VIP up", "pacemaker", re.compile(RESULT.format("start", "redis-vip"))),
-    ("VIP1 up", "pacemaker", re.compile(RESULT.format("start", "vip1"))),
-    ("rtpengine restored", "pacemaker", re.compile(RESULT.format("start", "rtpengine1"))),
-)
+RESULT = r"Result of {} operation for {} on \S+: ok"
+
+
+def events(vip_no: int) -> tuple[tuple[str, str, re.Pattern[str]], ...]:
+    """(timeline name, log, pattern) for a failover of VIP `vip_no`; the first match counts."""
+    return (
+        ("token lost", "corosync", re.compile(r"A processor failed|Token has not been received")),
+        ("new membership", "corosync", re.compile(r"A new membership .* was formed")),
+        ("Redis promoted", "pacemaker", re.compile(RESULT.format("promote", "redis"))),
+        ("Redis VIP up", "pacemaker", re.compile(RESULT.format("start", "redis-vip"))),
+        (f"VIP{vip_no} up", "pacemaker", re.compile(RESULT.format("start", f"vip{vip_no}"))),
+        ("rtpengine restored", "pacemaker",
+         re.compile(RESULT.format("start", f"rtpengine{vip_no}"))),
+    )  # fmt: skip
 
 
 @dataclass
 class CallResult:
     call_id: str
+    vip: str
     gap_ms: float
     lost: int
     media_resumed: bool
@@ -198,18 +185,24 @@ class CallResult:
 
 @dataclass
 class RunResult:
+    victim: str  # the node powered off
+    failed_vip: str  # the VIP it held
     calls: list[CallResult]
     bye_ok: int
     survivor_dialogs: int
     survivor_channels: int
     timeline_ms: dict[str, float]
     redis_restore_ms: str
-    dc_before: str = "?"  # the Pacemaker DC when drill1 was powered off
+    dc_before: str = "?"  # the Pacemaker DC when the victim was powered off
 
     @property
     def dropped(self) -> int:
         failed_bye = len(self.calls) - self.bye_ok
         return max(failed_bye, sum(not c.media_resumed for c in self.calls))
+
+    @property
+    def failover_calls(self) -> list[CallResult]:
+        return [c for c in self.calls if c.vip == self.failed_vip]
 
 
 def log_times(text: str, pattern: re.Pattern[str], after: float) -> float | None:
@@ -224,16 +217,24 @@ def log_times(text: str, pattern: re.Pattern[str], after: float) -> float | None
     return None
 
 
+def spread(calls: int, vips: int) -> list[int]:
+    """`calls` split over the VIPs as evenly as possible (the first VIPs take the rest)."""
+    return [calls // vips + (1 if i < calls % vips else 0) for i in range(vips)]
+
+
 def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
              after_s: float = 12.0) -> RunResult:  # fmt: skip
-    """Place `calls` calls on VIP1, power drill1 off, measure, let the calls end with a BYE."""
+    """Place `calls` calls on every VIP, power one node off, measure, end each call with a BYE."""
+    nodes = setup.nodes
+    victim = nodes[(run_no - 1) % len(nodes)]
+    survivors = [n for n in nodes if n is not victim]
     work = setup.work / f"run{run_no}"
     work.mkdir(mode=0o755)
     (work / "stream.al").write_bytes(bytes([0xD5]) * 8000)  # 1 s of A-law silence, looped
-    lab = setup.lab
+    sources = " or ".join(f"src host {n.vip}" for n in nodes)
     capture = Daemon(
         "capture", ["ip", "netns", "exec", CLIENT_NS, "tshark", "-q", "-i", "eth0", "-f",
-                    f"udp and src host {VIP1}", "-w", str(work / "rtp.pcap")],
+                    f"udp and ({sources})", "-w", str(work / "rtp.pcap")],
         work / "tshark.log",
     )  # fmt: skip
     capture.start()
@@ -242,78 +243,98 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     uas = sipp("uas", "uas.xml", work, CLIENT, UAS_PORT, 6000, "-rtp_echo", netns=CLIENT_NS)
     setup.runs.append(uas)
     duration_ms = int((hold_s + after_s) * 1000)
-    uac = sipp(
-        "uac", "uac_drill.xml", work, CLIENT, 5070, 7000, "-s", "1000", "-m", str(calls),
-        "-r", "50", "-d", str(duration_ms), "-cid_str", f"drill{run_no}-%u@x",
-        "-timeout", "120", "-timeout_error", "-recv_timeout", "30000",
-        target=f"{VIP1}:5060", netns=CLIENT_NS,
-    )  # fmt: skip
-    setup.runs.append(uac)
-    vip1_ng = setup.kamailio["drill1"].policy.vips[0]
-    survivor = setup.kamailio["drill2"]
-    wait_until(lambda: int(survivor.rpc.call("dlg.stats_active")["ongoing"]) == calls,
-               30, "calls established and replicated")  # fmt: skip
-    call_ids = [f"drill{run_no}-{n}@x" for n in range(1, calls + 1)]
-    ports: dict[int, str] = {}  # rtpengine's local RTP port of each call leg -> its call
+    uacs: list[SippRun] = []
+    call_vip: dict[str, str] = {}
+    for i, (n, count) in enumerate(zip(nodes, spread(calls, len(nodes)), strict=True)):
+        if count == 0:
+            continue
+        uac = sipp(
+            f"uac{i + 1}", "uac_drill.xml", work, CLIENT, 5070 + 10 * i, 7000 + 100 * i,
+            "-s", "1000", "-m", str(count), "-r", "50", "-d", str(duration_ms),
+            "-cid_str", f"drill{run_no}-{i + 1}-%u@x", "-timeout", "120", "-timeout_error",
+            "-recv_timeout", "30000", target=f"{n.vip}:5060", netns=CLIENT_NS,
+        )  # fmt: skip
+        setup.runs.append(uac)
+        uacs.append(uac)
+        call_vip |= {f"drill{run_no}-{i + 1}-{k}@x": n.vip for k in range(1, count + 1)}
+    for name, rpc in setup.rpc.items():
+        wait_until(lambda r=rpc: int(r.call("dlg.stats_active")["ongoing"]) == calls,
+                   30, f"calls established and replicated to {name}")  # fmt: skip
+    legs_of: dict[tuple[str, int], str] = {}  # (VIP, rtpengine's RTP port of a leg) -> call
     with in_netns(CLIENT_NS):
-        ng = NgClient.from_socket(vip1_ng.rtpengine[0])
-        for call_id in call_ids:
-            for stream in rtp_streams(ng.query(call_id)):
-                ports[int(stream["local port"])] = call_id
+        for call_id, vip in call_vip.items():
+            for stream in rtp_streams(NgClient(vip, 2223).query(call_id)):
+                legs_of[(vip, int(stream["local port"]))] = call_id
     time.sleep(hold_s)
 
-    dc = setup.ha["drill2"].run(["crmadmin", "-D", "-q"]).stdout.strip() or "?"
-    # Power off drill1: its link first (no goodbye on the wire), then every process it runs.
+    dc = setup.ha[survivors[0].name].run(["crmadmin", "-D", "-q"]).stdout.strip() or "?"
+    # Power off the victim: its link first (no goodbye on the wire), then every process.
     t_fail = time.time()
-    lab.link("khad-1", up=False)
-    kill_netns("khad-1")
-    uac.wait(duration_ms / 1000 + 90)
+    setup.lab.link(victim.netns, up=False)
+    kill_netns(victim.netns)
+    for uac in uacs:
+        uac.wait(duration_ms / 1000 + 90)
     time.sleep(1)
     capture.stop()
     setup.capture = None
     uas.stop()
 
-    stats = sipp_stats(uac.output())
+    bye_ok = sum(sipp_stats(uac.output()).get("successful", 0) for uac in uacs)
     streams = packet_times(work / "rtp.pcap")
-    legs: dict[str, list[tuple[float, bool]]] = {call_id: [] for call_id in call_ids}
-    for port, times in streams.items():
-        if port in ports:
-            legs[ports[port]].append(gap_around(times, t_fail))
-    results = [call_result(call_id, legs[call_id]) for call_id in call_ids]
-    node2 = setup.ha["drill2"]
-    logs = {
-        "corosync": (node2.base / "log-corosync" / "corosync.log").read_text(errors="replace"),
-        "pacemaker": (node2.base / "log-pacemaker" / "pacemaker.log").read_text(errors="replace"),
-    }
-    timeline: dict[str, float] = {}
-    for name, log, pattern in EVENTS:
-        ts = log_times(logs[log], pattern, t_fail)
-        if ts is not None:
-            timeline[name] = (ts - t_fail) * 1000
-    resumed_at = [t for times in streams.values() for t in times if t > t_fail + 0.05]
+    legs: dict[str, list[tuple[float, bool]]] = {call_id: [] for call_id in call_vip}
+    for key, times in streams.items():
+        if key in legs_of:
+            legs[legs_of[key]].append(gap_around(times, t_fail))
+    results = [call_result(c, call_vip[c], legs[c]) for c in call_vip]
+    timeline = failover_timeline(setup, survivors, nodes.index(victim) + 1, t_fail)
+    resumed_at = [t for (vip, _p), times in streams.items() if vip == victim.vip
+                  for t in times if t > t_fail + 0.05]  # fmt: skip
     if resumed_at:
         timeline["first RTP after failover"] = (min(resumed_at) - t_fail) * 1000
-    restore = last_line_with(setup.work / "rtpengine-logs" / f"rtpengine-{VIP1}.log",
-                             "Redis restore time")  # fmt: skip
-    wait_until(lambda: int(survivor.rpc.call("dlg.stats_active")["all"]) == 0, 30,
-               "survivor dialogs back to 0")  # fmt: skip
+    holder = setup.ha[survivors[0].name].located(f"vip{nodes.index(victim) + 1}")
+    restore = last_line_with(setup.work / holder / "log-kemi-ha" / f"rtpengine-{victim.vip}.log",
+                             "Redis restore time") if holder else ""  # fmt: skip
+    rpcs = {s.name: setup.rpc[s.name] for s in survivors}
+    for name, rpc in rpcs.items():
+        wait_until(lambda r=rpc: int(r.call("dlg.stats_active")["all"]) == 0, 30,
+                   f"dialogs on {name} back to 0")  # fmt: skip
     return RunResult(
+        victim=victim.name,
+        failed_vip=victim.vip,
         calls=results,
-        bye_ok=stats.get("successful", 0),
-        survivor_dialogs=int(survivor.rpc.call("dlg.stats_active")["all"]),
-        survivor_channels=int(survivor.rpc.call("dlg.profile_get_size", "kha_global")),
+        bye_ok=bye_ok,
+        survivor_dialogs=sum(int(r.call("dlg.stats_active")["all"]) for r in rpcs.values()),
+        survivor_channels=sum(
+            int(r.call("dlg.profile_get_size", "kha_global")) for r in rpcs.values()
+        ),
         timeline_ms=dict(sorted(timeline.items(), key=lambda kv: kv[1])),
         redis_restore_ms=restore or "Redis restore time not logged",
         dc_before=dc,
     )
 
 
-def call_result(call_id: str, legs: list[tuple[float, bool]]) -> CallResult:
+def failover_timeline(setup: DrillSetup, survivors: list[DrillNode], vip_no: int,
+                      t_fail: float) -> dict[str, float]:  # fmt: skip
+    """ms after the power-off of each event, the earliest any survivor logged."""
+    logs = {
+        kind: [(setup.work / s.name / f"log-{kind}" / f"{kind}.log").read_text(errors="replace")
+               for s in survivors]
+        for kind in ("corosync", "pacemaker")
+    }  # fmt: skip
+    timeline: dict[str, float] = {}
+    for name, kind, pattern in events(vip_no):
+        hits = [ts for text in logs[kind] if (ts := log_times(text, pattern, t_fail)) is not None]
+        if hits:
+            timeline[name] = (min(hits) - t_fail) * 1000
+    return timeline
+
+
+def call_result(call_id: str, vip: str, legs: list[tuple[float, bool]]) -> CallResult:
     """A call's gap is its worst leg's; its media resumed only if every leg's did."""
     if not legs or not all(resumed for _gap, resumed in legs):
-        return CallResult(call_id, float("inf"), -1, False)
+        return CallResult(call_id, vip, float("inf"), -1, False)
     gap = max(gap for gap, _resumed in legs)
-    return CallResult(call_id, gap, max(0, round(gap / PACKET_MS) - 1), True)
+    return CallResult(call_id, vip, gap, max(0, round(gap / PACKET_MS) - 1), True)
 
 
 def last_line_with(path: Path, text: str) -> str:
@@ -333,17 +354,18 @@ def sipp_stats(output: str) -> dict[str, int]:
     return out
 
 
-def packet_times(pcap: Path) -> dict[int, list[float]]:
-    """RTP packets from VIP1 to the client, by rtpengine's source port (one per call leg)."""
+def packet_times(pcap: Path) -> dict[tuple[str, int], list[float]]:
+    """RTP packets from the VIPs to the client, by (VIP, rtpengine's port): one per call leg."""
     out = subprocess.run(
-        ["tshark", "-r", str(pcap), "-T", "fields", "-e", "frame.time_epoch", "-e", "udp.srcport"],
+        ["tshark", "-r", str(pcap), "-T", "fields", "-e", "frame.time_epoch", "-e", "ip.src",
+         "-e", "udp.srcport"],
         capture_output=True, text=True, check=False,
     ).stdout  # fmt: skip
-    streams: dict[int, list[float]] = {}
+    streams: dict[tuple[str, int], list[float]] = {}
     for line in out.splitlines():
         parts = line.split("\t")
-        if len(parts) == 2 and parts[1]:
-            streams.setdefault(int(parts[1]), []).append(float(parts[0]))
+        if len(parts) == 3 and parts[2]:
+            streams.setdefault((parts[1], int(parts[2])), []).append(float(parts[0]))
     return streams
 
 
@@ -365,43 +387,53 @@ def gap_around(times: list[float], t_fail: float) -> tuple[float, bool]:
 
 
 def report(results: list[RunResult], calls: int, profile: str) -> tuple[str, str]:
+    """Every run in detail, and one summary line: the gap is that of the calls whose VIP moved
+    (calls on the other VIPs are listed too: they must not notice anything)."""
     lines = [f"drill: profile={profile} calls={calls} runs={len(results)}"]
     gaps: list[float] = []
+    others: list[float] = []
     dropped = 0
     for i, r in enumerate(results, start=1):
         lines.append(
-            f"run {i}: BYE 200 after failover {r.bye_ok}/{len(r.calls)}; survivor dialogs "
-            f"{r.survivor_dialogs}, channels {r.survivor_channels}; rtpengine {r.redis_restore_ms}"
+            f"run {i}: {r.victim} powered off ({r.failed_vip}); BYE 200 after failover "
+            f"{r.bye_ok}/{len(r.calls)}; survivor dialogs {r.survivor_dialogs}, channels "
+            f"{r.survivor_channels}; rtpengine {r.redis_restore_ms}"
         )
         lines.append(f"  Pacemaker DC at power-off: {r.dc_before}")
         lines.append("  timeline (ms after power-off): " + ", ".join(
             f"{k} {v:.0f}" for k, v in r.timeline_ms.items()))  # fmt: skip
-        lines.append(f"  {'call':<16}{'gap_ms':>10}{'lost':>6}  resumed")
+        lines.append(f"  {'call':<20}{'vip':>14}{'gap_ms':>10}{'lost':>6}  resumed")
         for c in r.calls:
             resumed = "yes" if c.media_resumed else "NO"
-            lines.append(f"  {c.call_id:<16}{c.gap_ms:>10.0f}{c.lost:>6}  {resumed}")
-        gaps += [c.gap_ms for c in r.calls if c.media_resumed]
+            lines.append(f"  {c.call_id:<20}{c.vip:>14}{c.gap_ms:>10.0f}{c.lost:>6}  {resumed}")
+        gaps += [c.gap_ms for c in r.failover_calls if c.media_resumed]
+        others += [c.gap_ms for c in r.calls if c.vip != r.failed_vip and c.media_resumed]
         dropped += r.dropped
     total = calls * len(results)
     median = statistics.median(gaps) if gaps else float("nan")
     worst = max(gaps) if gaps else float("nan")
+    other = max(others) if others else float("nan")
     summary = (
-        f"drill: calls={total} dropped={dropped} median_gap_ms={median:.0f} max_gap_ms={worst:.0f}"
+        f"drill: calls={total} dropped={dropped} median_gap_ms={median:.0f} "
+        f"max_gap_ms={worst:.0f} other_vips_max_gap_ms={other:.0f}"
     )
     return "\n".join(lines), summary
 
 
-def drill(calls: int = 10, profile: str = "tuned", repeat: int = 1, keep: bool = False) -> int:
+def drill(nodes: int = 2, calls: int = 10, profile: str = "tuned", repeat: int = 1,
+          keep: bool = False) -> int:  # fmt: skip
     """Run the drill `repeat` times; print the report, the JSON path and the summary line last."""
     if profile not in COROSYNC_PROFILES:
         raise ValueError(f"unknown profile {profile!r}")
     results: list[RunResult] = []
     for run_no in range(1, repeat + 1):
         work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-"))
-        with drill_cluster(work, profile) as setup:
+        with drill_cluster(work, profile, nodes) as setup:
             results.append(run_once(setup, calls, run_no))
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"drill: run {run_no} kept in {work}")
     text, summary = report(results, calls, profile)
     print(text)
     out = Path(tempfile.gettempdir()) / "kemi-ha-drill-result.json"

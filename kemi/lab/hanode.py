@@ -1,6 +1,11 @@
 """A cluster node on one machine: Corosync and Pacemaker in their own network, UTS and mount
 namespaces (LAB-NOTES: private /run and /dev/shm, per-node state directories bind-mounted over
-the system ones), so that two stacks run side by side without seeing each other's IPC.
+the system ones), so that several stacks run side by side without seeing each other's IPC.
+
+What the node runs is installed from `kemi-ha render` output exactly as docs/ha.md tells an
+operator (install_node): the files are copied unchanged to the directories that the node's
+mount namespace shows at /etc/kemi-ha, /etc/corosync, /var/lib/pacemaker/cib and the OCF root.
+The lab only supplies what a real host has of its own: a hostname, /etc/hosts, empty /run.
 """
 
 from __future__ import annotations
@@ -22,12 +27,16 @@ OCF_ROOT = Path("/usr/lib/ocf/resource.d")
 NODE_SCRIPT = """\
 set -e
 hostname "$NODE_NAME"
+mkdir -p /etc/kemi-ha /var/log/kemi-ha
 mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/crm /run/redis /run/kemi-ha
 chown hacluster:haclient /run/crm && chmod 750 /run/crm
 chown redis:redis /run/redis
-[ -f "$BASE/node.yaml" ] && cp "$BASE/node.yaml" /run/kemi-ha/node.yaml
+mount --bind "$BASE/run-kemi-ha" /run/kemi-ha
 mount -t tmpfs tmpfs /dev/shm
+mount --bind "$BASE/etc-kemi-ha" /etc/kemi-ha
+mount --bind "$BASE/log-kemi-ha" /var/log/kemi-ha
+sysctl -q -p /etc/kemi-ha/sysctl-kemi-ha.conf
 mount --bind "$BASE/etc-corosync" /etc/corosync
 mount --bind "$BASE/var-lib-corosync" /var/lib/corosync
 mount --bind "$BASE/var-lib-pacemaker" /var/lib/pacemaker
@@ -42,50 +51,68 @@ exec pacemakerd
 """
 
 
+# What `kemi-ha render` wrote -> where docs/ha.md installs it (paths as the node sees them).
+# `{node}` is the node's own directory of the output; the OCF agents come from deploy/ocf.
+INSTALL = (
+    ("{node}/*", "/etc/kemi-ha/"),
+    ("policy.yaml", "/etc/kemi-ha/policy.yaml"),
+    ("{node}/corosync.conf", "/etc/corosync/corosync.conf"),
+    ("cib.xml", "/var/lib/pacemaker/cib/cib.xml"),
+)
+# Node path -> the lab directory under the node's base that its mount namespace shows there.
+MOUNTS = {
+    "/etc/kemi-ha/": "etc-kemi-ha",
+    "/etc/corosync/": "etc-corosync",
+    "/var/lib/pacemaker/": "var-lib-pacemaker",
+}
+
+
+def install_node(rendered: Path, name: str, base: Path, agents: dict[str, Path]) -> list[Path]:
+    """Copy the render output for node `name` where the node will see it; files unchanged.
+
+    Returns the installed files (a test compares each with what render wrote).
+    """
+    installed: list[Path] = []
+    for source, target in INSTALL:
+        prefix = next(p for p in MOUNTS if target.startswith(p))
+        dest = base / MOUNTS[prefix] / target.removeprefix(prefix)
+        pattern = source.format(node=name)
+        sources = sorted(rendered.glob(pattern)) if "*" in pattern else [rendered / pattern]
+        for src in sources:
+            out = dest / src.name if target.endswith("/") else dest
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, out)
+            out.chmod(0o644)
+            installed.append(out)
+    for key, agent in agents.items():  # /usr/lib/ocf/resource.d/<provider>/<type>
+        target = base / "ocf" / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(agent, target)
+        target.chmod(0o755)
+    return installed
+
+
 class HaNode:
-    def __init__(self, name: str, netns: str, base: Path, corosync_conf: str, cib: str,
-                 ocf_agents: dict[str, Path], hosts: dict[str, str]) -> None:  # fmt: skip
+    def __init__(self, name: str, netns: str, base: Path, hosts: dict[str, str]) -> None:
         self.name = name
         self.netns = netns
-        self.base = base
-        self.corosync_conf = corosync_conf
-        self.cib = cib
-        self.ocf_agents = ocf_agents  # "provider/type" -> agent file
+        self.base = base  # install_node() has filled it
         self.hosts = hosts  # node name -> address: ocf:heartbeat:redis replicates by node name
         self.daemon: Daemon | None = None
 
     def prepare(self) -> None:
         b = self.base
-        for d in ("etc-corosync", "var-lib-corosync", "log-corosync", "ocf/heartbeat"):
+        for d in ("etc-corosync", "var-lib-corosync", "log-corosync", "ocf/heartbeat",
+                  "etc-kemi-ha", "log-kemi-ha", "run-kemi-ha", "log-pacemaker"):  # fmt: skip
             (b / d).mkdir(parents=True, exist_ok=True)
         for d in ("cib", "pengine", "blackbox", "cores"):
             (b / "var-lib-pacemaker" / d).mkdir(parents=True, exist_ok=True)
-        (b / "log-pacemaker").mkdir(exist_ok=True)
-        (b / "etc-corosync" / "corosync.conf").write_text(self.corosync_conf)
         (b / "hosts").write_text(
             "127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in self.hosts.items())
         )
-        # A seeded CIB (nodes, properties, resources) saves the ~20 s of an empty-CIB election.
-        (b / "var-lib-pacemaker" / "cib" / "cib.xml").write_text(self.cib)
-        for key, agent in self.ocf_agents.items():
-            target = b / "ocf" / key
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(agent, target)
-            target.chmod(0o755)
-        sh(
-            "chown",
-            "-R",
-            "hacluster:haclient",
-            str(b / "var-lib-pacemaker"),
-            str(b / "log-pacemaker"),
-        )
-        sh(
-            "chmod",
-            "-R",
-            "u+rwX,g+rwX,o-rwx",
-            str(b / "var-lib-pacemaker"),
-            str(b / "log-pacemaker"),
-        )
+        for d in ("var-lib-pacemaker", "log-pacemaker"):
+            sh("chown", "-R", "hacluster:haclient", str(b / d))
+            sh("chmod", "-R", "u+rwX,g+rwX,o-rwx", str(b / d))
 
     def start(self) -> None:
         self.prepare()
