@@ -18,6 +18,7 @@ import yaml
 
 from kemi.core.compile import compile_policy
 from kemi.core.schema import json_schema
+from kemi.ops.embedded_python import check_embedded_python
 from kemi.ops.procs import StartError
 from kemi.ops.render import RenderError, render
 from kemi.ops.rpc import RpcError
@@ -57,6 +58,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     stack = Stack(config)
+    if "kamailio" in config.components:
+        # Before anything starts: a foreign Python on PATH or a venv of another Python would
+        # otherwise only show as Kamailio failing to load its script.
+        check_embedded_python(stack.kamailio_env())
     try:
         stack.start()
         print(banner(stack), flush=True)
