@@ -18,25 +18,13 @@ from pathlib import Path
 import pytest
 
 from kemi.ops.embedded_python import check_embedded_python, system_python
-from kemi.ops.stack import Stack, StackConfig, sip_options_ok
+from kemi.ops.stack import Stack, sip_options_ok
+from tests.integration.conftest import VIP1, VIP2, loopback_config, two_vip_policy
 
 pytestmark = pytest.mark.integration
 
-VIP1, VIP2 = "127.0.0.1", "127.0.0.2"
 SIP_PORT = 25260
 NG_PORT = 22323
-
-POLICY = f"""\
-version: foreign-python-1
-vips:
-  - address: {VIP1}
-    rtpengine: ["udp:{VIP1}:{NG_PORT}"]
-  - address: {VIP2}
-    rtpengine: ["udp:{VIP2}:{NG_PORT}"]
-routes:
-  - name: default
-    destinations: ["sip:127.0.0.1:25280"]
-"""
 
 
 def pyenv_python3() -> Path | None:
@@ -73,13 +61,10 @@ def foreign_stack(
     require_root: None,
 ) -> Iterator[Stack]:
     monkeypatch.setenv("PATH", f"{foreign_bin(request.param, tmp_path)}:{os.environ['PATH']}")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    policy = run_dir / "policy.yaml"
-    policy.write_text(POLICY)
-    config = StackConfig(
-        run_dir=run_dir,
-        policy_path=policy,
+    (tmp_path / "run").mkdir()
+    config = loopback_config(
+        tmp_path / "run",
+        two_vip_policy(NG_PORT, uas_port=25280, version="foreign-python-1"),
         sip_port=SIP_PORT,
         redis_port=26479,
         rtp_port_base=46000,
