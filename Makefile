@@ -1,6 +1,6 @@
 # kemi-ha: the two commands are `make run` and `make test` (as root on Debian 12/13).
 # Both install what is missing first: Debian packages and a venv made from
-# Debian's /usr/bin/python3 (the interpreter Kamailio embeds).
+# Debian's /usr/bin/python3 (the interpreter Kamailio embeds), whatever python3 PATH finds.
 
 SHELL := /bin/bash
 VENV := .venv
@@ -43,7 +43,17 @@ deps:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-venv: $(VENV)/.installed
+# A venv made by another Python (pyenv, conda, a Debian upgrade 3.11 -> 3.13) holds packages
+# Kamailio's embedded Python cannot load: rebuilt when its base prefix or version is not
+# /usr/bin/python3's. (A make recipe cannot drop a prerequisite it has already judged, hence
+# the check in venv's recipe and the sub-make.)
+PYID := import sys; print(sys.base_prefix, *sys.version_info[:2])
+venv:
+	@if [ "$$(/usr/bin/python3 -I -c '$(PYID)')" != "$$(env -u PYTHONHOME $(PY) -c '$(PYID)' 2>/dev/null)" ]; then \
+		if [ -e $(VENV) ]; then echo "$(VENV) was not made by /usr/bin/python3 (see $(VENV)/pyvenv.cfg): rebuilding"; fi; \
+		rm -rf $(VENV); \
+	fi
+	@$(MAKE) --no-print-directory $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || /usr/bin/python3 -m venv $(VENV)

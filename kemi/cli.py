@@ -19,6 +19,7 @@ import yaml
 from kemi.core.compile import compile_policy
 from kemi.core.schema import json_schema
 from kemi.core.structure import SpecError
+from kemi.ops.embedded_python import check_embedded_python
 from kemi.ops.health import node_problems
 from kemi.ops.procs import StartError
 from kemi.ops.render import load_node_config, render
@@ -51,6 +52,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     stack = Stack(config)
+    if "kamailio" in config.components:
+        # Before anything starts: a foreign Python on PATH or a venv of another Python would
+        # otherwise only show as Kamailio failing to load its script.
+        check_embedded_python(stack.kamailio_env())
     try:
         stack.start()
         print(banner(stack), flush=True)

@@ -15,6 +15,10 @@ class StartError(RuntimeError):
     """A daemon did not come up; the message says which and where its log is."""
 
 
+class NotReady(StartError):
+    """wait_until ran out of time (a StartError raised by the check itself is final)."""
+
+
 class Daemon:
     def __init__(
         self,
@@ -30,6 +34,7 @@ class Daemon:
         self.cwd = cwd
         self.env = dict(env) if env is not None else None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_offset = 0  # where this start's output begins in the (appended) log
 
     @property
     def pid(self) -> int | None:
@@ -37,6 +42,7 @@ class Daemon:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
+            self.log_offset = log.seek(0, os.SEEK_END)
             self.proc = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
@@ -75,6 +81,15 @@ class Daemon:
         # Children that outlived the leader (Kamailio workers) share its group.
         self.signal(signal.SIGKILL)
 
+    def log_since_start(self) -> str:
+        """The log as written since the last start() (earlier runs' errors are not causes)."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self.log_offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -89,7 +104,9 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float
         try:
             if check():
                 return
+        except StartError:
+            raise  # the check knows it is over (e.g. the daemon exited): do not wait on
         except Exception as exc:  # not ready yet: keep the reason for the error
             last = exc
         time.sleep(step)
-    raise StartError(f"{what}: not ready after {timeout:.0f} s" + (f" ({last})" if last else ""))
+    raise NotReady(f"{what}: not ready after {timeout:.0f} s" + (f" ({last})" if last else ""))

@@ -413,7 +413,11 @@ def node_yaml(config: NodeConfigSpec) -> str:
 
 
 def kamailio_clone(spec: ClusterSpec) -> str:
-    """Kamailio on every node (active-active): `kemi-ha run` with the node's rendered node.yaml."""
+    """Kamailio on every node (active-active): `kemi-ha run` with the node's rendered node.yaml.
+
+    Through kemi-ha (Stack), never kamailio directly: Stack pins Kamailio's embedded Python to
+    Debian's whatever PATH the agent runs with (kemi/ops/embedded_python.py).
+    """
     agent = primitive(
         "kamailio", "ocf", "heartbeat", "anything",
         {"binfile": f"{spec.kemi_ha_root}/.venv/bin/kemi-ha",

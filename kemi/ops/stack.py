@@ -13,9 +13,9 @@ import json
 import os
 import shutil
 import socket
-import sysconfig
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,10 +25,11 @@ import redis
 import kemi
 from kemi.core.node_spec import NodeConfigSpec
 from kemi.core.policy import Policy, Vip
+from kemi.ops.embedded_python import embedded_env, kamailio_failure, venv_site_packages
 from kemi.ops.netns import in_netns, netns_exec
 from kemi.ops.ng import NgClient
 from kemi.ops.nodecfg import NODE_CFG_NAME, NodeValues, render_node_cfg
-from kemi.ops.procs import Daemon, StartError, wait_until
+from kemi.ops.procs import Daemon, NotReady, StartError, wait_until
 from kemi.ops.rpc import KamailioRpc
 from kemi.policyfile import load_policy
 
@@ -267,9 +268,8 @@ class Stack:
     # ----- Kamailio --------------------------------------------------------------------
 
     def kamailio_env(self) -> dict[str, str]:
-        site = sysconfig.get_paths()["purelib"]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), site])
+        """Our environment, but with Debian's Python pinned: never the caller's PATH or venv."""
+        env = embedded_env(os.environ, [str(self.config.kemi_root), venv_site_packages()])
         env["KEMI_HA_POLICY"] = str(Path(self.config.policy_path).resolve())
         env["KEMI_HA_RUN_DIR"] = str(self.run_dir)
         env["KEMI_HA_NODE_ADDRESS"] = self.config.node_address
@@ -319,9 +319,16 @@ class Stack:
         self.kamailio = daemon
         if cfg.netns is None and cfg.ready_check == "options":
             for vip in self.policy.vips:
-                self._wait(daemon, lambda v=vip: sip_options_ok(v.address, cfg.sip_port), 20)
+                self._wait(
+                    daemon,
+                    lambda v=vip: sip_options_ok(v.address, cfg.sip_port),
+                    20,
+                    kamailio_failure,
+                )
         else:  # the VIPs may be held by other nodes: ask Kamailio itself
-            self._wait(daemon, lambda: self.rpc.call("core.uptime") is not None, 20)
+            self._wait(
+                daemon, lambda: self.rpc.call("core.uptime") is not None, 20, kamailio_failure
+            )
 
     @property
     def dmq_enabled(self) -> bool:
@@ -351,22 +358,31 @@ class Stack:
 
     # ----- helpers ---------------------------------------------------------------------
 
-    def _wait(self, daemon: Daemon, check: object, timeout: float) -> None:
+    def _wait(
+        self,
+        daemon: Daemon,
+        check: Callable[[], object],
+        timeout: float,
+        explain: Callable[[str], str | None] | None = None,
+    ) -> None:
+        """Wait for `check`; on failure name the cause in one line when `explain` finds it."""
+
+        def failed(how: str) -> StartError:
+            cause = explain(daemon.log_since_start()) if explain else None
+            if cause:
+                return StartError(f"{daemon.name} {how}: {cause} (log {daemon.log_path})")
+            return StartError(f"{daemon.name} {how}; see {daemon.log_path}:\n{daemon.log_tail()}")
+
         def ready() -> bool:
             if not daemon.alive():
-                raise StartError(
-                    f"{daemon.name} exited with {daemon.proc.returncode if daemon.proc else '?'}"
-                    f"; see {daemon.log_path}:\n{daemon.log_tail()}"
-                )
+                raise failed(f"exited with {daemon.proc.returncode if daemon.proc else '?'}")
             with self.net():
-                return bool(check())  # type: ignore[operator]
+                return bool(check())
 
         try:
             wait_until(ready, timeout, daemon.name)
-        except StartError as exc:
-            if "exited" in str(exc):
-                raise
-            raise StartError(f"{exc}; see {daemon.log_path}:\n{daemon.log_tail()}") from None
+        except NotReady as exc:
+            raise failed(str(exc).removeprefix(f"{daemon.name}: ")) from None
 
 
 def sip_options_ok(host: str, port: int, timeout: float = 0.5) -> bool:

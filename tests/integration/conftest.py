@@ -21,17 +21,30 @@ UAS_PORT = 15080
 NG_PORT = 12223
 REDIS_PORT = 16379
 
-TEST_POLICY = f"""\
-version: test-1
+
+def two_vip_policy(ng_port: int, uas_port: int, version: str = "test-1") -> str:
+    """VIP1 and VIP2 on loopback, one rtpengine each, every call to one UAS."""
+    return f"""\
+version: {version}
 vips:
   - address: {VIP1}
-    rtpengine: ["udp:{VIP1}:{NG_PORT}"]
+    rtpengine: ["udp:{VIP1}:{ng_port}"]
   - address: {VIP2}
-    rtpengine: ["udp:{VIP2}:{NG_PORT}"]
+    rtpengine: ["udp:{VIP2}:{ng_port}"]
 routes:
   - name: default
-    destinations: ["sip:127.0.0.1:{UAS_PORT}"]
+    destinations: ["sip:127.0.0.1:{uas_port}"]
 """
+
+
+def loopback_config(run_dir: Path, policy_text: str, **ports: int) -> StackConfig:
+    """A StackConfig on `ports` with `policy_text` as run_dir/policy.yaml."""
+    policy = run_dir / "policy.yaml"
+    policy.write_text(policy_text)
+    return StackConfig(run_dir=run_dir, policy_path=policy, **ports)  # type: ignore[arg-type]
+
+
+TEST_POLICY = two_vip_policy(NG_PORT, UAS_PORT)
 
 # Below Linux's ephemeral range (32768+), away from the fixed ports above and from the
 # rtpengine ranges (22000-23999): SIPp's own sockets then never steal a relay port.
@@ -52,12 +65,9 @@ def require_root() -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Stack]:
-    run_dir = tmp_path_factory.mktemp("run")
-    policy = run_dir / "policy.yaml"
-    policy.write_text(TEST_POLICY)
-    config = StackConfig(
-        run_dir=run_dir,
-        policy_path=policy,
+    config = loopback_config(
+        tmp_path_factory.mktemp("run"),
+        TEST_POLICY,
         sip_port=SIP_PORT,
         redis_port=REDIS_PORT,
         rtp_port_base=22000,
