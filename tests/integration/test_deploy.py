@@ -22,19 +22,21 @@ EXAMPLE = REPO / "deploy" / "cluster.example.yaml"
 EXAMPLE_3 = REPO / "deploy" / "cluster.3nodes.example.yaml"
 
 
+def render_example(example: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("rendered")
+    assert kemi_ha(["render", str(example), str(out)]) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("rendered")
-    assert kemi_ha(["render", str(EXAMPLE), str(out)]) == 0
-    return out
+    return render_example(EXAMPLE, tmp_path_factory)
 
 
 @pytest.fixture(scope="module", params=[EXAMPLE, EXAMPLE_3], ids=["2-nodes", "3-nodes"])
 def each_example(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both cluster examples rendered: what Pacemaker and crmsh are asked about."""
-    out = tmp_path_factory.mktemp("rendered")
-    assert kemi_ha(["render", str(request.param), str(out)]) == 0
-    return out
+    return render_example(request.param, tmp_path_factory)
 
 
 def test_every_node_gets_its_files(rendered: Path) -> None:
