@@ -60,3 +60,5 @@ class ClusterSpec:
     )
     kemi_ha_root: str = doc("where kemi-ha is installed on the nodes", "/opt/kemi-ha")
     run_dir: str = doc("runtime directory on the nodes", "/run/kemi-ha")
+    etc_dir: str = doc("where the rendered files are installed on the nodes", "/etc/kemi-ha")
+    log_dir: str = doc("log directory on the nodes (Kamailio, rtpengine)", "/var/log/kemi-ha")

@@ -3,7 +3,8 @@
 OUTDIR/
   policy.yaml                 the base policy with this cluster's VIPs and DMQ peers
   crm.txt                     Pacemaker configuration in crm shell syntax (for humans, crmsh)
-  cib-resources.xml           the same as CIB XML (cibadmin, crm_verify, the drill)
+  cib-resources.xml           the same as CIB XML: <configuration> for cibadmin --replace
+  cib.xml                     a whole initial CIB with the nodes (seeds a fresh cluster; crm_verify)
   <node>/corosync.conf        the chosen profile; corosync-tuned.conf and corosync-default.conf
   <node>/sysctl-kemi-ha.conf  ip_nonlocal_bind (listen on VIPs held by the other node)
   <node>/redis.conf           one Redis per node; the ocf:heartbeat:redis agent sets replicaof
@@ -17,14 +18,15 @@ import dataclasses
 import ipaddress
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
 import yaml
 
 from kemi import specfile
+from kemi.core.cluster_resources import cluster_resources
 from kemi.core.cluster_spec import ClusterSpec, ClusterVipSpec, NodeSpec
 from kemi.core.compile import compile_policy
 from kemi.core.node_spec import NodeConfigSpec, check_node
+from kemi.core.pacemaker import to_cib, to_cib_configuration, to_crm
 from kemi.core.spec import PolicySpec, VipSpec
 from kemi.core.structure import Problem
 from kemi.ops.nodecfg import render_node_cfg
@@ -185,218 +187,14 @@ def rtpengine_env(spec: ClusterSpec, vip: ClusterVipSpec, set_id: int) -> str:
     )
 
 
-def crm_config(spec: ClusterSpec, ocf_root: str = "kemi-ha") -> str:
-    first = spec.nodes[0].interface
-    lines = [
-        "# Rendered by kemi-ha render. Load with: crm configure load update crm.txt",
-        "property cib-bootstrap-options: stonith-enabled=false no-quorum-policy=ignore "
-        "dc-deadtime=2s cluster-recheck-interval=30s",
-        "rsc_defaults rsc-options: resource-stickiness=100 migration-threshold=2",
-        f"primitive redis ocf:heartbeat:redis params bin=/usr/bin/redis-server "
-        f"client_bin=/usr/bin/redis-cli config=/etc/kemi-ha/redis.conf port={spec.redis.port} "
-        "op monitor interval=1s role=Promoted timeout=5s "
-        "op monitor interval=2s role=Unpromoted timeout=5s "
-        "op start timeout=20s op stop timeout=20s op promote timeout=10s op demote timeout=10s",
-        "clone redis-clone redis meta promotable=true notify=true promoted-max=1 "
-        "promoted-node-max=1 clone-max=2 clone-node-max=1",
-        f"primitive redis-vip ocf:heartbeat:IPaddr2 params ip={spec.redis.vip} "
-        f"cidr_netmask={spec.netmask} nic={first} "
-        "op monitor interval=20s timeout=10s on-fail=restart",
-        "colocation redis-vip-with-master inf: redis-vip redis-clone:Promoted",
-        "order redis-vip-after-promote Mandatory: redis-clone:promote redis-vip:start",
-        f"location redis-promoted-prefers redis-clone rule role=Promoted 50: "
-        f"#uname eq {spec.vips[0].prefer}",
-    ]
-    for i, vip in enumerate(spec.vips, start=1):
-        node = next(n for n in spec.nodes if n.name == vip.prefer)
-        lines += [
-            f"primitive vip{i} ocf:heartbeat:IPaddr2 params ip={vip.address} "
-            f"cidr_netmask={spec.netmask} nic={node.interface} "
-            "op monitor interval=20s timeout=10s on-fail=restart",
-            f"primitive rtpengine{i} ocf:{ocf_root}:rtpengine params vip={vip.address} "
-            f"ng_port={vip.ng_port} port_min={vip.port_min} port_max={vip.port_max} "
-            f"redis=127.0.0.1:{spec.redis.port}/{i} "
-            f"redis_write={spec.redis.vip}:{spec.redis.port}/{i} "
-            "op monitor interval=2s timeout=5s op start timeout=30s op stop timeout=10s",
-            # No order after the VIP: with ip_nonlocal_bind rtpengine binds the VIP before it is
-            # up, so both start at once on a takeover (start returns once the VIP answers).
-            f"colocation rtpengine{i}-with-vip{i} inf: rtpengine{i} vip{i}",
-            f"location vip{i}-prefers-{node.name} vip{i} 50: {node.name}",
-        ]
-    lines += [
-        "primitive kamailio ocf:heartbeat:anything params "
-        f"binfile={spec.kemi_ha_root}/.venv/bin/kemi-ha "
-        f'cmdline_options="run --node-config /etc/kemi-ha/node.yaml" '
-        "op monitor interval=5s timeout=10s",
-        "clone kamailio-clone kamailio meta clone-max=2 clone-node-max=1 interleave=true",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def nvpairs(prefix: str, params: dict[str, str]) -> str:
-    return "".join(
-        f'<nvpair id="{prefix}-{k}" name="{k}" value={quoteattr(v)}/>' for k, v in params.items()
-    )
-
-
-def op(
-    rid: str,
-    name: str,
-    interval: str,
-    timeout: str,
-    role: str | None = None,
-    on_fail: str | None = None,
-) -> str:
-    extra = (f' role="{role}"' if role else "") + (f' on-fail="{on_fail}"' if on_fail else "")
-    oid = f"{rid}-{name}-{interval}" + (f"-{role}" if role else "")
-    return f'<op id="{oid}" name="{name}" interval="{interval}" timeout="{timeout}"{extra}/>'
-
-
-def primitive(
-    rid: str, cls: str, provider: str | None, typ: str, params: dict[str, str], ops: list[str]
-) -> str:
-    prov = f' provider="{provider}"' if provider else ""
-    return (
-        f'<primitive id="{rid}" class="{cls}"{prov} type="{typ}">'
-        f'<instance_attributes id="{rid}-params">{nvpairs(rid, params)}</instance_attributes>'
-        f"<operations>{''.join(ops)}</operations></primitive>"
-    )
-
-
-def cib_resources(
-    spec: ClusterSpec,
-    ocf_provider: str,
-    redis_conf_path: str,
-    redis_dir: str,
-    kamailio: bool = True,
-) -> str:
-    """The <configuration> for cibadmin: what crm.txt says, in CIB XML."""
-    nic = spec.nodes[0].interface
-    res = [
-        '<clone id="redis-clone"><meta_attributes id="redis-clone-meta">'
-        + nvpairs(
-            "redis-clone",
-            {
-                "promotable": "true",
-                "notify": "true",
-                "promoted-max": "1",
-                "promoted-node-max": "1",
-                "clone-max": str(len(spec.nodes)),
-                "clone-node-max": "1",
-            },
-        )
-        + "</meta_attributes>"
-        + primitive(
-            "redis",
-            "ocf",
-            "heartbeat",
-            "redis",
-            {
-                "bin": "/usr/bin/redis-server",
-                "client_bin": "/usr/bin/redis-cli",
-                "config": redis_conf_path,
-                "port": str(spec.redis.port),
-                "rundir": redis_dir,
-                "wait_last_known_master": "false",
-            },
-            [
-                op("redis", "monitor", "1s", "5s", "Promoted"),
-                op("redis", "monitor", "2s", "5s", "Unpromoted"),
-                op("redis", "start", "0", "20s"),
-                op("redis", "stop", "0", "20s"),
-                op("redis", "promote", "0", "10s"),
-                op("redis", "demote", "0", "10s"),
-                op("redis", "notify", "0", "10s"),
-            ],
-        )
-        + "</clone>",
-        primitive(
-            "redis-vip",
-            "ocf",
-            "heartbeat",
-            "IPaddr2",
-            {"ip": spec.redis.vip, "cidr_netmask": str(spec.netmask), "nic": nic},
-            [op("redis-vip", "monitor", "20s", "10s", on_fail="restart")],
-        ),
-    ]
-    first_pref = spec.vips[0].prefer
-    cons = [
-        # The Redis master starts where VIP1 does: losing that node exercises the promotion.
-        f'<rsc_location id="redis-promoted-prefers" rsc="redis-clone"><rule '
-        f'id="redis-promoted-prefers-rule" role="Promoted" score="50"><expression '
-        f'id="redis-promoted-prefers-expr" attribute="#uname" operation="eq" '
-        f'value="{first_pref}"/></rule></rsc_location>',
-        '<rsc_colocation id="redis-vip-with-master" rsc="redis-vip" with-rsc="redis-clone" '
-        'with-rsc-role="Promoted" score="INFINITY"/>',
-        '<rsc_order id="redis-vip-after-promote" first="redis-clone" first-action="promote" '
-        'then="redis-vip" then-action="start" kind="Mandatory"/>',
-    ]
-    for i, vip in enumerate(spec.vips, start=1):
-        res.append(
-            primitive(
-                f"vip{i}",
-                "ocf",
-                "heartbeat",
-                "IPaddr2",
-                {"ip": vip.address, "cidr_netmask": str(spec.netmask), "nic": nic},
-                [op(f"vip{i}", "monitor", "20s", "10s", on_fail="restart")],
-            )
-        )
-        res.append(
-            primitive(
-                f"rtpengine{i}",
-                "ocf",
-                ocf_provider,
-                "rtpengine",
-                {
-                    "vip": vip.address,
-                    "ng_port": str(vip.ng_port),
-                    "port_min": str(vip.port_min),
-                    "port_max": str(vip.port_max),
-                    "redis": f"127.0.0.1:{spec.redis.port}/{i}",
-                    "redis_write": f"{spec.redis.vip}:{spec.redis.port}/{i}",
-                },
-                [
-                    op(f"rtpengine{i}", "monitor", "2s", "5s"),
-                    op(f"rtpengine{i}", "start", "0", "30s"),
-                    op(f"rtpengine{i}", "stop", "0", "10s"),
-                ],
-            )
-        )
-        cons += [
-            f'<rsc_colocation id="rtpengine{i}-with-vip{i}" rsc="rtpengine{i}" '
-            f'with-rsc="vip{i}" score="INFINITY"/>',
-            f'<rsc_location id="vip{i}-prefers" rsc="vip{i}" node="{vip.prefer}" score="50"/>',
-        ]
-    props = {
-        "stonith-enabled": "false",
-        "no-quorum-policy": "ignore",
-        "dc-deadtime": "2s",
-        "cluster-recheck-interval": "30s",
-    }
-    defaults = {"resource-stickiness": "100", "migration-threshold": "2"}
-    return (
-        '<configuration><crm_config><cluster_property_set id="cib-bootstrap-options">'
-        + nvpairs("cib-bootstrap-options", props)
-        + "</cluster_property_set></crm_config>"
-        + '<rsc_defaults><meta_attributes id="rsc-options">'
-        + nvpairs("rsc-options", defaults)
-        + "</meta_attributes></rsc_defaults>"
-        + "<resources>"
-        + (kamailio_clone(spec) if kamailio else "")
-        + "".join(res)
-        + "</resources>"
-        "<constraints>" + "".join(cons) + "</constraints></configuration>"
-    )
-
-
 def node_config(spec: ClusterSpec, node: NodeSpec) -> NodeConfigSpec:
     """`kemi-ha run --node-config`: Kamailio only (Pacemaker runs Redis and rtpengine)."""
     return NodeConfigSpec(
         node_id=node.id,
         node_address=node.address,
-        policy="/etc/kemi-ha/policy.yaml",
+        policy=f"{spec.etc_dir}/policy.yaml",
         run_dir=spec.run_dir,
+        log_dir=spec.log_dir,
         sip_port=spec.sip_port,
         dmq_port=spec.dmq_port,
         components=["kamailio"],
@@ -407,34 +205,13 @@ def node_config(spec: ClusterSpec, node: NodeSpec) -> NodeConfigSpec:
 def node_yaml(config: NodeConfigSpec) -> str:
     return (
         "# Rendered by kemi-ha render: this node's values for `kemi-ha run --node-config`\n"
-        "# (fields: kemi.core.node_spec). Install as /etc/kemi-ha/node.yaml.\n"
+        "# (fields: kemi.core.node_spec), installed in the cluster's etc_dir.\n"
         + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
     )
 
 
-def kamailio_clone(spec: ClusterSpec) -> str:
-    """Kamailio on every node (active-active): `kemi-ha run` with the node's rendered node.yaml.
-
-    Through kemi-ha (Stack), never kamailio directly: Stack pins Kamailio's embedded Python to
-    Debian's whatever PATH the agent runs with (kemi/ops/embedded_python.py).
-    """
-    agent = primitive(
-        "kamailio", "ocf", "heartbeat", "anything",
-        {"binfile": f"{spec.kemi_ha_root}/.venv/bin/kemi-ha",
-         "cmdline_options": "run --node-config /etc/kemi-ha/node.yaml",
-         "logfile": f"{spec.run_dir}/kemi-ha-run.log"},
-        [op("kamailio", "monitor", "5s", "10s")],
-    )  # fmt: skip
-    meta = nvpairs("kamailio-clone", {"clone-max": str(len(spec.nodes)), "clone-node-max": "1",
-                                       "interleave": "true"})  # fmt: skip
-    return (
-        f'<clone id="kamailio-clone"><meta_attributes id="kamailio-clone-meta">{meta}'
-        f"</meta_attributes>{agent}</clone>"
-    )
-
-
-def render(cluster_file: Path, outdir: Path, kamailio_in_cib: bool = True) -> list[Path]:
-    """Write every file; `kamailio_in_cib=False` leaves Kamailio to the caller (the drill)."""
+def render(cluster_file: Path, outdir: Path) -> list[Path]:
+    """Write every file."""
     spec = load_cluster(cluster_file)
     base = (cluster_file.parent / spec.policy).resolve()
     policy_text, policy_spec = cluster_policy(spec, base)
@@ -447,17 +224,10 @@ def render(cluster_file: Path, outdir: Path, kamailio_in_cib: bool = True) -> li
         written.append(path)
 
     write(outdir / "policy.yaml", policy_text)
-    write(outdir / "crm.txt", crm_config(spec))
-    write(
-        outdir / "cib-resources.xml",
-        cib_resources(
-            spec,
-            "kemi-ha",
-            "/etc/kemi-ha/redis.conf",
-            "/run/kemi-ha/redis",
-            kamailio=kamailio_in_cib,
-        ),
-    )
+    model = cluster_resources(spec)
+    write(outdir / "crm.txt", to_crm(model))
+    write(outdir / "cib-resources.xml", to_cib_configuration(model))
+    write(outdir / "cib.xml", to_cib(model, [(n.id, n.name) for n in spec.nodes]))
     for node in spec.nodes:
         d = outdir / node.name
         for profile in COROSYNC_PROFILES:

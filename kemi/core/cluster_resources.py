@@ -1,0 +1,138 @@
+"""The Pacemaker resources of a kemi-ha cluster, decided from its description in one place.
+
+Rules:
+- Redis is one promotable clone over all nodes; the Redis VIP follows the promoted instance and
+  starts only after the promotion. The promoted Redis prefers the node of the first VIP, so losing
+  that node exercises a promotion.
+- Every VIP i has its own IPaddr2 `vip{i}` and `rtpengine{i}` (Redis DB i), kept together and
+  preferring `vip.prefer`.
+- Kamailio runs on every node (clone, interleaved): it listens on every VIP via ip_nonlocal_bind.
+- IPaddr2 gets `nic` only when every node names the same interface; otherwise the agent finds the
+  interface from the route to the VIP's subnet on whichever node holds it.
+- Two nodes have no majority (no-quorum-policy=ignore, Corosync two_node); three or more do, so a
+  partition without quorum stops its resources.
+"""
+
+from __future__ import annotations
+
+from kemi.core.cluster_spec import ClusterSpec
+from kemi.core.pacemaker import (
+    Clone,
+    Colocation,
+    Constraint,
+    Location,
+    Op,
+    Order,
+    PacemakerConfig,
+    Primitive,
+    Resource,
+    UnameRule,
+)
+
+PROMOTED, UNPROMOTED = "Promoted", "Unpromoted"
+INFINITY, MANDATORY = "INFINITY", "Mandatory"
+PREFER_SCORE = "50"
+
+
+def _ipaddr2(rid: str, address: str, spec: ClusterSpec) -> Primitive:
+    interfaces = {n.interface for n in spec.nodes}
+    nic = (("nic", interfaces.pop()),) if len(interfaces) == 1 else ()
+    return Primitive(
+        rid, "ocf", "heartbeat", "IPaddr2",
+        (("ip", address), ("cidr_netmask", str(spec.netmask)), *nic),
+        (Op("monitor", "20s", "10s", on_fail="restart"),),
+    )  # fmt: skip
+
+
+def _redis(spec: ClusterSpec) -> Clone:
+    redis = Primitive(
+        "redis", "ocf", "heartbeat", "redis",
+        (
+            ("bin", "/usr/bin/redis-server"),
+            ("client_bin", "/usr/bin/redis-cli"),
+            ("config", f"{spec.etc_dir}/redis.conf"),
+            ("port", str(spec.redis.port)),
+            ("rundir", f"{spec.run_dir}/redis"),
+            # A fresh cluster has no last known master: promote one instead of waiting for it.
+            ("wait_last_known_master", "false"),
+        ),
+        (
+            Op("monitor", "1s", "5s", role=PROMOTED),
+            Op("monitor", "2s", "5s", role=UNPROMOTED),
+            Op("start", "0", "20s"),
+            Op("stop", "0", "20s"),
+            Op("promote", "0", "10s"),
+            Op("demote", "0", "10s"),
+            Op("notify", "0", "10s"),
+        ),
+    )  # fmt: skip
+    meta = (
+        ("promotable", "true"),
+        ("notify", "true"),
+        ("promoted-max", "1"),
+        ("promoted-node-max", "1"),
+        ("clone-max", str(len(spec.nodes))),
+        ("clone-node-max", "1"),
+    )
+    return Clone("redis-clone", redis, meta)
+
+
+def _kamailio(spec: ClusterSpec) -> Clone:
+    kamailio = Primitive(
+        "kamailio", "ocf", "kemi-ha", "kamailio",
+        (
+            ("kemi_ha", f"{spec.kemi_ha_root}/.venv/bin/kemi-ha"),
+            ("node_config", f"{spec.etc_dir}/node.yaml"),
+            ("logfile", f"{spec.log_dir}/kemi-ha-run.log"),
+        ),
+        (Op("monitor", "5s", "10s"), Op("start", "0", "60s"), Op("stop", "0", "30s")),
+    )  # fmt: skip
+    meta = (
+        ("clone-max", str(len(spec.nodes))),
+        ("clone-node-max", "1"),
+        ("interleave", "true"),
+    )
+    return Clone("kamailio-clone", kamailio, meta)
+
+
+def cluster_resources(spec: ClusterSpec) -> PacemakerConfig:
+    """Everything Pacemaker runs for `spec`: the one source of crm.txt and the CIB."""
+    redis_port = spec.redis.port
+    promoted_rule = UnameRule(PROMOTED, spec.vips[0].prefer)
+    resources: list[Resource] = [_redis(spec), _ipaddr2("redis-vip", spec.redis.vip, spec)]
+    constraints: list[Constraint] = [
+        Colocation("redis-vip-with-master", "redis-vip", "redis-clone", INFINITY, PROMOTED),
+        Order("redis-vip-after-promote", "redis-clone", "promote", "redis-vip", "start", MANDATORY),
+        Location("redis-promoted-prefers", "redis-clone", PREFER_SCORE, rule=promoted_rule),
+    ]
+    for i, vip in enumerate(spec.vips, start=1):
+        rtpengine = Primitive(
+            f"rtpengine{i}", "ocf", "kemi-ha", "rtpengine",
+            (
+                ("vip", vip.address),
+                ("ng_port", str(vip.ng_port)),
+                ("port_min", str(vip.port_min)),
+                ("port_max", str(vip.port_max)),
+                ("redis", f"127.0.0.1:{redis_port}/{i}"),
+                ("redis_write", f"{spec.redis.vip}:{redis_port}/{i}"),
+                ("rundir", spec.run_dir),
+                ("logdir", spec.log_dir),
+            ),
+            (Op("monitor", "2s", "5s"), Op("start", "0", "30s"), Op("stop", "0", "10s")),
+        )  # fmt: skip
+        resources += [_ipaddr2(f"vip{i}", vip.address, spec), rtpengine]
+        constraints += [
+            # No order after the VIP: with ip_nonlocal_bind rtpengine binds the VIP before it is
+            # up, so both start at once on a takeover (start returns once the VIP answers).
+            Colocation(f"rtpengine{i}-with-vip{i}", f"rtpengine{i}", f"vip{i}", INFINITY),
+            Location(f"vip{i}-prefers", f"vip{i}", PREFER_SCORE, node=vip.prefer),
+        ]
+    resources.append(_kamailio(spec))
+    properties = (
+        ("stonith-enabled", "false"),
+        ("no-quorum-policy", "ignore" if len(spec.nodes) == 2 else "stop"),
+        ("dc-deadtime", "2s"),
+        ("cluster-recheck-interval", "30s"),
+    )
+    defaults = (("resource-stickiness", "100"), ("migration-threshold", "2"))
+    return PacemakerConfig(properties, defaults, tuple(resources), tuple(constraints))
