@@ -7,6 +7,7 @@ Rules:
 - Every VIP i has its own IPaddr2 `vip{i}` and `rtpengine{i}` (Redis DB i), kept together and
   preferring `vip.prefer`.
 - Kamailio runs on every node (clone, interleaved): it listens on every VIP via ip_nonlocal_bind.
+  A VIP stays only where Kamailio runs: a node whose Kamailio stops serving gives its VIPs up.
 - IPaddr2 gets `nic` only when every node names the same interface; otherwise the agent finds the
   interface from the route to the VIP's subnet on whichever node holds it.
 - Two nodes have no majority (no-quorum-policy=ignore, Corosync two_node); three or more do, so a
@@ -126,6 +127,8 @@ def cluster_resources(spec: ClusterSpec) -> PacemakerConfig:
             # up, so both start at once on a takeover (start returns once the VIP answers).
             Colocation(f"rtpengine{i}-with-vip{i}", f"rtpengine{i}", f"vip{i}", INFINITY),
             Location(f"vip{i}-prefers", f"vip{i}", PREFER_SCORE, node=vip.prefer),
+            # A node whose Kamailio fails (monitor: SIP on the VIPs it holds) gives its VIPs up.
+            Colocation(f"vip{i}-with-kamailio", f"vip{i}", "kamailio-clone", INFINITY),
         ]
     resources.append(_kamailio(spec))
     properties = (

@@ -45,7 +45,9 @@ def test_crm_and_cib_say_the_same(spec: ClusterSpec) -> None:
     assert crm == cib
     # The comparison is not vacuous: every resource and constraint was read on both sides.
     assert len(cib["resources"]) == 2 + 2 * len(spec.vips) + 1
-    assert len(cib["constraints"]) == 3 + 2 * len(spec.vips)
+    assert len(cib["constraints"]) == 3 + 3 * len(
+        spec.vips
+    )  # Redis; per VIP: rtpengine, prefer, Kamailio
 
 
 @CLUSTERS
