@@ -249,7 +249,7 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         if count == 0:
             continue
         uac = sipp(
-            f"uac{i + 1}", "uac_drill.xml", work, CLIENT, 5070 + 10 * i, 7000 + 100 * i,
+            f"uac{i + 1}", "uac_drill.xml", work, CLIENT, 5100 + 10 * i, 7000 + 100 * i,
             "-s", "1000", "-m", str(count), "-r", "50", "-d", str(duration_ms),
             "-cid_str", f"drill{run_no}-{i + 1}-%u@x", "-timeout", "120", "-timeout_error",
             "-recv_timeout", "30000", target=f"{n.vip}:5060", netns=CLIENT_NS,

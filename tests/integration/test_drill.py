@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kemi.lab.drill import drill_cluster, report, run_once
+from tests.pacemaker_shape import cib_shape
 
 pytestmark = pytest.mark.integration
 
@@ -23,6 +24,17 @@ def test_node_power_off_drops_no_call(require_root: None) -> None:
     work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-test-"))  # readable by the redis user
     try:
         with drill_cluster(work, "tuned") as setup:
+            # The cluster runs the configuration render wrote, not a patched copy of it.
+            running = setup.ha["drill2"].run(["cibadmin", "--query", "--scope", "configuration"])
+            rendered = (setup.rendered / "cib-resources.xml").read_text()
+            live = cib_shape(running.stdout)
+            for maintained in ("have-watchdog", "dc-version", "cluster-infrastructure",
+                               "cluster-name"):  # fmt: skip
+                live["properties"].pop(maintained, None)  # written by Pacemaker itself
+            assert live == cib_shape(rendered)
+            node_yaml = (setup.rendered / "drill1" / "node.yaml").read_bytes()
+            assert setup.ha["drill1"].run(["cat", "/etc/kemi-ha/node.yaml"]).stdout.encode() \
+                == node_yaml  # fmt: skip
             result = run_once(setup, CALLS, run_no=1)
     finally:
         shutil.rmtree(work, ignore_errors=True)

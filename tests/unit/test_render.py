@@ -10,6 +10,7 @@ import pytest
 
 from kemi.core.node_spec import NodeConfigSpec
 from kemi.core.structure import SpecError
+from kemi.lab.hanode import install_node
 from kemi.ops.nodecfg import render_node_cfg
 from kemi.ops.render import corosync_conf, load_cluster, load_node_config, render
 from kemi.ops.stack import StackConfig
@@ -154,3 +155,26 @@ def test_bad_node_yaml_is_refused_with_its_line(
     with pytest.raises(SpecError, match=message) as info:
         load_node_config(bad)
     assert info.value.messages[0].startswith(f"{bad}:{line}:"), info.value.messages
+
+
+def test_the_drill_installs_render_output_unchanged(tmp_path: Path) -> None:
+    """docs/ha.md's install steps as the drill runs them: every file byte for byte."""
+    out = tmp_path / "out"
+    render(EXAMPLE, out)
+    base = tmp_path / "node2"
+    agents = {"kemi-ha/kamailio": REPO / "deploy" / "ocf" / "kamailio"}
+    installed = install_node(out, "node2", base, agents)
+    expected = {p.name for p in (out / "node2").iterdir()} | {"policy.yaml", "cib.xml"}
+    assert {p.name for p in installed} == expected
+    for path in installed:
+        source = out / "node2" / path.name
+        if path.name in ("policy.yaml", "cib.xml"):
+            source = out / path.name
+        assert path.read_bytes() == source.read_bytes(), path
+    assert (base / "var-lib-pacemaker" / "cib" / "cib.xml").read_bytes() == (
+        out / "cib.xml"
+    ).read_bytes()
+    assert (base / "etc-corosync" / "corosync.conf").is_file()
+    assert (base / "ocf" / "kemi-ha" / "kamailio").read_bytes() == agents[
+        "kemi-ha/kamailio"
+    ].read_bytes()
