@@ -33,18 +33,19 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Cluster]:
+def two_nodes(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Cluster]:
     yield from start_cluster(tmp_path_factory.mktemp("cluster"))
 
 
-@pytest.fixture(autouse=True)
-def stop_cluster_sipps(cluster: Cluster) -> Iterator[None]:
-    yield
-    cluster.stop_sipps()
+@pytest.fixture
+def cluster(two_nodes: Cluster) -> Iterator[Cluster]:
+    """The two-node cluster; no SIPp of a test outlives the test, even a failed one."""
+    yield two_nodes
+    two_nodes.stop_sipps()
 
 
-def both(cluster: Cluster, n: int, tenant: str = "clients") -> bool:
-    return cluster.count(cluster.a, tenant) == n and cluster.count(cluster.b, tenant) == n
+def every(cluster: Cluster, n: int, tenant: str = "clients") -> bool:
+    return all(count == n for count in cluster.counts(tenant))
 
 
 def ongoing(node: Stack) -> int:
@@ -52,7 +53,7 @@ def ongoing(node: Stack) -> int:
 
 
 def counts(cluster: Cluster) -> str:
-    return f"A={cluster.count(cluster.a)} B={cluster.count(cluster.b)}"
+    return " ".join(f"node{i}={n}" for i, n in enumerate(cluster.counts(), 1))
 
 
 def test_a_limit_holds_for_the_cluster(cluster: Cluster) -> None:
@@ -61,7 +62,7 @@ def test_a_limit_holds_for_the_cluster(cluster: Cluster) -> None:
     via_a = cluster.uac(VIP1, calls=6, duration_ms=6000)
     via_b = cluster.uac(VIP2, calls=4, duration_ms=6000)
     wait_for(
-        lambda: both(cluster, 10),
+        lambda: every(cluster, 10),
         timeout=10,
         what="10 calls counted on both nodes",
         state=lambda: counts(cluster),
@@ -71,7 +72,7 @@ def test_a_limit_holds_for_the_cluster(cluster: Cluster) -> None:
     assert_ok(via_a, 30)
     assert_ok(via_b, 30)
     wait_for(
-        lambda: both(cluster, 0),
+        lambda: every(cluster, 0),
         timeout=10,
         what="slots freed on both nodes",
         state=lambda: counts(cluster),
@@ -89,7 +90,7 @@ def test_b_bye_through_the_other_node_ends_the_call(cluster: Cluster) -> None:
     cluster.move_vip(VIP1, NS_A, NS_B)
     try:
         assert_ok(via_a, 40)  # every BYE got its 200 through B
-        wait_for(lambda: both(cluster, 0), timeout=10, what="slots freed on A and B",
+        wait_for(lambda: every(cluster, 0), timeout=10, what="slots freed on A and B",
                  state=lambda: counts(cluster))  # fmt: skip
     finally:
         cluster.move_vip(VIP1, NS_B, NS_A)
@@ -141,7 +142,7 @@ def test_e_race_overshoot_is_measured(cluster: Cluster, capsys: pytest.CaptureFi
     admitted = max(cluster.count(cluster.a, "racers"), cluster.count(cluster.b, "racers"))
     for run in runs:
         assert_ok(run, 40)
-    wait_for(lambda: both(cluster, 0, "racers"), timeout=10, what="race calls ended")
+    wait_for(lambda: every(cluster, 0, "racers"), timeout=10, what="race calls ended")
     uas.stop()
     overshoot = admitted - 20
     with capsys.disabled():
@@ -157,7 +158,7 @@ def test_c_node_a_dies_b_keeps_counting_and_a_resyncs(cluster: Cluster) -> None:
     via_a = cluster.uac(VIP1, calls=3, duration_ms=6000)
     via_b = cluster.uac(VIP2, calls=2, duration_ms=6000)
     wait_for(
-        lambda: both(cluster, 5),
+        lambda: every(cluster, 5),
         timeout=10,
         what="5 calls counted on both nodes",
         state=lambda: counts(cluster),
@@ -186,7 +187,7 @@ def test_c_node_a_dies_b_keeps_counting_and_a_resyncs(cluster: Cluster) -> None:
         state=lambda: counts(cluster),
     )
     assert_ok(via_b, 40)
-    wait_for(lambda: both(cluster, 0), timeout=10, what="both back to 0")
+    wait_for(lambda: every(cluster, 0), timeout=10, what="both back to 0")
     cluster.move_vip(VIP1, NS_B, NS_A)
     cluster.a.config.rtpengine_vips = (VIP1,)
     cluster.a.start_rtpengine(cluster.a.policy.vips[0])
