@@ -1,14 +1,16 @@
-"""Two kemi-ha nodes in network namespaces (node A, node B, a client), wired by DMQ.
+"""N kemi-ha nodes (N >= 2) in network namespaces plus a client namespace, wired by DMQ.
 
-A holds VIP1 and runs its rtpengine, B holds VIP2 and runs its rtpengine; both Kamailios listen
-on both VIPs (ip_nonlocal_bind) and replicate dialogs over DMQ. Used by the cluster tests and
-bench/dmq_lag.py; everything it creates is removed on exit.
+Node i has address 10.99.0.i, holds VIP i (10.99.0.(100+i)) and runs that VIP's rtpengine;
+every Kamailio listens on every VIP (ip_nonlocal_bind) and replicates dialogs to every other
+node (DMQ full mesh). Used by the cluster tests and bench/dmq_lag.py; everything it creates is
+removed on exit.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,20 +19,48 @@ from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.stack import Stack, StackConfig
 
 NET = "10.99.0"
-A_ADDR, B_ADDR, CLIENT, RACER = f"{NET}.1", f"{NET}.2", f"{NET}.10", f"{NET}.11"
+CLIENT, RACER = f"{NET}.10", f"{NET}.11"
 UNLIMITED = f"{NET}.12"  # a trusted client of no tenant: only the global profile counts it
-VIP1, VIP2 = f"{NET}.101", f"{NET}.102"
-NS_A, NS_B, NS_CLIENT = "khat-a", "khat-b", "khat-c"
+MAX_NODES = 9  # node addresses .1-.9 stay below the clients' .10
+PREFIX = "khat"  # namespaces khat-1..khat-N, khat-c (client), khat-sw (switch)
 UAS_PORT = 5080
+DMQ_PORT = 5090
 
-POLICY = f"""\
+
+def node_address(i: int) -> str:
+    return f"{NET}.{i}"
+
+
+def vip_address(i: int) -> str:
+    return f"{NET}.{100 + i}"
+
+
+def node_ns(i: int, prefix: str = PREFIX) -> str:
+    return f"{prefix}-{i}"
+
+
+def client_ns(prefix: str = PREFIX) -> str:
+    return f"{prefix}-c"
+
+
+# The two-node names the tests and the bench were written against.
+A_ADDR, B_ADDR = node_address(1), node_address(2)
+VIP1, VIP2, VIP3 = vip_address(1), vip_address(2), vip_address(3)
+NS_A, NS_B, NS_CLIENT = node_ns(1), node_ns(2), client_ns()
+
+
+def policy_text(nodes: int) -> str:
+    """The cluster policy: every VIP (ng socket on the VIP) and every node as a DMQ peer."""
+    numbers = range(1, nodes + 1)
+    vips = "".join(
+        f'  - address: {vip_address(i)}\n    rtpengine: ["udp:{vip_address(i)}:2223"]\n'
+        for i in numbers
+    )
+    peers = ", ".join(f'"sip:{node_address(i)}:{DMQ_PORT}"' for i in numbers)
+    return f"""\
 version: cluster-1
 vips:
-  - address: {VIP1}
-    rtpengine: ["udp:{VIP1}:2223"]
-  - address: {VIP2}
-    rtpengine: ["udp:{VIP2}:2223"]
-tenants:
+{vips}tenants:
   - name: clients
     sources: ["{CLIENT}/32"]
     limit: {{max: 10, code: 486, reason: "Channels Busy"}}
@@ -41,8 +71,9 @@ routes:
   - name: default
     destinations: ["sip:{CLIENT}:{UAS_PORT}"]
 trusted_peers: ["{NET}.0/24"]
-dmq_peers: ["sip:{A_ADDR}:5090", "sip:{B_ADDR}:5090"]
+dmq_peers: [{peers}]
 """
+
 
 _ports = itertools.count(6000, 10)
 
@@ -50,10 +81,19 @@ _ports = itertools.count(6000, 10)
 @dataclass
 class Cluster:
     lab: Lab
-    a: Stack
-    b: Stack
+    nodes: list[Stack]  # node i+1 holds vips[i]
+    vips: list[str]
+    client_ns: str
     log_dir: Path
     runs: list[SippRun] = field(default_factory=list)
+
+    @property
+    def a(self) -> Stack:
+        return self.nodes[0]
+
+    @property
+    def b(self) -> Stack:
+        return self.nodes[1]
 
     def stop_sipps(self) -> None:
         while self.runs:
@@ -61,6 +101,10 @@ class Cluster:
 
     def count(self, node: Stack, tenant: str = "clients") -> int:
         return int(node.rpc.call("dlg.profile_get_size", "kha_tenant", tenant))
+
+    def counts(self, tenant: str = "clients") -> list[int]:
+        """A tenant's channels as every node counts them, in node order."""
+        return [self.count(node, tenant) for node in self.nodes]
 
     def count_all(self, node: Stack) -> int:
         return int(node.rpc.call("dlg.profile_get_size", "kha_global"))
@@ -72,7 +116,7 @@ class Cluster:
     def uas(self, scenario: str = "uas.xml") -> SippRun:
         run = sipp(
             f"uas-{next(_ports)}", scenario, self.log_dir, CLIENT, UAS_PORT, UAS_PORT + 2,
-            "-rtp_echo", netns=NS_CLIENT,
+            "-rtp_echo", netns=self.client_ns,
         )  # fmt: skip
         self.runs.append(run)
         return run
@@ -86,7 +130,7 @@ class Cluster:
             f"uac-{port}", scenario, self.log_dir, source, port, port + 2,
             "-s", "1000", "-m", str(calls), "-r", str(rate), "-d", str(duration_ms),
             "-timeout", "90", "-timeout_error", "-recv_timeout", "15000",
-            target=f"{vip}:5060", netns=NS_CLIENT, settle=settle,
+            target=f"{vip}:5060", netns=self.client_ns, settle=settle,
         )  # fmt: skip
         self.runs.append(run)
         return run
@@ -106,19 +150,27 @@ def node_config(run_dir: Path, node_id: int, ns: str, address: str, vip: str) ->
     )
 
 
-def start_cluster(base: Path) -> Iterator[Cluster]:
-    (base / "policy.yaml").write_text(POLICY)
-    lab = Lab("khat", [Host(NS_A, A_ADDR), Host(NS_B, B_ADDR), Host(NS_CLIENT, CLIENT)])
-    with lab:
-        lab.add_address(NS_A, VIP1)
-        lab.add_address(NS_B, VIP2)
-        lab.add_address(NS_CLIENT, RACER)
-        lab.add_address(NS_CLIENT, UNLIMITED)
-        a = Stack(node_config(base / "a", 1, NS_A, A_ADDR, VIP1))
-        b = Stack(node_config(base / "b", 2, NS_B, B_ADDR, VIP2))
-        with a, b:
-            cluster = Cluster(lab, a, b, base)
-            try:
-                yield cluster
-            finally:
-                cluster.stop_sipps()
+def start_cluster(base: Path, nodes: int = 2, prefix: str = PREFIX) -> Iterator[Cluster]:
+    """Nodes 1..`nodes` started in order; a distinct `prefix` lets two clusters coexist."""
+    if not 2 <= nodes <= MAX_NODES:
+        raise ValueError(f"a cluster has 2 to {MAX_NODES} nodes, not {nodes}")
+    numbers = range(1, nodes + 1)
+    (base / "policy.yaml").write_text(policy_text(nodes))
+    hosts = [Host(node_ns(i, prefix), node_address(i)) for i in numbers]
+    lab = Lab(prefix, [*hosts, Host(client_ns(prefix), CLIENT)])
+    with lab, ExitStack() as running:
+        for i in numbers:
+            lab.add_address(node_ns(i, prefix), vip_address(i))
+        lab.add_address(client_ns(prefix), RACER)
+        lab.add_address(client_ns(prefix), UNLIMITED)
+        stacks = [
+            running.enter_context(Stack(node_config(
+                base / f"node{i}", i, node_ns(i, prefix), node_address(i), vip_address(i),
+            )))
+            for i in numbers
+        ]  # fmt: skip
+        cluster = Cluster(lab, stacks, [vip_address(i) for i in numbers], client_ns(prefix), base)
+        try:
+            yield cluster
+        finally:
+            cluster.stop_sipps()

@@ -1,6 +1,8 @@
-"""Issue 4: cluster-wide channel limits from DMQ-replicated dialogs, two live nodes.
+"""Issues 4 and 10: cluster-wide channel limits from DMQ-replicated dialogs, two and three
+live nodes.
 
-Real Kamailio, rtpengine, Redis and SIPp in network namespaces (see cluster.py).
+Real Kamailio, rtpengine, Redis and SIPp in network namespaces (see kemi/lab/cluster.py). The
+two clusters use different namespace prefixes: both module fixtures live until the module ends.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import json
 import time
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 
@@ -16,12 +19,14 @@ from kemi.cli import main as kemi_ha
 from kemi.lab.cluster import (
     A_ADDR,
     B_ADDR,
+    DMQ_PORT,
     NS_A,
     NS_B,
     NS_CLIENT,
     RACER,
     VIP1,
     VIP2,
+    VIP3,
     Cluster,
     start_cluster,
 )
@@ -33,18 +38,19 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Cluster]:
+def two_nodes(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Cluster]:
     yield from start_cluster(tmp_path_factory.mktemp("cluster"))
 
 
-@pytest.fixture(autouse=True)
-def stop_cluster_sipps(cluster: Cluster) -> Iterator[None]:
-    yield
-    cluster.stop_sipps()
+@pytest.fixture
+def cluster(two_nodes: Cluster) -> Iterator[Cluster]:
+    """The two-node cluster; no SIPp of a test outlives the test, even a failed one."""
+    yield two_nodes
+    two_nodes.stop_sipps()
 
 
-def both(cluster: Cluster, n: int, tenant: str = "clients") -> bool:
-    return cluster.count(cluster.a, tenant) == n and cluster.count(cluster.b, tenant) == n
+def every(cluster: Cluster, n: int, tenant: str = "clients") -> bool:
+    return all(count == n for count in cluster.counts(tenant))
 
 
 def ongoing(node: Stack) -> int:
@@ -52,7 +58,7 @@ def ongoing(node: Stack) -> int:
 
 
 def counts(cluster: Cluster) -> str:
-    return f"A={cluster.count(cluster.a)} B={cluster.count(cluster.b)}"
+    return " ".join(f"node{i}={n}" for i, n in enumerate(cluster.counts(), 1))
 
 
 def test_a_limit_holds_for_the_cluster(cluster: Cluster) -> None:
@@ -61,7 +67,7 @@ def test_a_limit_holds_for_the_cluster(cluster: Cluster) -> None:
     via_a = cluster.uac(VIP1, calls=6, duration_ms=6000)
     via_b = cluster.uac(VIP2, calls=4, duration_ms=6000)
     wait_for(
-        lambda: both(cluster, 10),
+        lambda: every(cluster, 10),
         timeout=10,
         what="10 calls counted on both nodes",
         state=lambda: counts(cluster),
@@ -71,7 +77,7 @@ def test_a_limit_holds_for_the_cluster(cluster: Cluster) -> None:
     assert_ok(via_a, 30)
     assert_ok(via_b, 30)
     wait_for(
-        lambda: both(cluster, 0),
+        lambda: every(cluster, 0),
         timeout=10,
         what="slots freed on both nodes",
         state=lambda: counts(cluster),
@@ -89,7 +95,7 @@ def test_b_bye_through_the_other_node_ends_the_call(cluster: Cluster) -> None:
     cluster.move_vip(VIP1, NS_A, NS_B)
     try:
         assert_ok(via_a, 40)  # every BYE got its 200 through B
-        wait_for(lambda: both(cluster, 0), timeout=10, what="slots freed on A and B",
+        wait_for(lambda: every(cluster, 0), timeout=10, what="slots freed on A and B",
                  state=lambda: counts(cluster))  # fmt: skip
     finally:
         cluster.move_vip(VIP1, NS_B, NS_A)
@@ -141,7 +147,7 @@ def test_e_race_overshoot_is_measured(cluster: Cluster, capsys: pytest.CaptureFi
     admitted = max(cluster.count(cluster.a, "racers"), cluster.count(cluster.b, "racers"))
     for run in runs:
         assert_ok(run, 40)
-    wait_for(lambda: both(cluster, 0, "racers"), timeout=10, what="race calls ended")
+    wait_for(lambda: every(cluster, 0, "racers"), timeout=10, what="race calls ended")
     uas.stop()
     overshoot = admitted - 20
     with capsys.disabled():
@@ -157,7 +163,7 @@ def test_c_node_a_dies_b_keeps_counting_and_a_resyncs(cluster: Cluster) -> None:
     via_a = cluster.uac(VIP1, calls=3, duration_ms=6000)
     via_b = cluster.uac(VIP2, calls=2, duration_ms=6000)
     wait_for(
-        lambda: both(cluster, 5),
+        lambda: every(cluster, 5),
         timeout=10,
         what="5 calls counted on both nodes",
         state=lambda: counts(cluster),
@@ -186,8 +192,89 @@ def test_c_node_a_dies_b_keeps_counting_and_a_resyncs(cluster: Cluster) -> None:
         state=lambda: counts(cluster),
     )
     assert_ok(via_b, 40)
-    wait_for(lambda: both(cluster, 0), timeout=10, what="both back to 0")
+    wait_for(lambda: every(cluster, 0), timeout=10, what="both back to 0")
     cluster.move_vip(VIP1, NS_B, NS_A)
     cluster.a.config.rtpengine_vips = (VIP1,)
     cluster.a.start_rtpengine(cluster.a.policy.vips[0])
     uas.stop()
+
+
+# ----- three nodes (issue 10) ---------------------------------------------------------------
+
+
+def dmq_peers(node: Stack) -> set[tuple[str, str, str]]:
+    """(host, port, status) of the peers DMQ knows on `node`, itself left out."""
+    return {
+        (p["host"], str(p["port"]), p["status"])
+        for p in node.rpc.call("dmq.list_nodes")
+        if not int(p["local"])
+    }
+
+
+def peers_of(cluster: Cluster, node: Stack) -> set[tuple[str, str, str]]:
+    """What a full mesh shows on `node`: every other node, active."""
+    return {
+        (other.config.node_address, str(DMQ_PORT), "active")
+        for other in cluster.nodes
+        if other is not node
+    }
+
+
+def full_mesh(cluster: Cluster) -> bool:
+    return all(dmq_peers(node) == peers_of(cluster, node) for node in cluster.nodes)
+
+
+def mesh_state(cluster: Cluster) -> str:
+    return "; ".join(f"node{i}: {sorted(dmq_peers(n))}" for i, n in enumerate(cluster.nodes, 1))
+
+
+@pytest.fixture(scope="module")
+def three_nodes(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Cluster]:
+    """Started once for every 3-node test (~10 s); ready when DMQ is a full mesh."""
+    for cluster in start_cluster(tmp_path_factory.mktemp("cluster3"), nodes=3, prefix="khat-3n"):
+        wait_for(partial(full_mesh, cluster), timeout=30, what="DMQ full mesh of 3 nodes",
+                 state=partial(mesh_state, cluster))  # fmt: skip
+        yield cluster
+
+
+@pytest.fixture
+def cluster3(three_nodes: Cluster) -> Iterator[Cluster]:
+    yield three_nodes
+    three_nodes.stop_sipps()
+
+
+def test_3n_dmq_is_a_full_mesh(cluster3: Cluster) -> None:
+    """Each node's dmq.list_nodes lists the two others as active (and nobody else)."""
+    for node in cluster3.nodes:
+        assert dmq_peers(node) == peers_of(cluster3, node), node.config.node_address
+
+
+def test_3n_limit_holds_for_the_cluster(
+    cluster3: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Limit 10: 4 calls via node 1, 4 via node 2, then 2 more via node 3 are admitted, and
+    every node refuses the 11th: a node that missed a replicated dialog would admit it."""
+    assert cluster3.vips == [VIP1, VIP2, VIP3]
+    uas = cluster3.uas()
+    held = [cluster3.uac(vip, calls=4, duration_ms=8000) for vip in (VIP1, VIP2)]
+    wait_for(lambda: every(cluster3, 8), timeout=10, what="8 calls counted on every node",
+             state=lambda: counts(cluster3))  # fmt: skip
+    held.append(cluster3.uac(VIP3, calls=2, duration_ms=6000))  # admitted: node 3 counts 8
+    wait_for(lambda: every(cluster3, 10), timeout=10, what="10 calls counted on every node",
+             state=lambda: counts(cluster3))  # fmt: skip
+    at_limit = counts(cluster3)
+    refused = [
+        cluster3.uac(vip, calls=calls, duration_ms=0, scenario="uac_busy.xml")
+        for vip, calls in ((VIP3, 2), (VIP1, 1), (VIP2, 1))
+    ]
+    for run in refused:
+        assert_ok(run, 20)  # every INVITE got 486
+    assert every(cluster3, 10), counts(cluster3)
+    for run in held:
+        assert_ok(run, 40)
+    wait_for(lambda: every(cluster3, 0), timeout=10, what="slots freed on every node",
+             state=lambda: counts(cluster3))  # fmt: skip
+    uas.stop()
+    with capsys.disabled():
+        print(f"\n3 nodes, limit 10: admitted 4+4+2, refused 2 via VIP3 and 1 each via VIP1/VIP2; "
+              f"at the limit {at_limit}; after the calls {counts(cluster3)}")  # fmt: skip
