@@ -5,7 +5,7 @@ Two real nodes in network namespaces (kemi.lab.cluster). A SIPp caller places ca
 channel counts only rise. Both counts are sampled as fast as the JSON-RPC FIFOs answer; for
 each value k, lag(k) = (first time B counted k) - (first time A counted k). Prints median,
 p99 and max, and the sampling resolution (the lag cannot be measured finer than that).
-Run as root: make bench-dmq  (or .venv/bin/python bench/dmq_lag.py [RATE])
+Run as root: make bench (or .venv/bin/python bench/dmq_lag.py [RATE])
 """
 
 from __future__ import annotations

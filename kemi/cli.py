@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_embedded_python(stack.kamailio_env())
     try:
         stack.start()
-        print(banner(stack), flush=True)
+        print(node_banner(stack) if args.node_config else banner(stack), flush=True)
         while True:
             dead = stack.dead()
             if dead:
@@ -77,6 +77,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("kemi-ha: stopped (every process it started has exited)", flush=True)
 
 
+def node_banner(stack: Stack) -> str:
+    """A cluster node (under Pacemaker): what it runs, not how to place a test call."""
+    cfg = stack.config
+    return (
+        f"kemi-ha node {cfg.node_id} ({cfg.node_address}) is running: "
+        f"{', '.join(cfg.components)}; VIPs {', '.join(v.address for v in stack.policy.vips)}; "
+        f"run dir {stack.run_dir}, logs {stack.log_dir}"
+    )
+
+
 def banner(stack: Stack) -> str:
     cfg = stack.config
     lines = ["kemi-ha is running (single node, loopback). Ctrl-C stops everything.", ""]
@@ -89,7 +99,7 @@ def banner(stack: Stack) -> str:
     routes = [r for table in stack.policy.routes.values() for r in table.values()]
     lines += [
         *(f"  route {r.name}: {', '.join(r.destinations)}" for r in routes),
-        f"  run dir (logs, node cfg, RPC fifo): {stack.run_dir}",
+        f"  run dir (node cfg, RPC fifo): {stack.run_dir}, logs: {stack.log_dir}",
         "",
         "Place a call (README, 'Test call'), from the repository root in a second shell:",
         "  sipp -sf tests/sipp/uas.xml -i 127.0.0.1 -p 5080 -mi 127.0.0.1 -mp 6000"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,13 +48,19 @@ def test_tuned_and_default_profiles() -> None:
 def test_bad_cluster_files_are_refused(
     tmp_path: Path, change: tuple[str, str], message: str
 ) -> None:
-    text = EXAMPLE.read_text()
+    assert_refused_at_its_line(EXAMPLE.read_text(), change, message, tmp_path / "c.yaml",
+                               load_cluster)  # fmt: skip
+
+
+def assert_refused_at_its_line(
+    text: str, change: tuple[str, str], message: str, bad: Path, load: Callable[[Path], object]
+) -> None:
+    """The changed file is refused with `message`, at the line of the change."""
     assert change[0] in text
-    bad = tmp_path / "cluster.yaml"
     bad.write_text(text.replace(change[0], change[1], 1))
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if change[0] in ln)
     with pytest.raises(SpecError, match=message) as info:
-        load_cluster(bad)
-    line = text.splitlines().index(next(ln for ln in text.splitlines() if change[0] in ln)) + 1
+        load(bad)
     assert any(m.startswith(f"{bad}:{line}:") for m in info.value.messages), info.value.messages
 
 
@@ -148,13 +155,7 @@ def test_bad_node_yaml_is_refused_with_its_line(
 ) -> None:
     render(EXAMPLE, tmp_path / "out")
     text = (tmp_path / "out" / "node1" / "node.yaml").read_text()
-    assert change[0] in text
-    bad = tmp_path / "node.yaml"
-    bad.write_text(text.replace(change[0], change[1], 1))
-    line = next(i for i, ln in enumerate(text.splitlines(), 1) if change[0] in ln)
-    with pytest.raises(SpecError, match=message) as info:
-        load_node_config(bad)
-    assert info.value.messages[0].startswith(f"{bad}:{line}:"), info.value.messages
+    assert_refused_at_its_line(text, change, message, tmp_path / "node.yaml", load_node_config)
 
 
 def test_the_drill_installs_render_output_unchanged(tmp_path: Path) -> None:
