@@ -54,15 +54,55 @@ def test_every_node_gets_its_files(rendered: Path) -> None:
 
 
 @pytest.mark.parametrize("profile", ["tuned", "default"])
-def test_corosync_accepts_both_profiles(rendered: Path, profile: str, require_root: None) -> None:
-    """`corosync -t` on node1's file, inside a namespace where node1's address exists."""
-    with Lab("khtc", [Host("khtc-n1", "10.99.1.1")]):
+def test_corosync_accepts_every_node_file(
+    each_example: Path, profile: str, require_root: None
+) -> None:
+    """`corosync -t` on every node's file, inside a namespace where that node's address exists."""
+    nodes = sorted(p.name for p in each_example.iterdir() if p.is_dir())
+    for i, node in enumerate(nodes, start=1):
+        with Lab("khtc", [Host("khtc-n1", f"10.99.1.{i}")]):
+            result = subprocess.run(
+                ["ip", "netns", "exec", "khtc-n1", "corosync", "-t", "-c",
+                 str(each_example / node / f"corosync-{profile}.conf")],
+                capture_output=True, text=True,
+            )  # fmt: skip
+        assert result.returncode == 0, f"{node}: {result.stdout}{result.stderr}"
+
+
+def test_kamailio_parses_every_node_cfg(tmp_path: Path, require_root: None) -> None:
+    """Kamailio's own parser (`kamailio -c`) on kamailio.cfg with each rendered node include.
+
+    Rendered with the repository as `kemi_ha_root` (a field of the cluster file), so that the
+    include's paths (dmq/dmq.cfg, kemi/entry.py) exist here as they do on a node.
+    """
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(EXAMPLE_3.read_text().replace("../policies/", f"{REPO}/policies/")
+                       + f"kemi_ha_root: {REPO}\n")  # fmt: skip
+    out = tmp_path / "out"
+    assert kemi_ha(["render", str(cluster), str(out)]) == 0
+    for node in ("node1", "node2", "node3"):
         result = subprocess.run(
-            ["ip", "netns", "exec", "khtc-n1", "corosync", "-t", "-c",
-             str(rendered / "node1" / f"corosync-{profile}.conf")],
-            capture_output=True, text=True,
+            ["kamailio", "-c", "-f", str(REPO / "kamailio.cfg"), "-A", "WITH_DMQ"],
+            cwd=out / node, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+        assert result.returncode == 0, f"{node}: {result.stdout}{result.stderr}"
+        assert "config file ok" in result.stdout + result.stderr
+
+
+def test_redis_starts_with_the_rendered_conf(rendered: Path, tmp_path: Path,
+                                             require_root: None) -> None:  # fmt: skip
+    """redis-server reads the rendered redis.conf (in a namespace: it binds 0.0.0.0:6379)."""
+    with Lab("khtr", [Host("khtr-n1", "10.99.1.1")]):
+        daemon = Daemon("redis", ["ip", "netns", "exec", "khtr-n1", "redis-server",
+                                  str(rendered / "node1" / "redis.conf"), "--dir", str(tmp_path)],
+                        tmp_path / "redis.log")  # fmt: skip
+        daemon.start()
+        try:
+            wait_until(lambda: b"PONG" in subprocess.run(
+                ["ip", "netns", "exec", "khtr-n1", "redis-cli", "ping"], capture_output=True,
+            ).stdout, 10, "redis with the rendered conf")  # fmt: skip
+        finally:
+            daemon.stop()
 
 
 def test_pacemaker_accepts_the_cib(each_example: Path) -> None:
