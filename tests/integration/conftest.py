@@ -16,10 +16,13 @@ import pytest
 from kemi.ops.stack import Stack, StackConfig
 
 VIP1, VIP2 = "127.0.0.1", "127.0.0.2"
-SIP_PORT = 15060
-UAS_PORT = 15080
-NG_PORT = 12223
-REDIS_PORT = 16379
+# Every loopback port below moves by this much (e.g. -5000), so that a second checkout's suite
+# can run on the same machine at the same time without sharing a port.
+SHIFT = int(os.environ.get("KEMI_HA_TEST_PORT_SHIFT", "0"))
+SIP_PORT = 15060 + SHIFT
+UAS_PORT = 15080 + SHIFT
+NG_PORT = 12223 + SHIFT
+REDIS_PORT = 16379 + SHIFT
 
 
 def two_vip_policy(ng_port: int, uas_port: int, version: str = "test-1") -> str:
@@ -48,7 +51,7 @@ TEST_POLICY = two_vip_policy(NG_PORT, UAS_PORT)
 
 # Below Linux's ephemeral range (32768+), away from the fixed ports above and from the
 # rtpengine ranges (22000-23999): SIPp's own sockets then never steal a relay port.
-_ports = itertools.count(24000, 10)
+_ports = itertools.count(24000 + SHIFT, 10)
 
 
 def free_port_pair() -> tuple[int, int]:
@@ -70,10 +73,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Itera
         TEST_POLICY,
         sip_port=SIP_PORT,
         redis_port=REDIS_PORT,
-        rtp_port_base=22000,
-        cli_port_base=19900,
-        http_port=18090,
-        dmq_port=15070,
+        rtp_port_base=22000 + SHIFT,
+        cli_port_base=19900 + SHIFT,
+        http_port=18090 + SHIFT,
+        dmq_port=15070 + SHIFT,
         children=4,
     )
     with Stack(config) as running:
