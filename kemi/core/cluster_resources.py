@@ -136,6 +136,13 @@ def cluster_resources(spec: ClusterSpec) -> PacemakerConfig:
         ("no-quorum-policy", "ignore" if len(spec.nodes) == 2 else "stop"),
         ("dc-deadtime", "2s"),
         ("cluster-recheck-interval", "30s"),
+        # Pacemaker 2.1's controller sleeps 1 s (blocking) when the scheduler's CIB query is
+        # answered while the DC's own node-loss updates are still pending ("Re-asking for the
+        # CIB"); delaying the transition 50 ms lets those updates land first (LAB-NOTES).
+        ("transition-delay", "50ms"),
+        # In its first 30 s the controller allows node-action-limit/2 parallel actions (2 on
+        # 2 cores): rtpengine's start then queued behind Redis notifies.
+        ("node-action-limit", "16"),
     )
     defaults = (("resource-stickiness", "100"), ("migration-threshold", "2"))
     return PacemakerConfig(properties, defaults, tuple(resources), tuple(constraints))

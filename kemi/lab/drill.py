@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import re
 import shutil
 import statistics
@@ -392,6 +393,7 @@ def report(results: list[RunResult], calls: int, profile: str) -> tuple[str, str
     lines = [f"drill: profile={profile} calls={calls} runs={len(results)}"]
     gaps: list[float] = []
     others: list[float] = []
+    medians: list[float] = []  # per run
     dropped = 0
     for i, r in enumerate(results, start=1):
         lines.append(
@@ -406,18 +408,35 @@ def report(results: list[RunResult], calls: int, profile: str) -> tuple[str, str
         for c in r.calls:
             resumed = "yes" if c.media_resumed else "NO"
             lines.append(f"  {c.call_id:<20}{c.vip:>14}{c.gap_ms:>10.0f}{c.lost:>6}  {resumed}")
-        gaps += [c.gap_ms for c in r.failover_calls if c.media_resumed]
+        run_gaps = [c.gap_ms for c in r.failover_calls if c.media_resumed]
+        if run_gaps:
+            medians.append(statistics.median(run_gaps))
+            lines.append(f"  run {i} gap: median {medians[-1]:.0f} ms, max {max(run_gaps):.0f} ms")
+        gaps += run_gaps
         others += [c.gap_ms for c in r.calls if c.vip != r.failed_vip and c.media_resumed]
         dropped += r.dropped
     total = calls * len(results)
     median = statistics.median(gaps) if gaps else float("nan")
     worst = max(gaps) if gaps else float("nan")
     other = max(others) if others else float("nan")
+    if medians:
+        lines.append(distribution(medians))
     summary = (
         f"drill: calls={total} dropped={dropped} median_gap_ms={median:.0f} "
         f"max_gap_ms={worst:.0f} other_vips_max_gap_ms={other:.0f}"
     )
     return "\n".join(lines), summary
+
+
+def distribution(medians: list[float]) -> str:
+    """Over runs: the median, p90 and worst of the per-run median gaps, and the runs over 1 s."""
+    ordered = sorted(medians)
+    p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+    slow = sum(1 for m in ordered if m > 1000)
+    return (
+        f"per-run median gaps over {len(ordered)} runs: median {statistics.median(ordered):.0f} ms,"
+        f" p90 {p90:.0f} ms, worst {ordered[-1]:.0f} ms; runs over 1 s: {slow}"
+    )
 
 
 def drill(nodes: int = 2, calls: int = 10, profile: str = "tuned", repeat: int = 1,

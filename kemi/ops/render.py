@@ -42,7 +42,7 @@ COROSYNC_PROFILES = {
         "token_coefficient": 0,
         "token_retransmits_before_loss_const": 1,
         "join": 50,
-        "consensus": 120,
+        "consensus": 60,  # Corosync's minimum, 1.2 x token: the new membership ~60 ms sooner
         "knet_ping_interval": 50,
         "knet_ping_timeout": 400,
     },

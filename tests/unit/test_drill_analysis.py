@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from kemi.lab.drill import gap_around, log_times, sipp_stats
+from kemi.lab.drill import distribution, gap_around, log_times, sipp_stats
 
 T0 = 1_000_000.0
 
@@ -51,3 +51,9 @@ def test_log_times_takes_the_first_event_after_the_failure() -> None:
     t_fail = datetime.strptime(f"{now.year} {stamp}.500", "%Y %b %d %H:%M:%S.%f").timestamp()
     ts = log_times(text, re.compile("start operation for vip1"), t_fail)
     assert ts is not None and abs((ts - t_fail) - 0.4) < 1e-3
+
+
+def test_distribution_over_runs() -> None:
+    text = distribution([400.0, 380.0, 1500.0, 390.0, 410.0, 420.0, 395.0, 385.0, 405.0, 415.0])
+    assert "over 10 runs: median 402 ms, p90 420 ms, worst 1500 ms; runs over 1 s: 1" in text
+    assert "p90 300 ms" in distribution([300.0])
