@@ -47,7 +47,9 @@ CLIENT, CLIENT_NS = f"{NET}.10", f"{PREFIX}-c"
 REDIS_VIP = f"{NET}.100"
 UAS_PORT = 5080
 PACKET_MS = 20
-AGENTS = {f"kemi-ha/{a}": REPO_ROOT / "deploy" / "ocf" / a for a in ("rtpengine", "kamailio")}
+AGENTS = {
+    f"kemi-ha/{a}": REPO_ROOT / "deploy" / "ocf" / a for a in ("rtpengine", "kamailio", "vip")
+}
 
 
 @dataclass(frozen=True)

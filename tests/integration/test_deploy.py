@@ -171,3 +171,16 @@ def test_rtpengine_ocf_agent_passes_ocf_tester(tmp_path: Path, redis_16399: None
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "passed all tests" in result.stdout + result.stderr
+
+
+def test_vip_ocf_agent_passes_ocf_tester(require_root: None) -> None:
+    """Inside a namespace of its own: the agent adds and removes a real address."""
+    with Lab("khtv", [Host("khtv-n1", "10.99.7.1")]):
+        result = subprocess.run(
+            ["ip", "netns", "exec", "khtv-n1", "ocf-tester", "-n", "vip",
+             "-o", "ip=10.99.7.100", "-o", "cidr_netmask=24", str(REPO / "deploy" / "ocf" / "vip")],
+            capture_output=True, text=True, timeout=120,
+            env={"OCF_ROOT": "/usr/lib/ocf", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "passed all tests" in result.stdout + result.stderr
