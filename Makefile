@@ -9,11 +9,13 @@ KEMI_HA := $(VENV)/bin/kemi-ha
 RUN_DIR ?= run
 APT_PACKAGES := kamailio kamailio-python3-modules kamailio-extra-modules kamailio-redis-modules \
 	rtpengine-daemon redis-server sip-tester python3-venv iproute2 procps iputils-arping \
-	pacemaker corosync crmsh resource-agents libxml2-utils tshark rtpengine-utils
+	pacemaker corosync crmsh resource-agents libxml2-utils tshark rtpengine-utils iptables
 PYTEST_ARGS ?=
 
 .PHONY: run test unit integration lint deps venv api-list schema bench drill clean
 NODES ?= 2
+SCENARIO ?= power-off
+LINKS ?= 1
 CALLS ?= 10
 PROFILE ?= tuned
 REPEAT ?= 1
@@ -63,7 +65,8 @@ $(VENV)/.installed: pyproject.toml
 # Failover drill: NODES nodes under Corosync+Pacemaker in namespaces, installed from what
 # `kemi-ha render` wrote; one node powered off per run (each in turn), calls on every VIP.
 drill: deps venv
-	$(PY) -m kemi.lab drill --nodes $(NODES) --calls $(CALLS) --profile $(PROFILE) --repeat $(REPEAT)
+	$(PY) -m kemi.lab drill --nodes $(NODES) --calls $(CALLS) --profile $(PROFILE) --repeat $(REPEAT) \
+		--scenario $(SCENARIO) --links $(LINKS)
 
 # Refresh the KEMI export list the fake KSR is built from (starts a throwaway Kamailio).
 api-list: deps venv

@@ -20,6 +20,11 @@ class NodeSpec:
     id: int = required("Corosync nodeid, also Kamailio's node id (1..15)")
     address: str = required("the node's own address: Corosync ring 0, DMQ, management")
     interface: str = doc("interface carrying the VIPs", "eth0")
+    links: list[str] = doc(
+        "the node's addresses on further, separate networks: Corosync knet links 1, 2, ... "
+        "(link 0 is `address`); every node names as many",
+        factory=list,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ import signal
 import sys
 from types import FrameType
 
-from kemi.lab.drill import drill
+from kemi.lab.drill import SCENARIOS, drill
 from kemi.ops.render import COROSYNC_PROFILES
 
 
@@ -23,12 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     dr.add_argument("--calls", type=int, default=10, help="calls per run, spread on every VIP")
     dr.add_argument("--profile", choices=sorted(COROSYNC_PROFILES), default="tuned")
     dr.add_argument("--repeat", type=int, default=1, help="runs; the node powered off rotates")
+    dr.add_argument("--scenario", choices=SCENARIOS, default="power-off")
+    dr.add_argument("--links", type=int, default=1, help="Corosync links (separate networks)")
     dr.add_argument("--keep", action="store_true", help="keep the work directory (logs, pcap)")
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the drill removes every namespace and process it made.
     signal.signal(signal.SIGTERM, _interrupt)
     return drill(nodes=args.nodes, calls=args.calls, profile=args.profile, repeat=args.repeat,
-                 keep=args.keep)  # fmt: skip
+                 keep=args.keep, scenario=args.scenario, links=args.links)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from kemi.lab.hanode import HaNode, install_node, kill_netns
-from kemi.lab.net import Host, Lab
+from kemi.lab.net import Host, Lab, sh
 from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.netns import in_netns
 from kemi.ops.ng import NgClient, rtp_streams
@@ -59,10 +59,12 @@ class DrillNode:
     address: str
     netns: str
     vip: str  # the VIP it prefers
+    links: tuple[str, ...] = ()  # its addresses on networks 1.. (Corosync links 1..)
 
     @staticmethod
-    def build(count: int) -> list[DrillNode]:
-        return [DrillNode(f"drill{i}", i, f"{NET}.{i}", f"{PREFIX}-{i}", f"{NET}.{100 + i}")
+    def build(count: int, links: int = 1) -> list[DrillNode]:
+        return [DrillNode(f"drill{i}", i, f"{NET}.{i}", f"{PREFIX}-{i}", f"{NET}.{100 + i}",
+                          tuple(f"10.98.{k}.{i}" for k in range(1, links)))
                 for i in range(1, count + 1)]  # fmt: skip
 
 
@@ -81,7 +83,7 @@ def cluster_yaml(nodes: list[DrillNode], profile: str) -> str:
     return yaml.safe_dump({
         "cluster_name": "kemi-ha-drill", "corosync_profile": profile, "policy": "policy-base.yaml",
         "nodes": [{"name": n.name, "id": n.node_id, "address": n.address, "interface": "eth0"}
-                  for n in nodes],
+                  | ({"links": list(n.links)} if n.links else {}) for n in nodes],
         "vips": [{"address": n.vip, "prefer": n.name, "port_min": 20000 + i * span,
                   "port_max": 20000 + (i + 1) * span - 1} for i, n in enumerate(nodes)],
         "redis": {"vip": REDIS_VIP}, "netmask": 24, "kemi_ha_root": str(REPO_ROOT),
@@ -101,15 +103,17 @@ class DrillSetup:
 
 
 @contextlib.contextmanager
-def drill_cluster(work: Path, profile: str, size: int = 2) -> Iterator[DrillSetup]:
+def drill_cluster(work: Path, profile: str, size: int = 2, links: int = 1
+                  ) -> Iterator[DrillSetup]:  # fmt: skip
     """Render, install, start every node, wait until every resource runs; undo it all."""
-    nodes = DrillNode.build(size)
+    nodes = DrillNode.build(size, links)
     work.chmod(0o755)  # the redis user (ocf:heartbeat:redis runs it) reads its config here
     (work / "policy-base.yaml").write_text(drill_policy())
     (work / "cluster.yaml").write_text(cluster_yaml(nodes, profile))
     rendered = work / "rendered"
     render(work / "cluster.yaml", rendered)
-    lab = Lab(PREFIX, [Host(n.netns, n.address) for n in nodes] + [Host(CLIENT_NS, CLIENT)])
+    lab = Lab(PREFIX, [Host(n.netns, n.address, links=list(n.links)) for n in nodes]
+              + [Host(CLIENT_NS, CLIENT)])  # fmt: skip
     setup = DrillSetup(work, lab, nodes, {}, {}, rendered)
     hosts = {n.name: n.address for n in nodes}
     try:
@@ -197,6 +201,8 @@ class RunResult:
     timeline_ms: dict[str, float]
     redis_restore_ms: str
     dc_before: str = "?"  # the Pacemaker DC when the victim was powered off
+    scenario: str = "power-off"
+    observed: list[str] = field(default_factory=list)  # what the scenario checked, for the report
 
     @property
     def dropped(self) -> int:
@@ -205,6 +211,9 @@ class RunResult:
 
     @property
     def failover_calls(self) -> list[CallResult]:
+        """The calls whose VIP moved (every call when none did: their gap is the scenario's)."""
+        if not self.failed_vip:
+            return self.calls
         return [c for c in self.calls if c.vip == self.failed_vip]
 
 
@@ -225,9 +234,22 @@ def spread(calls: int, vips: int) -> list[int]:
     return [calls // vips + (1 if i < calls % vips else 0) for i in range(vips)]
 
 
+SCENARIOS = ("power-off", "one-link-lost", "rejoin")
+
+
 def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
-             after_s: float = 12.0) -> RunResult:  # fmt: skip
-    """Place `calls` calls on every VIP, power one node off, measure, end each call with a BYE."""
+             after_s: float = 12.0, scenario: str = "power-off") -> RunResult:  # fmt: skip
+    """Place `calls` calls on every VIP, inflict the scenario's fault on one node, measure, end
+    each call with a BYE.
+
+    power-off      the node's links down, then SIGKILL of everything it runs;
+    one-link-lost  the node's Corosync link 0 to the other nodes cut (the client still reaches
+                   it): knet carries on over link 1, no failover is expected;
+    rejoin         power-off, then the node comes back while the calls last: no VIP moves back
+                   (stickiness), DMQ and Redis resync, no gap on the survivors.
+    """
+    if scenario == "rejoin":
+        after_s = max(after_s, 35.0)
     nodes = setup.nodes
     victim = nodes[(run_no - 1) % len(nodes)]
     survivors = [n for n in nodes if n is not victim]
@@ -271,10 +293,26 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     time.sleep(hold_s)
 
     dc = setup.ha[survivors[0].name].run(["crmadmin", "-D", "-q"]).stdout.strip() or "?"
-    # Power off the victim: its link first (no goodbye on the wire), then every process.
+    holders = vip_holders(setup)
+    observed: list[str] = [f"VIP holders before: {holders}"]
     t_fail = time.time()
-    setup.lab.link(victim.netns, up=False)
-    kill_netns(victim.netns)
+    if scenario == "one-link-lost":
+        cut_link0(setup, victim, cut=True)
+        time.sleep(after_s / 2)
+        observed.append(f"{victim.name} corosync links: {link_status(setup, victim)}")
+        observed.append(f"VIP holders with link 0 cut: {vip_holders(setup)}")
+        cut_link0(setup, victim, cut=False)
+    else:
+        # Power off the victim: its links first (no goodbye on the wire), then every process.
+        setup.lab.links(victim.netns, up=False)
+        kill_netns(victim.netns)
+    if scenario == "rejoin":
+        time.sleep(3.0)
+        observed.append(f"VIP holders after the failover: {vip_holders(setup)}")
+        t_rejoin = time.time()
+        rejoin(setup, victim, calls, observed)
+        observed.append(f"rejoined in {time.time() - t_rejoin:.1f} s; VIP holders: "
+                        f"{vip_holders(setup)}")  # fmt: skip
     for uac in uacs:
         uac.wait(duration_ms / 1000 + 90)
     time.sleep(1)
@@ -287,14 +325,25 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     legs: dict[str, list[tuple[float, bool]]] = {call_id: [] for call_id in call_vip}
     for key, times in streams.items():
         if key in legs_of:
-            legs[legs_of[key]].append(gap_around(times, t_fail))
+            if scenario == "one-link-lost":  # no failover: the worst silence while cut
+                legs[legs_of[key]].append(worst_gap(times, t_fail, t_fail + after_s / 2 + 1))
+            else:
+                legs[legs_of[key]].append(gap_around(times, t_fail))
     results = [call_result(c, call_vip[c], legs[c]) for c in call_vip]
-    timeline = failover_timeline(setup, survivors, nodes.index(victim) + 1, t_fail)
+    if scenario == "rejoin":
+        quiet = [worst_gap(times, t_rejoin, t_rejoin + 15)[0] for key, times in streams.items()
+                 if key in legs_of]  # fmt: skip
+        observed.append(f"worst RTP gap of any call while {victim.name} rejoined: "
+                        f"{max(quiet, default=float('nan')):.0f} ms")  # fmt: skip
+    failed_vip = "" if scenario == "one-link-lost" else victim.vip
+    survivors = survivors if scenario != "rejoin" else nodes
+    timeline = failover_timeline(setup, [n for n in survivors if n is not victim],
+                                 nodes.index(victim) + 1, t_fail)  # fmt: skip
     resumed_at = [t for (vip, _p), times in streams.items() if vip == victim.vip
                   for t in times if t > t_fail + 0.05]  # fmt: skip
-    if resumed_at:
+    if resumed_at and failed_vip:
         timeline["first RTP after failover"] = (min(resumed_at) - t_fail) * 1000
-    holder = setup.ha[survivors[0].name].located(f"vip{nodes.index(victim) + 1}")
+    holder = vip_holders(setup).get(f"vip{nodes.index(victim) + 1}", "")
     restore = last_line_with(setup.work / holder / "log-kemi-ha" / f"rtpengine-{victim.vip}.log",
                              "Redis restore time") if holder else ""  # fmt: skip
     rpcs = {s.name: setup.rpc[s.name] for s in survivors}
@@ -303,7 +352,9 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
                    f"dialogs on {name} back to 0")  # fmt: skip
     return RunResult(
         victim=victim.name,
-        failed_vip=victim.vip,
+        failed_vip=failed_vip,
+        scenario=scenario,
+        observed=observed,
         calls=results,
         bye_ok=bye_ok,
         survivor_dialogs=sum(int(r.call("dlg.stats_active")["all"]) for r in rpcs.values()),
@@ -314,6 +365,50 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         redis_restore_ms=restore or "Redis restore time not logged",
         dc_before=dc,
     )
+
+
+def vip_holders(setup: DrillSetup) -> dict[str, str]:
+    """Where each VIP is configured right now (`ip addr` in every node namespace)."""
+    shown = {n.name: sh("ip", "-n", n.netns, "-o", "-4", "addr", "show", check=False).stdout
+             for n in setup.nodes}  # fmt: skip
+    return {
+        f"vip{i}": ",".join(name for name, text in shown.items() if f" {n.vip}/" in text)
+        for i, n in enumerate(setup.nodes, start=1)
+    }
+
+
+def cut_link0(setup: DrillSetup, victim: DrillNode, cut: bool) -> None:
+    """Drop (or let again) everything between the victim and the other nodes on network 0: its
+    Corosync link 0 and DMQ; the client still reaches it and its VIPs."""
+    for n in setup.nodes:
+        if n is victim:
+            continue
+        for chain, flag in (("INPUT", "-s"), ("OUTPUT", "-d")):
+            sh("ip", "netns", "exec", victim.netns, "iptables", "-I" if cut else "-D", chain,
+               flag, n.address, "-j", "DROP", check=cut)  # fmt: skip
+
+
+def link_status(setup: DrillSetup, node: DrillNode) -> str:
+    """corosync-cfgtool -s on the node, one line per link."""
+    out = setup.ha[node.name].run(["corosync-cfgtool", "-s"]).stdout
+    return " | ".join(" ".join(ln.split()) for ln in out.splitlines()
+                      if "LINK" in ln or "nodeid" in ln)  # fmt: skip
+
+
+def rejoin(setup: DrillSetup, node: DrillNode, calls: int, observed: list[str]) -> None:
+    """Bring a powered-off node back and wait until it serves: Pacemaker member, Kamailio up,
+    every call's dialog resynced over DMQ, its Redis a replica."""
+    setup.lab.links(node.netns, up=True)
+    ha = setup.ha[node.name]
+    ha.start()
+    ha.wait_ready(90)
+    rpc = setup.rpc[node.name]
+    wait_until(lambda: rpc.call("core.uptime") is not None, 60, f"Kamailio back on {node.name}")
+    wait_until(lambda: int(rpc.call("dlg.stats_active")["ongoing"]) == calls, 30,
+               f"dialogs resynced to {node.name}")  # fmt: skip
+    role = ha.run(["redis-cli", "role"]).stdout.split()
+    observed.append(f"{node.name} back: {calls} dialogs resynced over DMQ, Redis role "
+                    f"{role[0] if role else '?'}")  # fmt: skip
 
 
 def failover_timeline(setup: DrillSetup, survivors: list[DrillNode], vip_no: int,
@@ -372,6 +467,18 @@ def packet_times(pcap: Path) -> dict[tuple[str, int], list[float]]:
     return streams
 
 
+def worst_gap(times: list[float], start: float, end: float) -> tuple[float, bool]:
+    """The longest silence of one stream between `start` and `end` (ms), and whether RTP still
+    flowed after it (5 packets or more)."""
+    times = sorted(times)
+    best, after = 0.0, 0
+    for a, b in itertools.pairwise(times):
+        if b > start and a < end and b - a > best:
+            best = b - a
+            after = sum(1 for t in times if t >= b)
+    return best * 1000, after >= 5
+
+
 def gap_around(times: list[float], t_fail: float) -> tuple[float, bool]:
     """The silence of one stream across the failure (ms), and whether RTP flowed again after it.
 
@@ -389,21 +496,23 @@ def gap_around(times: list[float], t_fail: float) -> tuple[float, bool]:
     return best * 1000, after >= 5
 
 
-def report(results: list[RunResult], calls: int, profile: str) -> tuple[str, str]:
+def report(results: list[RunResult], calls: int, profile: str,
+           scenario: str = "power-off") -> tuple[str, str]:  # fmt: skip
     """Every run in detail, and one summary line: the gap is that of the calls whose VIP moved
     (calls on the other VIPs are listed too: they must not notice anything)."""
-    lines = [f"drill: profile={profile} calls={calls} runs={len(results)}"]
+    lines = [f"drill: scenario={scenario} profile={profile} calls={calls} runs={len(results)}"]
     gaps: list[float] = []
     others: list[float] = []
     medians: list[float] = []  # per run
     dropped = 0
     for i, r in enumerate(results, start=1):
         lines.append(
-            f"run {i}: {r.victim} powered off ({r.failed_vip}); BYE 200 after failover "
+            f"run {i}: {r.scenario} on {r.victim} ({r.failed_vip or 'no VIP moves'}); BYE 200 "
             f"{r.bye_ok}/{len(r.calls)}; survivor dialogs {r.survivor_dialogs}, channels "
             f"{r.survivor_channels}; rtpengine {r.redis_restore_ms}"
         )
-        lines.append(f"  Pacemaker DC at power-off: {r.dc_before}")
+        lines.append(f"  Pacemaker DC at the fault: {r.dc_before}")
+        lines += [f"  observed: {line}" for line in r.observed]
         lines.append("  timeline (ms after power-off): " + ", ".join(
             f"{k} {v:.0f}" for k, v in r.timeline_ms.items()))  # fmt: skip
         lines.append(f"  {'call':<20}{'vip':>14}{'gap_ms':>10}{'lost':>6}  resumed")
@@ -415,7 +524,7 @@ def report(results: list[RunResult], calls: int, profile: str) -> tuple[str, str
             medians.append(statistics.median(run_gaps))
             lines.append(f"  run {i} gap: median {medians[-1]:.0f} ms, max {max(run_gaps):.0f} ms")
         gaps += run_gaps
-        others += [c.gap_ms for c in r.calls if c.vip != r.failed_vip and c.media_resumed]
+        others += [c.gap_ms for c in r.calls if c not in r.failover_calls and c.media_resumed]
         dropped += r.dropped
     total = calls * len(results)
     median = statistics.median(gaps) if gaps else float("nan")
@@ -424,7 +533,7 @@ def report(results: list[RunResult], calls: int, profile: str) -> tuple[str, str
     if medians:
         lines.append(distribution(medians))
     summary = (
-        f"drill: calls={total} dropped={dropped} median_gap_ms={median:.0f} "
+        f"drill: scenario={scenario} calls={total} dropped={dropped} median_gap_ms={median:.0f} "
         f"max_gap_ms={worst:.0f} other_vips_max_gap_ms={other:.0f}"
     )
     return "\n".join(lines), summary
@@ -442,20 +551,24 @@ def distribution(medians: list[float]) -> str:
 
 
 def drill(nodes: int = 2, calls: int = 10, profile: str = "tuned", repeat: int = 1,
-          keep: bool = False) -> int:  # fmt: skip
+          keep: bool = False, scenario: str = "power-off", links: int = 1) -> int:  # fmt: skip
     """Run the drill `repeat` times; print the report, the JSON path and the summary line last."""
     if profile not in COROSYNC_PROFILES:
         raise ValueError(f"unknown profile {profile!r}")
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
+    if scenario == "one-link-lost":
+        links = max(links, 2)  # a second Corosync link to lose the first one to
     results: list[RunResult] = []
     for run_no in range(1, repeat + 1):
         work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-"))
-        with drill_cluster(work, profile, nodes) as setup:
-            results.append(run_once(setup, calls, run_no))
+        with drill_cluster(work, profile, nodes, links) as setup:
+            results.append(run_once(setup, calls, run_no, scenario=scenario))
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"drill: run {run_no} kept in {work}")
-    text, summary = report(results, calls, profile)
+    text, summary = report(results, calls, profile, scenario)
     print(text)
     out = Path(tempfile.gettempdir()) / "kemi-ha-drill-result.json"
     per_run = [vars(r) | {"calls": [vars(c) for c in r.calls]} for r in results]

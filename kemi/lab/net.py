@@ -21,6 +21,7 @@ class Host:
     address: str  # its own address on the switch (/24)
     iface: str = "eth0"
     extra: list[str] = field(default_factory=list)  # addresses added later (VIPs)
+    links: list[str] = field(default_factory=list)  # its addresses on networks 1, 2, ... (eth1..)
 
 
 class Lab:
@@ -34,24 +35,39 @@ class Lab:
         self.created: list[str] = []
 
     def create(self) -> None:
+        """Network 0 is the bridge in `<prefix>-sw` (hosts' eth0); network k >= 1, for hosts
+        with links, a bridge in `<prefix>-sw<k>` (their eth<k>): separate networks, as for
+        redundant Corosync links."""
         try:
-            self._add_ns(self.switch)
-            sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
-            sh("ip", "-n", self.switch, "link", "set", "br0", "up")
+            networks = 1 + max((len(h.links) for h in self.hosts.values()), default=0)
+            for net in range(networks):
+                switch = self.switch_of(net)
+                self._add_ns(switch)
+                sh("ip", "-n", switch, "link", "add", "br0", "type", "bridge")
+                sh("ip", "-n", switch, "link", "set", "br0", "up")
             for i, host in enumerate(self.hosts.values()):
                 self._add_ns(host.name)
-                port = f"p{i}"
-                sh("ip", "link", "add", host.iface, "netns", host.name, "type", "veth",
-                   "peer", "name", port, "netns", self.switch)  # fmt: skip
-                sh("ip", "-n", self.switch, "link", "set", port, "master", "br0", "up")
                 sh("ip", "-n", host.name, "link", "set", "lo", "up")
-                sh("ip", "-n", host.name, "addr", "add",
-                   f"{host.address}/{self.prefixlen}", "dev", host.iface)  # fmt: skip
-                sh("ip", "-n", host.name, "link", "set", host.iface, "up")
+                for net, address in enumerate([host.address, *host.links]):
+                    self._plug(host, i, net, address)
                 sh("ip", "netns", "exec", host.name, "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1")
         except BaseException:
             self.destroy()
             raise
+
+    def switch_of(self, net: int) -> str:
+        return self.switch if net == 0 else f"{self.switch}{net}"
+
+    def iface_of(self, host: Host, net: int) -> str:
+        return host.iface if net == 0 else f"eth{net}"
+
+    def _plug(self, host: Host, index: int, net: int, address: str) -> None:
+        switch, iface, port = self.switch_of(net), self.iface_of(host, net), f"p{index}"
+        sh("ip", "link", "add", iface, "netns", host.name, "type", "veth",
+           "peer", "name", port, "netns", switch)  # fmt: skip
+        sh("ip", "-n", switch, "link", "set", port, "master", "br0", "up")
+        sh("ip", "-n", host.name, "addr", "add", f"{address}/{self.prefixlen}", "dev", iface)
+        sh("ip", "-n", host.name, "link", "set", iface, "up")
 
     def _add_ns(self, name: str) -> None:
         sh("ip", "netns", "del", name, check=False)  # a leftover from a killed run
@@ -84,6 +100,11 @@ class Lab:
         sh("ip", "-n", h.name, "addr", "del", f"{address}/{self.prefixlen}", "dev", h.iface,
            check=False)  # fmt: skip
 
-    def link(self, host: str, up: bool) -> None:
+    def link(self, host: str, up: bool, net: int = 0) -> None:
         h = self.hosts[host]
-        sh("ip", "-n", h.name, "link", "set", h.iface, "up" if up else "down")
+        sh("ip", "-n", h.name, "link", "set", self.iface_of(h, net), "up" if up else "down")
+
+    def links(self, host: str, up: bool) -> None:
+        """Every interface of the host: a power cut or a pulled set of cables."""
+        for net in range(1 + len(self.hosts[host].links)):
+            self.link(host, up, net)

@@ -84,7 +84,13 @@ def check_cluster(spec: ClusterSpec) -> list[Problem]:
             if (key, value) in seen:
                 problems.append(Problem(("nodes", i, key), "node names and ids must be unique"))
             seen[(key, value)] = key
+    links = len(spec.nodes[0].links) if spec.nodes else 0
+    for i, node in enumerate(spec.nodes):
+        if len(node.links) != links:
+            problems.append(Problem(("nodes", i, "links"), f"every node names {links} links"))
     fields = [(("nodes", i, "address"), n.address) for i, n in enumerate(spec.nodes)]
+    fields += [(("nodes", i, "links", k), a) for i, n in enumerate(spec.nodes)
+               for k, a in enumerate(n.links)]  # fmt: skip
     fields += [(("vips", i, "address"), v.address) for i, v in enumerate(spec.vips)]
     fields += [(("redis", "vip"), spec.redis.vip)]
     addresses: set[str] = set()
@@ -137,31 +143,41 @@ def without_nulls(data: Any) -> Any:
 
 
 def corosync_conf(spec: ClusterSpec, profile: str) -> str:
+    """Link 0 is each node's `address`, links 1.. its `links`, in falling knet priority: knet
+    (passive mode) carries the traffic on the best link up and fails over between links without a
+    membership change."""
     p = COROSYNC_PROFILES[profile]
-    iface = ""
-    if p["knet_ping_interval"] is not None:
-        iface = (
-            "    interface {\n        linknumber: 0\n"
+    count = 1 + len(spec.nodes[0].links)
+    ifaces = ""
+    for link in range(count):
+        tuned = (
             f"        knet_ping_interval: {p['knet_ping_interval']}\n"
-            f"        knet_ping_timeout: {p['knet_ping_timeout']}\n    }}\n"
+            f"        knet_ping_timeout: {p['knet_ping_timeout']}\n"
+            if p["knet_ping_interval"] is not None
+            else ""
         )
+        priority = f"        knet_link_priority: {count - link}\n" if count > 1 else ""
+        if tuned or priority:
+            ifaces += f"    interface {{\n        linknumber: {link}\n{priority}{tuned}    }}\n"
     nodes = "".join(
         f"    node {{\n        name: {n.name}\n        nodeid: {n.id}\n"
-        f"        ring0_addr: {n.address}\n    }}\n"
+        + "".join(f"        ring{k}_addr: {a}\n" for k, a in enumerate([n.address, *n.links]))
+        + "    }\n"
         for n in spec.nodes
     )
     two_node = "    two_node: 1\n" if len(spec.nodes) == 2 else ""
     coefficient = p["token_coefficient"]
     token_coefficient = f"    token_coefficient: {coefficient}\n" if coefficient is not None else ""
+    link_mode = "    link_mode: passive\n" if count > 1 else ""
     return (
         f"# Rendered by kemi-ha render ({profile} profile). Do not edit: edit the cluster file.\n"
         "totem {\n    version: 2\n"
-        f"    cluster_name: {spec.cluster_name}\n    transport: knet\n"
+        f"    cluster_name: {spec.cluster_name}\n    transport: knet\n{link_mode}"
         f"    token: {p['token']}\n{token_coefficient}"
         f"    token_retransmits_before_loss_const: {p['token_retransmits_before_loss_const']}\n"
         f"    join: {p['join']}\n    consensus: {p['consensus']}\n"
         "    crypto_cipher: none\n    crypto_hash: none\n"
-        f"{iface}}}\n\n"
+        f"{ifaces}}}\n\n"
         "logging {\n    to_logfile: yes\n    logfile: /var/log/corosync/corosync.log\n"
         "    to_stderr: yes\n    timestamp: hires\n    debug: off\n}\n\n"
         f"quorum {{\n    provider: corosync_votequorum\n{two_node}}}\n\n"
