@@ -119,6 +119,21 @@ def rtpengine_sessions(stack: Stack) -> int:
     return sum(len(stack.ng(vip).list_calls()) for vip in stack.policy.vips)
 
 
+def kamailio_pids(stack: Stack) -> set[int]:
+    """Every Kamailio process (main and children), from core.psx."""
+    return {int(p["PID"]) for p in stack.rpc.call("core.psx")}
+
+
+def leftovers(stack: Stack) -> dict[str, int]:
+    """What a finished test must not leave: dialogs, rtpengine sessions, Redis keys."""
+    found = {
+        "dialogs": active_dialogs(stack),
+        "rtpengine sessions": rtpengine_sessions(stack),
+        "redis keys": sum(stack.redis_client(v.set_id).dbsize() for v in stack.policy.vips),
+    }
+    return {what: n for what, n in found.items() if n}
+
+
 def send_raw(
     host: str, port: int, payload: str, timeout: float = 2.0, bind: str = "127.0.0.1"
 ) -> str | None:
