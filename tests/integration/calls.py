@@ -135,19 +135,28 @@ def leftovers(stack: Stack) -> dict[str, int]:
 
 
 def send_raw(
-    host: str, port: int, payload: str, timeout: float = 2.0, bind: str = "127.0.0.1"
+    host: str,
+    port: int,
+    payload: str | bytes,
+    timeout: float = 2.0,
+    bind: str = "127.0.0.1",
+    final: bool = False,
 ) -> str | None:
-    """Send one raw SIP request over UDP; return the first response line, None if silent."""
+    """Send one raw SIP message over UDP (LPORT: our port); the first response line (the
+    first final one if `final`), None if silent."""
+    data = payload.encode() if isinstance(payload, str) else payload
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((bind, 0))
         sock.settimeout(timeout)
         local_port = sock.getsockname()[1]
-        sock.sendto(payload.replace("LPORT", str(local_port)).encode(), (host, port))
-        try:
-            data = sock.recv(65535)
-        except TimeoutError:
-            return None
-    return data.decode(errors="replace").split("\r\n", 1)[0]
+        sock.sendto(data.replace(b"LPORT", str(local_port).encode()), (host, port))
+        while True:
+            try:
+                line = sock.recv(65535).decode(errors="replace").split("\r\n", 1)[0]
+            except TimeoutError:
+                return None
+            if not final or not line.startswith("SIP/2.0 1"):
+                return line
 
 
 def invite_text(host: str, **overrides: str) -> str:
