@@ -8,10 +8,13 @@ health is not touched and no session is made.
 
 Checks, in order: size (max_bytes), starts with v=, every line is <letter>=<value>, at least
 one m= line and at most max_streams, each m= line is `m=<media> <port>[/<n>] <proto> <fmt>...`
-with a numeric port, and a connection address (c=) at session level or in every stream.
+with a numeric port, and a connection address (c=IN IP4|IP6 <address>) at session level or in
+every stream.
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 from kemi.core.decide import Reject
 from kemi.core.policy import SdpLimits
@@ -29,6 +32,17 @@ def _media_line_ok(value: str) -> bool:
         return False
     port = parts[1].split("/", 1)
     return all(p.isdigit() for p in port) and int(port[0]) <= 65535
+
+
+def _connection_ok(value: str) -> bool:
+    parts = value.split()
+    if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
+        return False
+    try:
+        address = ipaddress.ip_address(parts[2].split("/", 1)[0])
+    except ValueError:
+        return False
+    return address.version == int(parts[1][2])
 
 
 def sdp_refusal(body: str, limits: SdpLimits) -> Reject | None:
@@ -55,6 +69,8 @@ def sdp_refusal(body: str, limits: SdpLimits) -> Reject | None:
                 return _refuse("sdp_malformed")
             stream_c = session_c
         elif kind == "c":
+            if not _connection_ok(line[2:]):
+                return _refuse("sdp_bad_connection")
             if streams == 0:
                 session_c = True
             stream_c = True

@@ -97,8 +97,14 @@ def test_non_utf8_request_uri_gets_400_without_traceback(stack: Stack, log_dir: 
 
 @pytest.mark.parametrize(
     "body",
-    [SDP_HEAD, "not sdp at all\r\n", SDP_HEAD + AUDIO.format(port=40000) * 400],
-    ids=["no-m-line", "not-sdp", "400-streams"],
+    [
+        SDP_HEAD,
+        "not sdp at all\r\n",
+        SDP_HEAD + AUDIO.format(port=40000) * 400,
+        SDP_HEAD.replace("IP4 127.0.0.1\r\nt=", "IP4 no.such.address\r\nt=")
+        + AUDIO.format(port=40000),
+    ],
+    ids=["no-m-line", "not-sdp", "400-streams", "bad-c-address"],
 )
 def test_bad_sdp_gets_488_fast_and_leaves_no_session(
     stack: Stack, log_dir: Path, body: str

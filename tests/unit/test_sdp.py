@@ -29,6 +29,10 @@ LIMITS = SdpLimits(max_streams=4, max_bytes=1024)
         (HEAD + "c=IN IP4 192.0.2.1\r\nm=audio 4000\r\n", "sdp_malformed"),
         (HEAD + "c=IN IP4 192.0.2.1\r\ngarbage line\r\n" + AUDIO, "sdp_malformed"),
         (HEAD + "c=IN IP4 192.0.2.1\r\n" + AUDIO * 5, "sdp_too_many_streams"),
+        (HEAD + "c=IN IP6 2001:db8::1\r\n" + AUDIO, None),
+        (HEAD + "c=IN IP4 not.an.address\r\n" + AUDIO, "sdp_bad_connection"),
+        (HEAD + "c=IN IP4 2001:db8::1\r\n" + AUDIO, "sdp_bad_connection"),
+        (HEAD + "c=IN XX 192.0.2.1\r\n" + AUDIO, "sdp_bad_connection"),
         (HEAD + "c=IN IP4 192.0.2.1\r\n" + AUDIO + "a=x\r\n" * 300, "sdp_too_large"),
     ],
 )
