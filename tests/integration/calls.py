@@ -60,6 +60,14 @@ def start_load(
     return run
 
 
+def next_call_works(log_dir: Path, vip: str, duration_ms: int = 300) -> None:
+    """One short call through `vip` completes: the proxy is still healthy."""
+    uas = start_uas(log_dir)
+    uac = start_uac(log_dir, vip, f"after-{uuid.uuid4().hex[:8]}", duration_ms=duration_ms)
+    assert_ok(uac)
+    assert_ok(uas)
+
+
 def uas_calls(log_dir: Path, port: int) -> int:
     """Calls a `start_uas(calls=None)` callee received, from its last counters line."""
     lines = (log_dir / f"uas-{port}.csv").read_text().strip().splitlines()
