@@ -21,6 +21,7 @@ from kemi.core.schema import json_schema
 from kemi.core.structure import SpecError
 from kemi.ops.embedded_python import check_embedded_python
 from kemi.ops.health import node_problems
+from kemi.ops.httptoken import authorization
 from kemi.ops.procs import StartError
 from kemi.ops.render import load_node_config, render
 from kemi.ops.rpc import RpcError
@@ -182,7 +183,12 @@ def cmd_policy_reload(args: argparse.Namespace) -> int:
     """Ask the running Kamailio to validate and apply its policy file (every worker)."""
     info = node_info(args.run_dir)
     url = f"{info['http_url']}/policy/reload"
-    request = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        headers = authorization(Path(args.run_dir))
+    except OSError as exc:
+        print(f"Error: no management token in {args.run_dir}: {exc.strerror}", file=sys.stderr)
+        return 1
+    request = urllib.request.Request(url, data=b"", method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
             reply = json.loads(answer.read())

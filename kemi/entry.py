@@ -12,6 +12,7 @@ from pathlib import Path
 
 import KSR  # type: ignore[import-not-found]  # provided by app_python3 inside Kamailio
 
+from kemi.ops.httptoken import read_token
 from kemi.ops.ng import NgClient, NgError
 from kemi.ops.rpc import KamailioRpc
 from kemi.policyfile import load_policy
@@ -50,7 +51,17 @@ def mod_init() -> Router:
         dmq=os.environ.get(DMQ_ENV) == "1",
         dmq_nodes=lambda: list(rpc.call("dmq.list_nodes")),
         rtpengine_alive=ng_alive,
+        http_token=http_token(run_dir),
     )
+
+
+def http_token(run_dir: Path) -> str:
+    """The management token the launcher wrote; none: every state-changing request gets 403."""
+    try:
+        return read_token(run_dir)
+    except OSError:
+        KSR.warn("kemi-ha: no management token in the run dir: HTTP state changes refused\n")
+        return ""
 
 
 def ng_alive(socket_spec: str) -> bool:

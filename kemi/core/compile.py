@@ -13,7 +13,17 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
-from kemi.core.policy import CidrTable, Limit, Policy, Route, RouteKey, Tenant, Trunk, Vip
+from kemi.core.policy import (
+    CidrTable,
+    Limit,
+    Policy,
+    Route,
+    RouteKey,
+    SdpLimits,
+    Tenant,
+    Trunk,
+    Vip,
+)
 from kemi.core.spec import LimitSpec, MediaSpec, PolicySpec
 from kemi.core.structure import Path, Problem
 
@@ -158,6 +168,10 @@ def check(spec: PolicySpec) -> list[Problem]:
     c.limit(("global_limit",), spec.global_limit)
     for i, peer in enumerate(spec.trusted_peers):
         c.cidr(("trusted_peers", i), peer)
+    if spec.sdp.max_streams < 1:
+        c.add(("sdp", "max_streams"), "must be at least 1")
+    if spec.sdp.max_bytes < 256:
+        c.add(("sdp", "max_bytes"), "must be at least 256")
     for i, peer in enumerate(spec.dmq_peers):
         if not SIP_URI.match(peer):
             c.add(("dmq_peers", i), f"not a SIP URI: {peer!r}")
@@ -216,6 +230,7 @@ def compile_policy(spec: PolicySpec) -> Policy:
         trusted=CidrTable.build(trusted),
         dmq_peers=tuple(spec.dmq_peers),
         dmq_peer_hosts=frozenset(uri_host(p) for p in spec.dmq_peers),
+        sdp_limits=SdpLimits(spec.sdp.max_streams, spec.sdp.max_bytes),
     )
 
 

@@ -8,6 +8,7 @@ Pacemaker runs Redis and the rtpengines, so `components` is just Kamailio there;
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from dataclasses import dataclass
 from typing import Literal
@@ -56,6 +57,11 @@ def check_node(spec: NodeConfigSpec) -> list[Problem]:
             ipaddress.ip_address(getattr(spec, name))
         except ValueError:
             problems.append(Problem((name,), f"not an IP address: {getattr(spec, name)!r}"))
+    with contextlib.suppress(ValueError):
+        http = ipaddress.ip_address(spec.http_address)
+        if not (http.is_loopback or http.is_private) or http.is_unspecified:
+            problems.append(Problem(("http_address",), "management HTTP must stay on a "
+                                    "loopback or private address"))  # fmt: skip
     for name in ("sip_port", "dmq_port", "http_port"):
         if not 1 <= getattr(spec, name) <= 65535:
             problems.append(Problem((name,), "must be a port (1..65535)"))

@@ -95,6 +95,14 @@ class CidrTable(Generic[V]):
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class SdpLimits:
+    """What an SDP sent to rtpengine may hold (policy `sdp`; 488 beyond)."""
+
+    max_streams: int = 16
+    max_bytes: int = 16384
+
+
 RouteKey = tuple[str | None, str | None]  # (tenant, domain); None matches any
 
 
@@ -115,3 +123,4 @@ class Policy:
     trusted: CidrTable[bool]
     dmq_peers: tuple[str, ...]
     dmq_peer_hosts: frozenset[str]
+    sdp_limits: SdpLimits = SdpLimits()

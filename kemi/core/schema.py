@@ -35,7 +35,9 @@ def _object(cls: Any, defs: dict[str, Any]) -> dict[str, Any]:
         if f.default is not dataclasses.MISSING and f.default is not None:
             prop["default"] = f.default
         elif f.default_factory is not dataclasses.MISSING:
-            prop["default"] = f.default_factory()
+            value = f.default_factory()
+            is_spec = dataclasses.is_dataclass(value)
+            prop["default"] = dataclasses.asdict(value) if is_spec else value
         elif f.default is dataclasses.MISSING:
             required.append(f.name)
         props[f.name] = prop

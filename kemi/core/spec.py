@@ -61,6 +61,14 @@ class LimitSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SdpSpec:
+    """Bounds on what is sent to rtpengine; an SDP beyond them is answered 488."""
+
+    max_streams: int = doc("most m= lines in one SDP", 16)
+    max_bytes: int = doc("largest SDP body, in bytes", 16384)
+
+
+@dataclass(frozen=True, slots=True)
 class VipSpec:
     """A cluster address: SIP and media of calls on it, served by its own rtpengine set."""
 
@@ -118,3 +126,4 @@ class PolicySpec:
         factory=lambda: ["127.0.0.0/8"],
     )
     dmq_peers: list[str] = doc("SIP URIs of the other nodes' DMQ listeners", factory=list)
+    sdp: SdpSpec = doc("bounds on SDP bodies sent to rtpengine (488 beyond)", factory=SdpSpec)

@@ -26,6 +26,7 @@ import kemi
 from kemi.core.node_spec import NodeConfigSpec
 from kemi.core.policy import Policy, Vip
 from kemi.ops.embedded_python import embedded_env, kamailio_failure, venv_site_packages
+from kemi.ops.httptoken import ensure_token
 from kemi.ops.netns import in_netns, netns_exec
 from kemi.ops.ng import NgClient
 from kemi.ops.nodecfg import NODE_CFG_NAME, NodeValues, render_node_cfg
@@ -282,6 +283,7 @@ class Stack:
         cfg = self.config
         node = cfg.node_values(self.policy)
         self.write_node_info()
+        ensure_token(self.run_dir)  # management HTTP: state changes need it (mode 600)
         (self.run_dir / NODE_CFG_NAME).write_text(render_node_cfg(self.policy, node))
         # Prometheus multiprocess files: emptied at every start (stale PIDs would add up).
         shutil.rmtree(self.metrics_dir, ignore_errors=True)

@@ -2,10 +2,16 @@
 
 Route order follows Kamailio's etc/kamailio.cfg so it reads at a glance:
 
-    request_route: REQINIT -> CANCEL -> WITHINDLG -> (ACK absorbed) -> OPTIONS to us
-                   -> INVITE (dialog, record-route, rtpengine offer) -> RELAY
-    onreply (MANAGE_REPLY): rtpengine answer on replies with SDP
+    request_route: REQINIT -> CANCEL -> WITHINDLG (known dialogs only, else 481)
+                   -> (ACK absorbed) -> OPTIONS to us
+                   -> INVITE (SDP bounds, dialog, record-route, rtpengine offer) -> RELAY
+    reply_route: replies without a transaction pass only for a known dialog (else dropped)
+    onreply (MANAGE_REPLY): SDP of 1xx/2xx -> rtpengine answer, or offer when the request had
+                            none (late offer: the answer then comes in the ACK)
     branch (MANAGE_BRANCH), failure (MANAGE_FAILURE): failover or rtpengine delete
+
+Every PV is read through kemi.shell.pv (any bytes; not UTF-8 -> Garbled, refused 400 where the
+grammar allows no such bytes); every SDP goes through kemi.core.sdp before rtpengine (488).
 
 The rtpengine set is chosen from the VIP the message arrived on and set again in every
 callback: Kamailio keeps that choice for one message only. Each ksr_* entry is guarded: an
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hmac
 import json
 import logging
 import time
@@ -26,8 +33,10 @@ from typing import Any
 from kemi.core import decide
 from kemi.core.decide import Admit, InviteFacts, Reject
 from kemi.core.policy import Limit, Policy, Vip
+from kemi.core.sdp import sdp_refusal
 from kemi.shell import metrics
 from kemi.shell.policy_holder import PolicyHolder
+from kemi.shell.pv import Garbled, Pv
 
 log = logging.getLogger("kemi.routes")
 
@@ -42,6 +51,7 @@ AVP_TRIED = "$avp(kha_tried)"
 AVP_MEDIA_FLAGS = "$avp(kha_mflags)"  # for MANAGE_REPLY of this transaction
 AVP_VIP = "$avp(kha_vip)"  # set on initial INVITEs only: their final result is counted
 AVP_COUNTED = "$avp(kha_counted)"
+AVP_LATE = "$avp(kha_late)"  # the INVITE of this transaction had no SDP: the reply offers
 PV_PROFILE_SIZE = "$var(kha_n)"
 PROFILE_GLOBAL, PROFILE_TENANT, PROFILE_TRUNK = "kha_global", "kha_tenant", "kha_trunk"
 INDIALOG_METHODS = frozenset({"ACK", "BYE", "INVITE", "UPDATE", "INFO", "PRACK", "NOTIFY", "REFER"})
@@ -51,6 +61,7 @@ MAX_FORWARDS = 10
 SANITY_MFLAGS = 17895  # Kamailio's default: URI, required headers, CSeq, Content-Length...
 SANITY_UFLAGS = 7
 SDP = "application/sdp"
+AUTHORIZATION = "$hdr(Authorization)"  # management HTTP: "Bearer <token>" for state changes
 JSON = "application/json"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -88,8 +99,12 @@ class Router:
         dmq: bool = True,
         dmq_nodes: Callable[[], list[dict[str, Any]]] = list,
         rtpengine_alive: Callable[[str], bool] = lambda socket_spec: False,
+        http_token: str = "",
     ) -> None:
         self.ksr = ksr
+        self.pv = Pv(ksr)
+        # Without a token no state-changing HTTP request is accepted at all.
+        self.http_authorization = f"Bearer {http_token}".encode() if http_token else b""
         self.node_address = node_address
         self.dmq = dmq
         self.dmq_nodes = dmq_nodes  # what DMQ knows of its peers (RPC dmq.list_nodes)
@@ -144,11 +159,11 @@ class Router:
     def route_kdmq(self, policy: Policy) -> None:
         """KDMQ first: only configured peers may touch replicated dialog state; others get 403."""
         ksr = self.ksr
-        source = str(ksr.pv.get("$si"))
+        source = self.pv.text("$si")
         if not self.dmq:
             why = "this node runs without DMQ peers"
         elif not decide.kdmq_accepted(
-            policy, source, self.node_address, str(ksr.pv.get("$rU") or ""),
+            policy, source, self.node_address, self.pv.text("$rU"),
             ok(ksr.dmq.is_from_node()),
         ):  # fmt: skip
             why = "not a configured DMQ peer"
@@ -167,9 +182,8 @@ class Router:
             ksr.sl.sl_send_reply(483, "Too Many Hops")
             return False
         if not ok(ksr.sanity.sanity_check(SANITY_MFLAGS, SANITY_UFLAGS)):
-            log.warning(
-                "malformed request from %s:%s dropped", ksr.pv.get("$si"), ksr.pv.get("$sp")
-            )
+            log.warning("malformed request from %s:%s dropped", self.pv.text("$si"),
+                        self.pv.text("$sp"))  # fmt: skip
             return False
         return True
 
@@ -191,12 +205,25 @@ class Router:
                 return
             ksr.sl.sl_send_reply(404, "Not here")
             return
-        method = str(ksr.pv.get("$rm"))
+        if not ok(ksr.dialog.is_known_dlg()):
+            # A To-tag and our Route, but no such dialog (here or replicated over DMQ): no
+            # media session and no relay for it (RFC 3261 12.2.2). An ACK gets no answer.
+            log.info("in-dialog %s for no known dialog refused", self.pv.text("$rm"))
+            if not ksr.is_ACK():
+                ksr.sl.sl_send_reply(481, "Call/Transaction Does Not Exist")
+            return
+        method = self.pv.text("$rm")
         metrics.INDIALOG.labels(method if method in INDIALOG_METHODS else "other").inc()
         vip = self.use_rtp_set(policy)
+        has_sdp = ok(ksr.textops.has_body_type(SDP))
         if ksr.is_BYE():
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
-        elif (ksr.is_INVITE() or ksr.is_UPDATE()) and ok(ksr.textops.has_body_type(SDP)):
+        elif (ksr.is_INVITE() or ksr.is_UPDATE()) and has_sdp:
+            refused = sdp_refusal(self.pv.text("$rb"), policy.sdp_limits)
+            if refused is not None:
+                log.info("in-dialog %s refused: %s", method, refused.why)
+                ksr.sl.sl_send_reply(refused.code, refused.reason)
+                return
             flags = self.dialog_media_flags(vip)
             ksr.pv.sets(AVP_MEDIA_FLAGS, flags)
             if vip is not None and not self.rtp_command(
@@ -204,22 +231,31 @@ class Router:
             ):
                 log.error("rtpengine offer failed on re-INVITE/UPDATE (set %d)", vip.set_id)
             ksr.tm.t_on_reply(MANAGE_REPLY)
-        elif ksr.is_ACK() and ok(ksr.textops.has_body_type(SDP)) and vip is not None:
-            flags = self.dialog_media_flags(vip)  # late offer: the SDP answer is in the ACK
-            self.rtp_command(vip, "answer", ksr.rtpengine.rtpengine_answer, flags)
+        elif ksr.is_ACK() and has_sdp and vip is not None:
+            # late offer: the SDP answer is in the ACK
+            if sdp_refusal(self.pv.text("$rb"), policy.sdp_limits) is None:
+                self.rtp_command(vip, "answer", ksr.rtpengine.rtpengine_answer,
+                                 self.dialog_media_flags(vip))  # fmt: skip
         elif ksr.is_INVITE():
+            ksr.pv.seti(AVP_LATE, 1)  # re-INVITE without SDP: the 2xx offers
+            ksr.pv.sets(AVP_MEDIA_FLAGS, self.dialog_media_flags(vip))
             ksr.tm.t_on_reply(MANAGE_REPLY)
         self.route_relay()
 
     def route_invite(self, policy: Policy) -> None:
         """Initial INVITE: decide, then media first (nothing to undo if it fails), dialog, RR."""
         ksr = self.ksr
+        pv = self.pv
         facts = InviteFacts(
-            local_address=str(ksr.pv.get("$Ri")),
-            source=str(ksr.pv.get("$si")),
-            ruri_user=str(ksr.pv.get("$rU") or ""),
-            ruri_domain=str(ksr.pv.get("$rd") or ""),
+            local_address=pv.text("$Ri"),
+            source=pv.text("$si"),
+            ruri_user=pv.text("$rU"),
+            ruri_domain=pv.text("$rd"),
         )
+        if isinstance(facts.ruri_user, Garbled) or isinstance(facts.ruri_domain, Garbled):
+            # RFC 3261 25.1: a SIP URI holds ASCII (escaped otherwise); these bytes are not UTF-8.
+            self.send_reject(Reject(400, "Bad Request-URI", why="ruri_bytes"), facts.local_address)
+            return
         decision = decide.decide_invite(policy, facts)
         if isinstance(decision, Reject):
             self.send_reject(decision, facts.local_address)
@@ -233,12 +269,20 @@ class Router:
             self.send_reject(refused, facts.local_address)
             return
         flags = decision.media_flags
-        if ok(ksr.textops.has_body_type(SDP)) and not self.rtp_command(
-            vip, "offer", ksr.rtpengine.rtpengine_offer, flags
-        ):
-            log.error("rtpengine set %d (VIP %s) refused the offer", vip.set_id, vip.address)
-            self.send_reject(Reject(503, "Media Relay Unavailable", why="rtpengine"), vip.address)
-            return
+        if not ok(ksr.textops.has_body_type(SDP)):
+            ksr.pv.seti(AVP_LATE, 1)  # late offer: the 2xx carries it, the ACK the answer
+        else:
+            refused = sdp_refusal(pv.text("$rb"), policy.sdp_limits)
+            if refused is not None:
+                self.send_reject(refused, vip.address)
+                return
+            if not self.rtp_command(vip, "offer", ksr.rtpengine.rtpengine_offer, flags):
+                log.error("rtpengine set %d (VIP %s) refused the offer", vip.set_id, vip.address)
+                ksr.rtpengine.rtpengine_delete0()  # whatever half a session it kept
+                self.send_reject(
+                    Reject(503, "Media Relay Unavailable", why="rtpengine"), vip.address
+                )
+                return
         ksr.dialog.dlg_manage()
         self.count_channel(decision)
         ksr.rr.record_route()
@@ -295,7 +339,8 @@ class Router:
     def route_relay(self) -> bool:
         """RELAY: out of the VIP the request came in on, so Record-Route stays single."""
         ksr = self.ksr
-        ksr.corex.set_send_socket(f"{ksr.pv.get('$pr')}:{ksr.pv.get('$Ri')}:{ksr.pv.get('$Rp')}")
+        pv = self.pv
+        ksr.corex.set_send_socket(f"{pv.text('$pr')}:{pv.text('$Ri')}:{pv.text('$Rp')}")
         if ok(ksr.tm.t_relay()):
             return True
         ksr.sl.sl_reply_error()
@@ -305,23 +350,44 @@ class Router:
 
     @guarded("reply")
     def ksr_reply_route(self, msg: Any) -> int:
-        """Every reply, before transaction matching: only the rtpengine set is chosen here."""
+        """Every reply, before transaction matching: the rtpengine set is chosen here.
+
+        A reply with no transaction would be forwarded statelessly to its second Via: only
+        one we can vouch for passes (our own Via on top: core `check_via=1`, and a dialog this
+        node knows, replicated ones included: the takeover of a dead node's calls needs it);
+        any other is dropped, never reflected."""
+        ksr = self.ksr
+        if not ok(ksr.tm.t_check_trans()) and not ok(ksr.dialog.is_known_dlg()):
+            log.info("stray %s reply from %s dropped", self.pv.text("$rs"), self.pv.text("$si"))
+            ksr.set_drop()
+            return 1
         self.use_rtp_set(self._policy())
         return 1
 
     @guarded("reply")
     def ksr_onreply_manage(self, msg: Any) -> int:
-        """MANAGE_REPLY: the SDP answer (183/200) goes to the same rtpengine set."""
+        """MANAGE_REPLY: the SDP of a 1xx/2xx goes to the same rtpengine set: an answer to the
+        request's offer, or the offer itself when the request had no SDP (late offer)."""
         ksr = self.ksr
-        vip = self.use_rtp_set(self._policy())
+        policy = self._policy()
+        vip = self.use_rtp_set(policy)
         status = ksr.pv.geti("$rs")
         if 200 <= status < 300:
             self.count_final(status)
         if vip is None or not 100 < status < 300 or not ok(ksr.textops.has_body_type(SDP)):
             return 1
-        flags = ksr.pv.get(AVP_MEDIA_FLAGS) or vip.media_flags
-        if not self.rtp_command(vip, "answer", ksr.rtpengine.rtpengine_answer, str(flags)):
-            log.error("rtpengine answer failed on %d (set %d)", status, vip.set_id)
+        if sdp_refusal(self.pv.text("$rb"), policy.sdp_limits) is not None:
+            # Relayed as it is, its media would bypass the relay: drop it (the callee resends).
+            log.warning("reply %d with an SDP rtpengine must not see dropped", status)
+            ksr.set_drop()
+            return 1
+        flags = self.pv.text(AVP_MEDIA_FLAGS) or vip.media_flags
+        if self.pv.text(AVP_LATE):
+            command, call = "offer", ksr.rtpengine.rtpengine_offer
+        else:
+            command, call = "answer", ksr.rtpengine.rtpengine_answer
+        if not self.rtp_command(vip, command, call, flags):
+            log.error("rtpengine %s failed on %d (set %d)", command, status, vip.set_id)
         return 1
 
     @guarded("branch")
@@ -339,15 +405,15 @@ class Router:
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
             return 1
         status = ksr.tm.t_get_status_code()
-        destinations = tuple(str(ksr.pv.get(AVP_DESTINATIONS) or "").split())
-        tried = ksr.pv.get(AVP_TRIED) or 0
-        target = decide.next_destination(destinations, int(tried), int(status))
+        destinations = tuple(self.pv.text(AVP_DESTINATIONS).split())
+        tried = self.pv.number(AVP_TRIED)
+        target = decide.next_destination(destinations, tried, int(status))
         if target is None:
             self.count_final(int(status))
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
             return 1
         log.info("failover after %s: trying %s", status, target)
-        ksr.pv.seti(AVP_TRIED, int(tried) + 1)
+        ksr.pv.seti(AVP_TRIED, tried + 1)
         ksr.setdsturi(target)
         self.arm_transaction()
         if not self.route_relay():
@@ -359,10 +425,15 @@ class Router:
 
     @guarded("http")
     def ksr_xhttp_event(self, msg: Any, evname: str = "") -> int:
-        """Management HTTP on the node's private listener: policy reload (and metrics)."""
+        """Management HTTP on the node's private listener: metrics for anyone who reaches it,
+        policy reload (any state change) only with the run dir's token, else 403."""
         ksr = self.ksr
-        path = str(ksr.pv.get("$hu")).split("?", 1)[0]
-        method = str(ksr.pv.get("$rm"))
+        path = self.pv.text("$hu").split("?", 1)[0]
+        method = self.pv.text("$rm")
+        if method not in ("GET", "HEAD") and not self.http_authorized():
+            log.warning("management %s %s without a valid token refused", method, path)
+            ksr.xhttp.xhttp_reply(403, "Forbidden", "text/plain", "token required\n")
+            return 1
         if path == "/policy/reload" and method == "POST":
             accepted, messages = self.policies.reload()
             body = json.dumps({"accepted": accepted, "messages": messages}) + "\n"
@@ -375,6 +446,10 @@ class Router:
             return 1
         ksr.xhttp.xhttp_reply(404, "Not Found", "text/plain", f"no such resource: {path}\n")
         return 1
+
+    def http_authorized(self) -> bool:
+        given = self.pv.text(AUTHORIZATION).strip().encode()
+        return bool(self.http_authorization) and hmac.compare_digest(given, self.http_authorization)
 
     def scrape_state(self) -> list[metrics.Gauge]:
         """Gauges read at scrape time from Kamailio itself (dialog profiles) and the ng sockets."""
@@ -430,13 +505,13 @@ class Router:
             ksr.dialog.get_profile_size_static(profile, PV_PROFILE_SIZE)
         else:
             ksr.dialog.get_profile_size(profile, key, PV_PROFILE_SIZE)
-        return float(ksr.pv.get(PV_PROFILE_SIZE) or 0)
+        return float(self.pv.number(PV_PROFILE_SIZE))
 
     # ----- helpers -------------------------------------------------------------------
 
     def use_rtp_set(self, policy: Policy) -> Vip | None:
         """Select the rtpengine set of the VIP this message arrived on, for this message."""
-        vip = decide.vip_for(policy, str(self.ksr.pv.get("$Ri")))
+        vip = decide.vip_for(policy, self.pv.text("$Ri"))
         if vip is not None:
             self.ksr.rtpengine.set_rtpengine_set(vip.set_id)
         return vip
@@ -455,17 +530,17 @@ class Router:
     def count_final(self, status: int) -> None:
         """Count the final result of an initial INVITE transaction, once."""
         ksr = self.ksr
-        vip = ksr.pv.get(AVP_VIP)
-        if not vip or ksr.pv.get(AVP_COUNTED):
+        vip = self.pv.text(AVP_VIP)
+        if not vip or self.pv.text(AVP_COUNTED):
             return
         ksr.pv.seti(AVP_COUNTED, 1)
-        metrics.INVITES.labels(str(vip), metrics.code_class(status)).inc()
+        metrics.INVITES.labels(vip, metrics.code_class(status)).inc()
 
     def dialog_media_flags(self, vip: Vip | None) -> str:
         """The flags chosen at the initial INVITE (tenant-specific), kept as a dialog var."""
-        flags = self.ksr.pv.get(DLG_MEDIA_FLAGS)
+        flags = self.pv.text(DLG_MEDIA_FLAGS)
         if flags:
-            return str(flags)
+            return flags
         return vip.media_flags if vip is not None else ""
 
     def on_exception(self, kind: str, exc: Exception) -> None:
@@ -473,7 +548,7 @@ class Router:
         metrics.EXCEPTIONS.labels(kind).inc()
         call_id = "?"
         with contextlib.suppress(Exception):
-            call_id = str(ksr.pv.get("$ci"))
+            call_id = self.pv.text("$ci")
         log.error(
             "exception in %s route, Call-ID %s: %s\n%s",
             kind,

@@ -6,12 +6,15 @@ Refresh the list with `make api-list` (it asks the installed Kamailio: app_pytho
 - every call is recorded, in order, as a Call(name, args);
 - return values are scripted per test (`returns`): a call nobody scripted raises, so a test
   never passes on a silent default;
-- PVs read through KSR.pv come from `pvs`; reading a PV the test did not set raises KeyError.
+- PVs read through KSR.pv come from `pvs`; reading a PV the test did not set raises KeyError;
+  a PV set to bytes behaves like app_python3 5.6: valid UTF-8 comes back as str, anything else
+  raises UnicodeDecodeError; `$(name{s.encode.hexa})` gives the bytes of `$name` in hex.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -88,10 +91,8 @@ class FakeKSR:
         return call
 
     def _result(self, qualified: str, args: tuple[Any, ...]) -> Any:
-        if qualified in ("pv.get", "pv.getw", "pv.gete", "pv.geti"):
-            if args[0] not in self.pvs:
-                raise KeyError(f"PV {args[0]} read but not set by the test")
-            return self.pvs[args[0]]
+        if qualified in ("pv.get", "pv.getw", "pv.gete", "pv.geti", "pv.getvs"):
+            return self._pv(args[0])
         if qualified in ("pv.sets", "pv.seti"):
             self.pvs[args[0]] = args[1]
             return 1
@@ -101,6 +102,21 @@ class FakeKSR:
         if self._api_ret_is_none(qualified):
             return None
         raise UnscriptedCall(f"KSR.{qualified}{args} returns a value the test did not script")
+
+    def _pv(self, name: str) -> Any:
+        hexa = _HEXA.fullmatch(name)
+        if hexa:
+            value = self._pv_value(f"${hexa.group(1)}")
+            if value is None:
+                return None
+            return (value if isinstance(value, bytes) else str(value).encode()).hex()
+        value = self._pv_value(name)
+        return value.decode() if isinstance(value, bytes) else value  # strict, like app_python3
+
+    def _pv_value(self, name: str) -> Any:
+        if name not in self.pvs:
+            raise KeyError(f"PV {name} read but not set by the test")
+        return self.pvs[name]
 
     def _api_ret_is_none(self, qualified: str) -> bool:
         return qualified in _RET_NONE
@@ -125,5 +141,6 @@ def _ret_none(path: Path = API_FILE) -> set[str]:
     return out
 
 
+_HEXA = re.compile(r"\$\((.+)\{s\.encode\.hexa\}\)")
 _API = load_api()
 _RET_NONE = _ret_none()

@@ -60,6 +60,14 @@ def start_load(
     return run
 
 
+def next_call_works(log_dir: Path, vip: str, duration_ms: int = 300) -> None:
+    """One short call through `vip` completes: the proxy is still healthy."""
+    uas = start_uas(log_dir)
+    uac = start_uac(log_dir, vip, f"after-{uuid.uuid4().hex[:8]}", duration_ms=duration_ms)
+    assert_ok(uac)
+    assert_ok(uas)
+
+
 def uas_calls(log_dir: Path, port: int) -> int:
     """Calls a `start_uas(calls=None)` callee received, from its last counters line."""
     lines = (log_dir / f"uas-{port}.csv").read_text().strip().splitlines()
@@ -119,20 +127,44 @@ def rtpengine_sessions(stack: Stack) -> int:
     return sum(len(stack.ng(vip).list_calls()) for vip in stack.policy.vips)
 
 
+def kamailio_pids(stack: Stack) -> set[int]:
+    """Every Kamailio process (main and children), from core.psx."""
+    return {int(p["PID"]) for p in stack.rpc.call("core.psx")}
+
+
+def leftovers(stack: Stack) -> dict[str, int]:
+    """What a finished test must not leave: dialogs, rtpengine sessions, Redis keys."""
+    found = {
+        "dialogs": active_dialogs(stack),
+        "rtpengine sessions": rtpengine_sessions(stack),
+        "redis keys": sum(stack.redis_client(v.set_id).dbsize() for v in stack.policy.vips),
+    }
+    return {what: n for what, n in found.items() if n}
+
+
 def send_raw(
-    host: str, port: int, payload: str, timeout: float = 2.0, bind: str = "127.0.0.1"
+    host: str,
+    port: int,
+    payload: str | bytes,
+    timeout: float = 2.0,
+    bind: str = "127.0.0.1",
+    final: bool = False,
 ) -> str | None:
-    """Send one raw SIP request over UDP; return the first response line, None if silent."""
+    """Send one raw SIP message over UDP (LPORT: our port); the first response line (the
+    first final one if `final`), None if silent."""
+    data = payload.encode() if isinstance(payload, str) else payload
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((bind, 0))
         sock.settimeout(timeout)
         local_port = sock.getsockname()[1]
-        sock.sendto(payload.replace("LPORT", str(local_port)).encode(), (host, port))
-        try:
-            data = sock.recv(65535)
-        except TimeoutError:
-            return None
-    return data.decode(errors="replace").split("\r\n", 1)[0]
+        sock.sendto(data.replace(b"LPORT", str(local_port).encode()), (host, port))
+        while True:
+            try:
+                line = sock.recv(65535).decode(errors="replace").split("\r\n", 1)[0]
+            except TimeoutError:
+                return None
+            if not final or not line.startswith("SIP/2.0 1"):
+                return line
 
 
 def invite_text(host: str, **overrides: str) -> str:

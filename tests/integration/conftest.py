@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,33 @@ def stack(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Itera
 @pytest.fixture
 def log_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+LOG_PROBLEMS = re.compile(rb"Traceback|exception in")
+
+
+@pytest.fixture(autouse=True)
+def stack_left_clean(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test on the `stack`: same Kamailio processes, no traceback logged since the
+    test started, and once its calls are over nothing left: 0 dialogs, 0 rtpengine sessions,
+    0 Redis keys. (Torn down after stop_sipps: a test's calls end first.)"""
+    if "stack" not in request.fixturenames:
+        yield
+        return
+    from tests.integration.calls import kamailio_pids, leftovers, wait_for
+
+    stack: Stack = request.getfixturevalue("stack")
+    pids = kamailio_pids(stack)
+    log = stack.log_dir / "kamailio.log"
+    start = log.stat().st_size
+    yield
+    wait_for(lambda: not leftovers(stack), 20, "nothing left behind",
+             lambda: str(leftovers(stack)))  # fmt: skip
+    assert kamailio_pids(stack) == pids, "a Kamailio process died or was replaced"
+    with log.open("rb") as text:
+        text.seek(start)
+        problems = [line for line in text if LOG_PROBLEMS.search(line)]
+    assert not problems, b"".join(problems[:5]).decode(errors="replace")
 
 
 @pytest.fixture(autouse=True)

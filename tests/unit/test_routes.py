@@ -69,11 +69,18 @@ HAPPY: dict[str, Any] = {
     "dialog.set_dlg_profile_static": 1,
     "hdr.append_to_reply": 1,
     "xhttp.xhttp_reply": 1,
+    "dialog.is_known_dlg": 1,
+    "set_drop": None,
 }
+SDP_BODY = (
+    "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
+    "m=audio 4000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
+)
 PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0.0.2",
        "$ci": "call-1", "$si": "192.0.2.9", "$sp": 5060, "$dlg_var(kha_mflags)": None,
        "$avp(kha_mflags)": None, "$rm": "INVITE", "$var(kha_n)": 0, "$avp(kha_vip)": None,
-       "$avp(kha_counted)": None}  # fmt: skip
+       "$avp(kha_counted)": None, "$avp(kha_late)": None, "$rb": SDP_BODY,
+       "$hdr(Authorization)": None}  # fmt: skip
 
 
 def make(**returns: Any) -> tuple[Router, FakeKSR]:
@@ -82,7 +89,10 @@ def make(**returns: Any) -> tuple[Router, FakeKSR]:
     holder = PolicyHolder(
         ksr, Path("/nonexistent/policy.yaml"), Path("/nonexistent"), POLICY, load=load_policy
     )
-    return Router(ksr, holder), ksr
+    return Router(ksr, holder, http_token=TOKEN), ksr
+
+
+TOKEN = "s3cret"
 
 
 def test_callback_names_are_router_methods() -> None:
@@ -196,6 +206,7 @@ def test_reply_with_sdp_is_answered_on_the_vip_set() -> None:
     ksr.pvs["$rs"] = 200
     router.ksr_onreply_manage(None)
     assert ksr.names()[:3] == ["pvx.shv_get", "pv.get", "rtpengine.set_rtpengine_set"]
+    assert not ksr.called("rtpengine.rtpengine_offer")
     assert ksr.called("rtpengine.rtpengine_answer", "replace-origin ICE=remove")
 
 
@@ -267,6 +278,7 @@ def test_reload_of_a_broken_file_is_refused_over_http(tmp_path: Path) -> None:
     bad.write_text("version: x\nvips: []\nroutes: []\n")
     router.policies.policy_path = bad
     ksr.pvs["$hu"], ksr.pvs["$rm"] = "/policy/reload", "POST"
+    ksr.pvs["$hdr(Authorization)"] = f"Bearer {TOKEN}"
     router.ksr_xhttp_event(None, "xhttp:request")
     (code, reason, ctype, body) = next(c.args for c in ksr.calls if c.name == "xhttp.xhttp_reply")
     assert (code, reason, ctype) == (422, "Policy Refused", "application/json")
@@ -352,3 +364,149 @@ def test_kdmq_only_from_configured_peers(
     assert ksr.called("dmq.handle_message") is accepted
     assert ksr.replies() == ([] if accepted else [(403, "Forbidden")])
     assert not ksr.called("dialog.dlg_manage")
+
+
+# ----- hostile and unusual SIP (issue 12) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pvs", "reply"),
+    [
+        ({"$rU": b"1\xff00"}, (400, "Bad Request-URI")),
+        ({"$rd": b"ex\xc3\x28ample.com"}, (400, "Bad Request-URI")),
+        ({"$rU": "1000\u00e9"}, None),  # valid UTF-8 (though not legal SIP): routed as text
+        ({"$rb": SDP_BODY.replace("m=audio 4000 RTP/AVP 8\r\n", "")}, (488, "Not Acceptable Here")),
+        ({"$rb": SDP_BODY + "m=audio 4002 RTP/AVP 8\r\n" * 16}, (488, "Not Acceptable Here")),
+        ({"$rb": b"v=0\r\n\xff\xfe"}, (488, "Not Acceptable Here")),
+    ],
+    ids=["ruri-user-bytes", "ruri-domain-bytes", "ruri-utf8", "sdp-no-m", "sdp-17-m", "sdp-bytes"],
+)
+def test_hostile_initial_invite_is_refused_before_media(
+    pvs: dict[str, Any], reply: tuple[int, str] | None
+) -> None:
+    router, ksr = make()
+    ksr.pvs.update(pvs)
+    router.ksr_request_route(None)
+    assert not any("exception in" in c.args[0] for c in ksr.calls if c.name == "err")
+    if reply is None:
+        assert ksr.called("tm.t_relay")
+        return
+    assert ksr.replies() == [reply]
+    assert not ksr.called("rtpengine.rtpengine_offer")
+    assert not ksr.called("dialog.dlg_manage")
+    assert "rtpengine" not in str(ksr.calls[-1])
+
+
+def test_offer_refused_deletes_what_rtpengine_kept() -> None:
+    router, ksr = make(**{"rtpengine.rtpengine_offer": -1})
+    router.ksr_request_route(None)
+    assert ksr.called("rtpengine.rtpengine_delete0")
+
+
+def test_late_offer_invite_marks_the_transaction_and_the_2xx_offers() -> None:
+    router, ksr = make(**{"textops.has_body_type": -1})
+    router.ksr_request_route(None)
+    assert not ksr.called("rtpengine.rtpengine_offer")
+    assert ksr.pvs[routes.AVP_LATE] == 1 and ksr.called("tm.t_relay")
+    router, ksr = make()
+    ksr.pvs.update({"$rs": 200, routes.AVP_LATE: 1})
+    router.ksr_onreply_manage(None)
+    assert ksr.called("rtpengine.rtpengine_offer", "replace-origin ICE=remove")
+    assert not ksr.called("rtpengine.rtpengine_answer")
+
+
+@pytest.mark.parametrize(
+    ("method", "sdp", "late", "command"),
+    [
+        ("INVITE", True, False, "rtpengine.rtpengine_offer"),  # re-INVITE with an offer
+        ("INVITE", False, True, None),  # re-INVITE without SDP: the 2xx offers
+        ("UPDATE", True, False, "rtpengine.rtpengine_offer"),
+        ("UPDATE", False, False, None),
+        ("ACK", True, False, "rtpengine.rtpengine_answer"),  # the answer of a late offer
+        ("BYE", False, False, "rtpengine.rtpengine_delete0"),
+    ],
+)
+def test_in_dialog_offer_answer_by_direction(
+    method: str, sdp: bool, late: bool, command: str | None
+) -> None:
+    router, ksr = make(
+        **{"siputils.has_totag": 1, "textops.has_body_type": 1 if sdp else -1},
+        **{f"is_{m}": m == method for m in ("INVITE", "UPDATE", "ACK", "BYE")},
+    )
+    ksr.pvs["$rm"] = method
+    router.ksr_request_route(None)
+    rtp = [n for n in ksr.names() if n.startswith("rtpengine.rtpengine_")]
+    assert rtp == ([command] if command else [])
+    assert (ksr.pvs.get(routes.AVP_LATE) == 1) is late
+    assert ksr.called("tm.t_relay")
+
+
+NO_DIALOG = (481, "Call/Transaction Does Not Exist")
+
+
+@pytest.mark.parametrize(
+    ("method", "replies"), [("BYE", [NO_DIALOG]), ("INVITE", [NO_DIALOG]), ("ACK", [])]
+)
+def test_in_dialog_request_of_no_known_dialog_gets_481_without_media(
+    method: str, replies: list[tuple[int, str]]
+) -> None:
+    router, ksr = make(**{"siputils.has_totag": 1, "dialog.is_known_dlg": -1,
+                          "is_INVITE": method == "INVITE", "is_BYE": method == "BYE",
+                          "is_ACK": method == "ACK"})  # fmt: skip
+    ksr.pvs["$rm"] = method
+    router.ksr_request_route(None)
+    assert ksr.replies() == replies
+    assert not any(n.startswith("rtpengine.") for n in ksr.names())
+    assert not ksr.called("tm.t_relay")
+
+
+@pytest.mark.parametrize(
+    ("transaction", "known", "dropped"),
+    [(1, -1, False), (-1, 1, False), (-1, -1, True)],
+    ids=["in-transaction", "stray-known-dialog", "stray-unknown"],
+)
+def test_stray_reply_passes_only_for_a_known_dialog(
+    transaction: int, known: int, dropped: bool
+) -> None:
+    router, ksr = make(**{"tm.t_check_trans": transaction, "dialog.is_known_dlg": known})
+    ksr.pvs["$rs"] = 200
+    router.ksr_reply_route(None)
+    assert ksr.called("set_drop") is dropped
+    assert ksr.called("rtpengine.set_rtpengine_set") is not dropped
+
+
+def test_reply_with_sdp_rtpengine_must_not_see_is_dropped() -> None:
+    router, ksr = make()
+    ksr.pvs.update({"$rs": 200, "$rb": "v=0\r\nc=IN IP4 192.0.2.1\r\n"})
+    router.ksr_onreply_manage(None)
+    assert ksr.called("set_drop")
+    assert not ksr.called("rtpengine.rtpengine_answer")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "authorization", "code"),
+    [
+        ("POST", "/policy/reload", None, 403),
+        ("POST", "/policy/reload", "Bearer wrong", 403),
+        ("POST", "/policy/reload", b"Bearer \xff", 403),
+        ("DELETE", "/metrics", None, 403),
+        ("GET", "/metrics", None, 200),
+        ("GET", b"/m\xffetrics", None, 404),
+    ],
+)
+def test_management_http_needs_the_token_to_change_state(
+    method: str, path: str | bytes, authorization: str | bytes | None, code: int
+) -> None:
+    router, ksr = make(**{"pvx.shv_get": 0})
+    ksr.pvs.update({"$hu": path, "$rm": method, "$hdr(Authorization)": authorization})
+    router.ksr_xhttp_event(None, "xhttp:request")
+    assert next(c.args for c in ksr.calls if c.name == "xhttp.xhttp_reply")[0] == code
+    assert not any("exception in" in c.args[0] for c in ksr.calls if c.name == "err")
+
+
+def test_without_a_token_no_state_change_is_accepted() -> None:
+    router, ksr = make()
+    router.http_authorization = b""
+    ksr.pvs.update({"$hu": "/policy/reload", "$rm": "POST", "$hdr(Authorization)": "Bearer "})
+    router.ksr_xhttp_event(None, "xhttp:request")
+    assert next(c.args for c in ksr.calls if c.name == "xhttp.xhttp_reply")[0] == 403

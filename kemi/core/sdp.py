@@ -1,0 +1,81 @@
+"""What may be sent to rtpengine: a bounded, well-formed SDP (RFC 4566), checked before media.
+
+rtpengine answers an SDP it cannot rewrite with an error the rtpengine module reports exactly
+like a dead relay, and an SDP with hundreds of m= lines made rtpengine's ng reply slow and
+large enough for the module to time out and mark the whole set unavailable. So the shell asks
+sdp_refusal() first; a refusal is the caller's fault: 488 (RFC 3261 21.4.26), the relay's
+health is not touched and no session is made.
+
+Checks, in order: size (max_bytes), starts with v=, every line is <letter>=<value>, at least
+one m= line and at most max_streams, each m= line is `m=<media> <port>[/<n>] <proto> <fmt>...`
+with a numeric port, and a connection address (c=IN IP4|IP6 <address>) at session level or in
+every stream.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from kemi.core.decide import Reject
+from kemi.core.policy import SdpLimits
+
+NOT_ACCEPTABLE = 488, "Not Acceptable Here"
+
+
+def _refuse(why: str) -> Reject:
+    return Reject(*NOT_ACCEPTABLE, why=why)
+
+
+def _media_line_ok(value: str) -> bool:
+    parts = value.split()
+    if len(parts) < 4:
+        return False
+    port = parts[1].split("/", 1)
+    return all(p.isdigit() for p in port) and int(port[0]) <= 65535
+
+
+def _connection_ok(value: str) -> bool:
+    parts = value.split()
+    if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
+        return False
+    try:
+        address = ipaddress.ip_address(parts[2].split("/", 1)[0])
+    except ValueError:
+        return False
+    return address.version == int(parts[1][2])
+
+
+def sdp_refusal(body: str, limits: SdpLimits) -> Reject | None:
+    """None when the SDP may go to rtpengine, else the 488 to answer."""
+    if len(body) > limits.max_bytes:
+        return _refuse("sdp_too_large")
+    lines = [line for line in body.replace("\r\n", "\n").split("\n") if line]
+    if not lines or not lines[0].startswith("v="):
+        return _refuse("sdp_malformed")
+    streams = 0
+    session_c = False
+    stream_c = True  # every stream seen so far has a c= (or the session has one)
+    for line in lines:
+        if len(line) < 2 or line[1] != "=" or not line[0].isalpha():
+            return _refuse("sdp_malformed")
+        kind = line[0]
+        if kind == "m":
+            if not stream_c:
+                return _refuse("sdp_no_connection")
+            streams += 1
+            if streams > limits.max_streams:
+                return _refuse("sdp_too_many_streams")
+            if not _media_line_ok(line[2:]):
+                return _refuse("sdp_malformed")
+            stream_c = session_c
+        elif kind == "c":
+            if not _connection_ok(line[2:]):
+                return _refuse("sdp_bad_connection")
+            if streams == 0:
+                session_c = True
+            stream_c = True
+    if streams == 0:
+        return _refuse("sdp_no_media")
+    if not stream_c:
+        return _refuse("sdp_no_connection")
+    return None
