@@ -161,9 +161,11 @@ def redis_16399(tmp_path: Path, require_root: None) -> Iterator[None]:
 
 
 def test_rtpengine_ocf_agent_passes_ocf_tester(tmp_path: Path, redis_16399: None) -> None:
+    """start, monitor, promote/demote twice, stop; outside a cluster the node is `uname -n`."""
     result = subprocess.run(
         ["ocf-tester", "-n", "rtp", "-o", "vip=127.0.0.1", "-o", "ng_port=17223",
-         "-o", "port_min=17300", "-o", "port_max=17399", "-o", "redis=127.0.0.1:16399/1",
+         "-o", "port_min=17300", "-o", "port_max=17399", "-o", "redis=127.0.0.1:16399",
+         "-o", f"dbs={os.uname().nodename}:17 other:18", "-o", "cli=127.0.0.1:17901",
          "-o", f"rundir={tmp_path}", "-o", f"logdir={tmp_path}",
          str(REPO / "deploy" / "ocf" / "rtpengine")],
         capture_output=True, text=True, timeout=120, env={"OCF_ROOT": "/usr/lib/ocf",
