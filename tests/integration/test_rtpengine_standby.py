@@ -13,7 +13,7 @@ import re
 import signal
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -44,8 +44,29 @@ def sdp(port):
             f"t=0 0\\r\\nm=audio {port} RTP/AVP 0\\r\\n")
 for k, call in enumerate(sys.argv[3:]):
     ng.command("offer", **{"call-id": call, "from-tag": "a", "sdp": sdp(6000 + 4 * k)})
-    ng.command("answer", **{"call-id": call, "from-tag": "a", "to-tag": "b",
-                            "sdp": sdp(7000 + 4 * k)})
+    answer = ng.command("answer", **{"call-id": call, "from-tag": "a", "to-tag": "b",
+                                     "sdp": sdp(7000 + 4 * k)})
+    print(answer["sdp"].split("m=audio ")[1].split()[0])  # where the caller sends its RTP
+"""
+
+# Runs in the client's namespace: python -c RTP_THROUGH VIP CLIENT PORT...; prints how many
+# calls relayed one RTP packet from the caller (6000 + 4k) to the callee (7000 + 4k).
+RTP_THROUGH = """
+import socket, struct, sys
+vip, client, relayed = sys.argv[1], sys.argv[2], 0
+for k, port in enumerate(sys.argv[3:]):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \\
+         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+        a.bind((client, 6000 + 4 * k))
+        b.bind((client, 7000 + 4 * k))
+        b.settimeout(1)
+        a.sendto(struct.pack("!BBHII", 0x80, 0, k, 160 * k, 0x1234) + bytes(160), (vip, int(port)))
+        try:
+            b.recvfrom(2048)
+            relayed += 1
+        except TimeoutError:
+            pass
+print(relayed)
 """
 
 
@@ -63,6 +84,7 @@ class Pair:
     lab: Lab
     tmp: Path
     redis: dict[str, Daemon]
+    rtp_ports: list[str] = field(default_factory=list)
 
     # ----- the agent --------------------------------------------------------------------------
 
@@ -125,6 +147,13 @@ class Pair:
     def make_calls(self, calls: list[str]) -> None:
         result = run_in("c", str(PYTHON), "-c", MAKE_CALLS, VIP, CLIENT, *calls)
         assert result.returncode == 0, result.stderr
+        self.rtp_ports = result.stdout.split()
+
+    def rtp_relayed(self) -> int:
+        """Calls whose caller's RTP reaches the callee through the VIP (one packet each)."""
+        result = run_in("c", str(PYTHON), "-c", RTP_THROUGH, VIP, CLIENT, *self.rtp_ports)
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout)
 
     def kill(self, node: str) -> None:
         """A power cut: rtpengine and Redis SIGKILLed, the node's addresses gone."""
@@ -198,13 +227,17 @@ def test_takeover_return_and_failback_keep_every_call_without_ghosts(pair: Pair)
     pair.make_calls(CALLS)
     pair.wait_sessions("n1", own=len(CALLS), foreign=0)
     pair.wait_sessions("n2", own=0, foreign=len(CALLS))
+    assert pair.rtp_relayed() == len(CALLS)
 
     # (c) n1 dies: the VIP and the promote on n2 at once; the Redis promotion comes later.
     pair.kill("n1")
     pair.lab.add_address(ns("n2"), VIP)
+    # Media needs no promote: the standby relays its foreign calls once the VIP is here.
+    assert pair.rtp_relayed() == len(CALLS)
     assert pair.agent("n2", "promote").returncode == OCF_SUCCESS, pair.log("n2")
     assert pair.sessions("n2") == {"own": len(CALLS), "foreign": 0}
     assert pair.agent("n2", "monitor").returncode == OCF_RUNNING_MASTER
+    assert pair.rtp_relayed() == len(CALLS)
     pair.redis_cli("n2", "replicaof", "no", "one")
     pair.lab.add_address(ns("n2"), REDIS_VIP)
     wait_until(lambda: pair.keys("n2", DBS["n2"]) == set(CALLS), 30,
@@ -232,5 +265,6 @@ def test_takeover_return_and_failback_keep_every_call_without_ghosts(pair: Pair)
                "calls written to n1's DB")  # fmt: skip
     wait_until(lambda: not pair.keys("n2", DBS["n2"]), 10, "n2's DB cleaned")
     wait_until(lambda: "sync: 5 own calls in DB 17" in pair.log("n1"), 5, "n1's sync done")
+    assert pair.rtp_relayed() == len(CALLS)
     pair.wait_sessions("n1", own=len(CALLS), foreign=0)
     pair.wait_sessions("n2", own=0, foreign=len(CALLS))
