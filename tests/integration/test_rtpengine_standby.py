@@ -27,10 +27,10 @@ AGENT = REPO / "deploy" / "ocf" / "rtpengine"
 PYTHON = REPO / ".venv" / "bin" / "python"
 OCF_SUCCESS, OCF_ERR_CONFIGURED, OCF_NOT_RUNNING, OCF_RUNNING_MASTER = 0, 6, 7, 8
 
-NODES = {"n1": "10.96.0.1", "n2": "10.96.0.2"}
+NODES = {"n1": "10.96.0.1", "n2": "10.96.0.2", "n3": "10.96.0.3"}  # n3: three-node tests
 CLIENT = "10.96.0.9"
 VIP, REDIS_VIP = "10.96.0.100", "10.96.0.200"
-DBS = {"n1": 17, "n2": 18}
+DBS = {"n1": 17, "n2": 18, "n3": 19}  # VIP 1: 16 * 1 + node id (kemi.core.rtpengine_dbs)
 REDIS_PORT, CLI = 6379, "127.0.0.1:9901"
 CALLS = [f"standby-call-{k}" for k in range(5)]
 
@@ -84,6 +84,7 @@ class Pair:
     lab: Lab
     tmp: Path
     redis: dict[str, Daemon]
+    nodes: list[str]
     rtp_ports: list[str] = field(default_factory=list)
 
     # ----- the agent --------------------------------------------------------------------------
@@ -97,7 +98,7 @@ class Pair:
             "OCF_RESKEY_port_min": "40000", "OCF_RESKEY_port_max": "40999",
             "OCF_RESKEY_redis": f"127.0.0.1:{REDIS_PORT}",
             "OCF_RESKEY_redis_write": f"{REDIS_VIP}:{REDIS_PORT}",
-            "OCF_RESKEY_dbs": " ".join(f"{n}:{db}" for n, db in DBS.items()),
+            "OCF_RESKEY_dbs": " ".join(f"{n}:{DBS[n]}" for n in self.nodes),
             "OCF_RESKEY_rundir": str(self.tmp / node / "run"),
             "OCF_RESKEY_logdir": str(self.tmp / node / "log"),
         }  # fmt: skip
@@ -171,21 +172,32 @@ class Pair:
         assert self.agent(node, "monitor").returncode == OCF_RUNNING_MASTER, self.log(node)
 
 
-@pytest.fixture
-def pair(tmp_path: Path, require_root: None) -> Iterator[Pair]:
-    hosts = [Host(ns(n), a) for n, a in NODES.items()] + [Host(ns("c"), CLIENT)]
+def lab_of(nodes: list[str], tmp: Path) -> Iterator[Pair]:
+    """`nodes` (n1 first, its Redis the master with the Redis VIP) and the client."""
+    hosts = [Host(ns(n), NODES[n]) for n in nodes] + [Host(ns("c"), CLIENT)]
     with Lab("khs", hosts) as lab:
-        p = Pair(lab, tmp_path, {})
+        p = Pair(lab, tmp, {}, nodes)
         try:
             p.start_redis("n1", None)
             p.lab.add_address(ns("n1"), REDIS_VIP)
-            p.start_redis("n2", "n1")
+            for node in nodes[1:]:
+                p.start_redis(node, "n1")
             yield p
         finally:
-            for node in NODES:
+            for node in nodes:
                 p.agent(node, "stop")
             for daemon in p.redis.values():
                 daemon.kill()
+
+
+@pytest.fixture
+def pair(tmp_path: Path, require_root: None) -> Iterator[Pair]:
+    yield from lab_of(["n1", "n2"], tmp_path)
+
+
+@pytest.fixture
+def trio(tmp_path: Path, require_root: None) -> Iterator[Pair]:
+    yield from lab_of(["n1", "n2", "n3"], tmp_path)
 
 
 def test_standby_without_nonlocal_bind_refuses_and_leaves_the_keys(pair: Pair) -> None:
@@ -268,3 +280,37 @@ def test_takeover_return_and_failback_keep_every_call_without_ghosts(pair: Pair)
     assert pair.rtp_relayed() == len(CALLS)
     pair.wait_sessions("n1", own=len(CALLS), foreign=0)
     pair.wait_sessions("n2", own=0, foreign=len(CALLS))
+
+
+def test_three_nodes_a_second_takeover_finds_the_third_standby_ready(trio: Pair) -> None:
+    """n1 dies, n2 takes over; n3's standby keeps every call through n2's move of the calls into
+    DB 18 and its deletes in DB 17 (a DEL destroys a foreign call whatever its DB), so that when
+    n2 dies too, n3 relays them at once."""
+    p = trio
+    p.start_active("n1")
+    for node in ("n2", "n3"):
+        assert p.agent(node, "start").returncode == OCF_SUCCESS, p.log(node)
+    p.make_calls(CALLS)
+    for node in ("n2", "n3"):
+        p.wait_sessions(node, own=0, foreign=len(CALLS))
+
+    p.kill("n1")
+    p.lab.add_address(ns("n2"), VIP)
+    assert p.agent("n2", "promote").returncode == OCF_SUCCESS, p.log("n2")
+    # As ocf:heartbeat:redis does: promote n2's Redis, point n3's at it, then the Redis VIP.
+    p.redis_cli("n2", "replicaof", "no", "one")
+    p.redis_cli("n3", "replicaof", NODES["n2"], str(REDIS_PORT))
+    wait_until(lambda: "master_link_status:up" in p.redis_cli("n3", "info"), 10, "n3 synced")
+    p.lab.add_address(ns("n2"), REDIS_VIP)
+    wait_until(lambda: "sync: 5 own calls in DB 18" in p.log("n2"), 30, "n2's sync done")
+    assert p.keys("n3", DBS["n3"]) == set() and p.keys("n3", DBS["n1"]) == set()
+    assert p.keys("n3", DBS["n2"]) == set(CALLS)
+    p.wait_sessions("n3", own=0, foreign=len(CALLS))
+    assert p.rtp_relayed() == len(CALLS)
+
+    p.kill("n2")
+    p.lab.add_address(ns("n3"), VIP)
+    assert p.rtp_relayed() == len(CALLS)
+    assert p.agent("n3", "promote").returncode == OCF_SUCCESS, p.log("n3")
+    p.wait_sessions("n3", own=len(CALLS), foreign=0)
+    assert p.rtp_relayed() == len(CALLS)
