@@ -32,7 +32,7 @@ CLIENT = "10.96.0.9"
 VIP, REDIS_VIP = "10.96.0.100", "10.96.0.200"
 DBS = {"n1": 17, "n2": 18, "n3": 19}  # VIP 1: 16 * 1 + node id (kemi.core.rtpengine_dbs)
 REDIS_PORT, CLI = 6379, "127.0.0.1:9901"
-CALLS = [f"standby-call-{k}" for k in range(5)]
+CALLS = [f"standby-call-{k}" for k in range(100)]
 
 # Runs in the client's namespace: python -c MAKE_CALLS VIP CLIENT CALL...
 MAKE_CALLS = """
@@ -68,6 +68,11 @@ for k, port in enumerate(sys.argv[3:]):
             pass
 print(relayed)
 """
+
+
+def synced(db: int) -> str:
+    """The agent's log line once every call is in `db` and the other DBs are flushed."""
+    return f"sync: {len(CALLS)} own calls in DB {db} "
 
 
 def ns(node: str) -> str:
@@ -255,7 +260,7 @@ def test_takeover_return_and_failback_keep_every_call_without_ghosts(pair: Pair)
     wait_until(lambda: pair.keys("n2", DBS["n2"]) == set(CALLS), 30,
                "calls written to n2's DB")  # fmt: skip
     wait_until(lambda: not pair.keys("n2", DBS["n1"]), 10, "n1's DB cleaned")
-    wait_until(lambda: "sync: 5 own calls in DB 18" in pair.log("n2"), 5, "n2's sync done")
+    wait_until(lambda: synced(18) in pair.log("n2"), 5, "n2's sync done")
     pair.wait_sessions("n2", own=len(CALLS), foreign=0)
 
     # (d) n1 comes back: a fresh Redis replicating n2, its instance a standby without ghosts.
@@ -276,7 +281,7 @@ def test_takeover_return_and_failback_keep_every_call_without_ghosts(pair: Pair)
     wait_until(lambda: pair.keys("n2", DBS["n1"]) == set(CALLS), 30,
                "calls written to n1's DB")  # fmt: skip
     wait_until(lambda: not pair.keys("n2", DBS["n2"]), 10, "n2's DB cleaned")
-    wait_until(lambda: "sync: 5 own calls in DB 17" in pair.log("n1"), 5, "n1's sync done")
+    wait_until(lambda: synced(17) in pair.log("n1"), 5, "n1's sync done")
     assert pair.rtp_relayed() == len(CALLS)
     pair.wait_sessions("n1", own=len(CALLS), foreign=0)
     pair.wait_sessions("n2", own=0, foreign=len(CALLS))
@@ -302,7 +307,7 @@ def test_three_nodes_a_second_takeover_finds_the_third_standby_ready(trio: Pair)
     p.redis_cli("n3", "replicaof", NODES["n2"], str(REDIS_PORT))
     wait_until(lambda: "master_link_status:up" in p.redis_cli("n3", "info"), 10, "n3 synced")
     p.lab.add_address(ns("n2"), REDIS_VIP)
-    wait_until(lambda: "sync: 5 own calls in DB 18" in p.log("n2"), 30, "n2's sync done")
+    wait_until(lambda: synced(18) in p.log("n2"), 30, "n2's sync done")
     assert p.keys("n3", DBS["n3"]) == set() and p.keys("n3", DBS["n1"]) == set()
     assert p.keys("n3", DBS["n2"]) == set(CALLS)
     p.wait_sessions("n3", own=0, foreign=len(CALLS))
