@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,9 @@ class Pair:
 
     # ----- the agent --------------------------------------------------------------------------
 
-    def agent(self, node: str, action: str) -> subprocess.CompletedProcess[str]:
+    def agent(
+        self, node: str, action: str, params: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         env = {
             "OCF_ROOT": "/usr/lib/ocf", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "OCF_RESOURCE_INSTANCE": "rtpengine1", "__OCF_ACTION": action,
@@ -106,7 +109,7 @@ class Pair:
             "OCF_RESKEY_dbs": " ".join(f"{n}:{DBS[n]}" for n in self.nodes),
             "OCF_RESKEY_rundir": str(self.tmp / node / "run"),
             "OCF_RESKEY_logdir": str(self.tmp / node / "log"),
-        }  # fmt: skip
+        } | {f"OCF_RESKEY_{k}": v for k, v in (params or {}).items()}  # fmt: skip
         argv = ["ip", "netns", "exec", ns(node), "env", "-i",
                 *(f"{k}={v}" for k, v in env.items()), str(AGENT), action]  # fmt: skip
         return subprocess.run(argv, capture_output=True, text=True, timeout=60)
@@ -219,6 +222,22 @@ def test_standby_without_nonlocal_bind_refuses_and_leaves_the_keys(pair: Pair) -
     assert pair.keys("n1", DBS["n1"]) == set(CALLS)
     assert pair.keys("n2", DBS["n1"]) == set(CALLS)
     pair.wait_sessions("n1", own=len(CALLS), foreign=0)
+
+
+def test_a_standby_keeps_its_calls_past_the_media_timeouts(pair: Pair) -> None:
+    """No media reaches a standby: rtpengine's media timeouts must not end its foreign calls (they
+    do not: measured with 1 s each; only --final-timeout, an age limit off by default and the
+    same on the active, ends them, and deletes the active's keys with them)."""
+    pair.start_active("n1")
+    defaults = re.search(r'options_default="([^"]*)"', AGENT.read_text())
+    assert defaults
+    impatient = f"{defaults[1]} --timeout=1 --silent-timeout=1 --offer-timeout=1"
+    assert pair.agent("n2", "start", {"options": impatient}).returncode == OCF_SUCCESS
+    pair.make_calls(CALLS)
+    pair.wait_sessions("n2", own=0, foreign=len(CALLS))
+    time.sleep(4)
+    assert pair.sessions("n2") == {"own": 0, "foreign": len(CALLS)}
+    assert pair.keys("n1", DBS["n1"]) == set(CALLS)
 
 
 def test_cold_path_restart_of_the_active_restores_its_calls_as_own(pair: Pair) -> None:
