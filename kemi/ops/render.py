@@ -197,7 +197,8 @@ def rtpengine_env(spec: ClusterSpec, vip_no: int, node: NodeSpec) -> str:
         raise ValueError(f"{node.name}: rtpengine DB {own} subscribed to by its own instance")
     return (
         "# Rendered by kemi-ha render: this node's rtpengine for this VIP (active where the VIP\n"
-        "# is, hot standby elsewhere; ocf:kemi-ha:rtpengine passes these options).\n"
+        "# is, hot standby elsewhere). ocf:kemi-ha:rtpengine builds the same DBs and sockets\n"
+        "# from its parameters (dbs, cli), adding its Redis timeouts.\n"
         f"VIP={vip.address}\nNG_PORT={vip.ng_port}\nPORT_MIN={vip.port_min}\n"
         f"PORT_MAX={vip.port_max}\nCLI=127.0.0.1:{cli_port(vip_no)}\n"
         f"REDIS=127.0.0.1:{port}/{own}\nREDIS_WRITE={spec.redis.vip}:{port}/{own}\n"
