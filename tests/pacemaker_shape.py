@@ -115,8 +115,10 @@ def _crm_primitive(words: list[str]) -> dict[str, Any]:
 
 def _crm_constraint(kind: str, w: list[str]) -> dict[str, Any]:
     if kind == "colocation":
+        rsc, _, rsc_role = w[1].partition(":")
         with_rsc, _, role = w[2].partition(":")
-        body = {"kind-of": "rsc_colocation", "score": _score(w[0]), "rsc": w[1]}
+        body = {"kind-of": "rsc_colocation", "score": _score(w[0]), "rsc": rsc}
+        body |= {"rsc-role": rsc_role} if rsc_role else {}
         return body | {"with-rsc": with_rsc} | ({"with-rsc-role": role} if role else {})
     if kind == "order":
         (first, first_action), (then, then_action) = w[1].split(":"), w[2].split(":")

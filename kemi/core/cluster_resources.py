@@ -5,8 +5,11 @@ Rules:
   starts only after the promotion. The promoted Redis prefers the node of the first VIP, so losing
   that node exercises a promotion.
 - Every VIP i has its own `vip{i}` (ocf:kemi-ha:vip: ip addr add + a backgrounded gratuitous ARP,
-  ~5 ms where IPaddr2 took 46-164 ms on the takeover path) and `rtpengine{i}` (Redis DB i),
-  kept together and preferring `vip.prefer`.
+  ~5 ms where IPaddr2 took 46-164 ms on the takeover path), preferring `vip.prefer`, and a
+  promotable clone `rtpengine{i}-clone` with an instance on every node (hot standby): the promoted
+  instance (the active rtpengine) runs where the VIP is; the VIP decides, the active follows, with
+  no order so that both happen at once on a takeover. Each instance has its own Redis DB and
+  subscribes to the other nodes' DBs of the same VIP (kemi.core.rtpengine_dbs).
 - Kamailio runs on every node (clone, interleaved): it listens on every VIP via ip_nonlocal_bind.
   A VIP stays only where Kamailio runs: a node whose Kamailio stops serving gives its VIPs up.
 - A VIP gets `nic` only when every node names the same interface; otherwise the agent finds the
@@ -30,6 +33,7 @@ from kemi.core.pacemaker import (
     Resource,
     UnameRule,
 )
+from kemi.core.rtpengine_dbs import cli_port, dbs_param
 
 PROMOTED, UNPROMOTED = "Promoted", "Unpromoted"
 INFINITY, MANDATORY = "INFINITY", "Mandatory"
@@ -97,9 +101,44 @@ def _kamailio(spec: ClusterSpec) -> Clone:
     return Clone("kamailio-clone", kamailio, meta)
 
 
+def _rtpengine(spec: ClusterSpec, i: int) -> Clone:
+    """VIP i's rtpengine on every node: promoted = active (where the VIP is), else hot standby."""
+    vip = spec.vips[i - 1]
+    rtpengine = Primitive(
+        f"rtpengine{i}", "ocf", "kemi-ha", "rtpengine",
+        (
+            ("vip", vip.address),
+            ("ng_port", str(vip.ng_port)),
+            ("port_min", str(vip.port_min)),
+            ("port_max", str(vip.port_max)),
+            ("cli", f"127.0.0.1:{cli_port(i)}"),
+            ("redis", f"127.0.0.1:{spec.redis.port}"),
+            ("redis_write", f"{spec.redis.vip}:{spec.redis.port}"),
+            ("dbs", dbs_param(spec, i)),
+            ("rundir", spec.run_dir),
+            ("logdir", spec.log_dir),
+        ),
+        (
+            Op("monitor", "1s", "5s", role=PROMOTED),
+            Op("monitor", "2s", "5s", role=UNPROMOTED),
+            Op("start", "0", "30s"),
+            Op("stop", "0", "10s"),
+            Op("promote", "0", "10s"),
+            Op("demote", "0", "10s"),
+        ),
+    )  # fmt: skip
+    meta = (
+        ("promotable", "true"),
+        ("promoted-max", "1"),
+        ("promoted-node-max", "1"),
+        ("clone-max", str(len(spec.nodes))),
+        ("clone-node-max", "1"),
+    )
+    return Clone(f"rtpengine{i}-clone", rtpengine, meta)
+
+
 def cluster_resources(spec: ClusterSpec) -> PacemakerConfig:
     """Everything Pacemaker runs for `spec`: the one source of crm.txt and the CIB."""
-    redis_port = spec.redis.port
     promoted_rule = UnameRule(PROMOTED, spec.vips[0].prefer)
     resources: list[Resource] = [_redis(spec), _vip("redis-vip", spec.redis.vip, spec)]
     constraints: list[Constraint] = [
@@ -108,25 +147,17 @@ def cluster_resources(spec: ClusterSpec) -> PacemakerConfig:
         Location("redis-promoted-prefers", "redis-clone", PREFER_SCORE, rule=promoted_rule),
     ]
     for i, vip in enumerate(spec.vips, start=1):
-        rtpengine = Primitive(
-            f"rtpengine{i}", "ocf", "kemi-ha", "rtpengine",
-            (
-                ("vip", vip.address),
-                ("ng_port", str(vip.ng_port)),
-                ("port_min", str(vip.port_min)),
-                ("port_max", str(vip.port_max)),
-                ("redis", f"127.0.0.1:{redis_port}/{i}"),
-                ("redis_write", f"{spec.redis.vip}:{redis_port}/{i}"),
-                ("rundir", spec.run_dir),
-                ("logdir", spec.log_dir),
-            ),
-            (Op("monitor", "2s", "5s"), Op("start", "0", "30s"), Op("stop", "0", "10s")),
-        )  # fmt: skip
-        resources += [_vip(f"vip{i}", vip.address, spec), rtpengine]
+        resources += [_vip(f"vip{i}", vip.address, spec), _rtpengine(spec, i)]
         constraints += [
-            # No order after the VIP: with ip_nonlocal_bind rtpengine binds the VIP before it is
-            # up, so both start at once on a takeover (start returns once the VIP answers).
-            Colocation(f"rtpengine{i}-with-vip{i}", f"rtpengine{i}", f"vip{i}", INFINITY),
+            # The VIP decides, the active follows. No order: with ip_nonlocal_bind the standby
+            # has bound the VIP's ports long before, so promote and the VIP's start run at once.
+            Colocation(
+                f"rtpengine{i}-active-with-vip{i}",
+                f"rtpengine{i}-clone",
+                f"vip{i}",
+                INFINITY,
+                rsc_role=PROMOTED,
+            ),
             Location(f"vip{i}-prefers", f"vip{i}", PREFER_SCORE, node=vip.prefer),
             # A node whose Kamailio fails (monitor: SIP on the VIPs it holds) gives its VIPs up.
             Colocation(f"vip{i}-with-kamailio", f"vip{i}", "kamailio-clone", INFINITY),

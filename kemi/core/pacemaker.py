@@ -56,13 +56,14 @@ class Clone:
 
 @dataclass(frozen=True, slots=True)
 class Colocation:
-    """`rsc` runs where `with_rsc` (in `with_rsc_role`, if given) runs."""
+    """`rsc` (in `rsc_role`, if given) runs where `with_rsc` (in `with_rsc_role`) runs."""
 
     id: str
     rsc: str
     with_rsc: str
     score: str
     with_rsc_role: str | None = None
+    rsc_role: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +155,9 @@ def _crm_primitive(p: Primitive) -> str:
 
 def _crm_constraint(c: Constraint) -> str:
     if isinstance(c, Colocation):
+        rsc_role = f":{c.rsc_role}" if c.rsc_role else ""
         role = f":{c.with_rsc_role}" if c.with_rsc_role else ""
-        return f"colocation {c.id} {_crm_score(c.score)}: {c.rsc} {c.with_rsc}{role}"
+        return f"colocation {c.id} {_crm_score(c.score)}: {c.rsc}{rsc_role} {c.with_rsc}{role}"
     if isinstance(c, Order):
         return f"order {c.id} {c.kind}: {c.first}:{c.first_action} {c.then}:{c.then_action}"
     if c.rule is not None:
@@ -238,6 +240,7 @@ def _cib_constraint(c: Constraint) -> str:
             "rsc_colocation",
             ("id", c.id),
             ("rsc", c.rsc),
+            ("rsc-role", c.rsc_role),
             ("with-rsc", c.with_rsc),
             ("with-rsc-role", c.with_rsc_role),
             ("score", c.score),

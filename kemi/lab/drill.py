@@ -155,7 +155,7 @@ def drill_cluster(work: Path, profile: str, size: int = 2, links: int = 1
 def wait_resources(first: HaNode, nodes: list[DrillNode], timeout: float = 90) -> None:
     def placed() -> bool:
         return bool(first.located("redis-vip")) and all(
-            first.located(f"vip{i}") == n.name and first.located(f"rtpengine{i}") == n.name
+            first.located(f"vip{i}") == n.name and first.promoted(f"rtpengine{i}") == n.name
             for i, n in enumerate(nodes, start=1)
         )
 
@@ -176,8 +176,9 @@ def events(vip_no: int) -> tuple[tuple[str, str, re.Pattern[str]], ...]:
         ("Redis promoted", "pacemaker", re.compile(RESULT.format("promote", "redis"))),
         ("Redis VIP up", "pacemaker", re.compile(RESULT.format("start", "redis-vip"))),
         (f"VIP{vip_no} up", "pacemaker", re.compile(RESULT.format("start", f"vip{vip_no}"))),
-        ("rtpengine restored", "pacemaker",
-         re.compile(RESULT.format("start", f"rtpengine{vip_no}"))),
+        # Hot standby: the survivor's rtpengine already holds the calls; it is promoted.
+        ("rtpengine promoted", "pacemaker",
+         re.compile(RESULT.format("promote", f"rtpengine{vip_no}"))),
     )  # fmt: skip
 
 

@@ -158,6 +158,14 @@ class HaNode:
         out = self.run(["crm_resource", "--locate", "-r", resource, "-Q"]).stdout.strip()
         return out.splitlines()[0].strip() if out else ""
 
+    def promoted(self, resource: str) -> str:
+        """The node where a promotable clone's instance is promoted ('' if none)."""
+        out = self.run(["crm_resource", "--locate", "-r", resource]).stdout
+        for line in out.splitlines():
+            if line.rstrip().endswith(" Promoted"):
+                return line.rstrip().removesuffix(" Promoted").rsplit(" ", 1)[-1]
+        return ""
+
 
 def kill_netns(netns: str) -> list[int]:
     """SIGKILL every process in a network namespace (a power cut), by PID."""

@@ -7,9 +7,10 @@ OUTDIR/
   cib.xml                     a whole initial CIB with the nodes (seeds a fresh cluster; crm_verify)
   <node>/corosync.conf        the chosen profile; corosync-tuned.conf and corosync-default.conf
   <node>/sysctl-kemi-ha.conf  ip_nonlocal_bind (listen on VIPs held by the other node)
-  <node>/redis.conf           one Redis per node; the ocf:heartbeat:redis agent sets replicaof
+  <node>/redis.conf           one Redis per node; the ocf:heartbeat:redis agent sets replicaof;
+                              keyspace events on (hot standby), a DB per (VIP, node)
   <node>/kemi-ha-node.cfg     Kamailio's node include (kamailio.cfg itself is never edited)
-  <node>/rtpengine-<vip>.env  the rtpengine options per VIP (OCF agent or rtpengine@.service)
+  <node>/rtpengine-<vip>.env  this node's rtpengine options per VIP (own DB, subscribed DBs)
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import yaml
 
 from kemi import specfile
 from kemi.core.cluster_resources import cluster_resources
-from kemi.core.cluster_spec import ClusterSpec, ClusterVipSpec, NodeSpec
+from kemi.core.cluster_spec import ClusterSpec, NodeSpec
 from kemi.core.compile import compile_policy
 from kemi.core.node_spec import NodeConfigSpec, check_node
 from kemi.core.pacemaker import to_cib, to_cib_configuration, to_crm
+from kemi.core.rtpengine_dbs import cli_port, redis_databases, rtpengine_db, subscribed_dbs
 from kemi.core.spec import PolicySpec, VipSpec
 from kemi.core.structure import Problem
 from kemi.ops.nodecfg import render_node_cfg
@@ -194,18 +196,35 @@ def redis_conf(spec: ClusterSpec) -> str:
         'protected-mode no\nsave ""\nappendonly no\n'
         "replica-read-only yes\nreplica-serve-stale-data yes\n"
         "repl-diskless-sync yes\nrepl-diskless-sync-delay 0\nrepl-timeout 5\n"
+        "# Hot standby: a DB per (VIP, node) (kemi.core.rtpengine_dbs); every standby rtpengine\n"
+        "# learns the active's calls from keyspace notifications, which a replica emits too.\n"
+        f"databases {redis_databases(spec)}\n"
+        "notify-keyspace-events Kg$\n"
     )
 
 
-def rtpengine_env(spec: ClusterSpec, vip: ClusterVipSpec, set_id: int) -> str:
+def rtpengine_env(spec: ClusterSpec, vip_no: int, node: NodeSpec) -> str:
+    """The options of `node`'s rtpengine for VIP `vip_no` (what the OCF agent passes)."""
+    vip = spec.vips[vip_no - 1]
+    port = spec.redis.port
+    own = rtpengine_db(vip_no, node.id)
+    subscribed = subscribed_dbs(spec, vip_no, node.name)
+    if own in subscribed:  # kemi.core.rtpengine_dbs rules it out; a wrong render must not ship
+        raise ValueError(f"{node.name}: rtpengine DB {own} subscribed to by its own instance")
     return (
-        "# Rendered by kemi-ha render: options of the rtpengine serving this VIP.\n"
+        "# Rendered by kemi-ha render: this node's rtpengine for this VIP (active where the VIP\n"
+        "# is, hot standby elsewhere). ocf:kemi-ha:rtpengine builds the same DBs and sockets\n"
+        "# from its parameters (dbs, cli), adding its Redis timeouts.\n"
         f"VIP={vip.address}\nNG_PORT={vip.ng_port}\nPORT_MIN={vip.port_min}\n"
-        f"PORT_MAX={vip.port_max}\nREDIS=127.0.0.1:{spec.redis.port}/{set_id}\n"
-        f"REDIS_WRITE={spec.redis.vip}:{spec.redis.port}/{set_id}\n"
+        f"PORT_MAX={vip.port_max}\nCLI=127.0.0.1:{cli_port(vip_no)}\n"
+        f"REDIS=127.0.0.1:{port}/{own}\nREDIS_WRITE={spec.redis.vip}:{port}/{own}\n"
+        f'SUBSCRIBE_KEYSPACE="{" ".join(map(str, subscribed))}"\n'
         f'OPTIONS="--table=-1 --interface={vip.address} --listen-ng={vip.address}:{vip.ng_port} '
+        f"--listen-cli=127.0.0.1:{cli_port(vip_no)} "
         f"--port-min={vip.port_min} --port-max={vip.port_max} "
-        f'--redis={spec.redis.vip}:{spec.redis.port}/{set_id} --delete-delay=0"\n'
+        f"--redis=127.0.0.1:{port}/{own} --redis-write={spec.redis.vip}:{port}/{own} "
+        + "".join(f"--subscribe-keyspace={db} " for db in subscribed)
+        + '--delete-delay=0"\n'
     )
 
 
@@ -263,5 +282,5 @@ def render(cluster_file: Path, outdir: Path) -> list[Path]:
         values = StackConfig.from_node(config, Path(spec.kemi_ha_root)).node_values(policy)
         write(d / "kemi-ha-node.cfg", render_node_cfg(policy, values))
         for i, vip in enumerate(spec.vips, start=1):
-            write(d / f"rtpengine-{vip.address}.env", rtpengine_env(spec, vip, i))
+            write(d / f"rtpengine-{vip.address}.env", rtpengine_env(spec, i, node))
     return written

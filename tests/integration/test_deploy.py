@@ -161,9 +161,11 @@ def redis_16399(tmp_path: Path, require_root: None) -> Iterator[None]:
 
 
 def test_rtpengine_ocf_agent_passes_ocf_tester(tmp_path: Path, redis_16399: None) -> None:
+    """start, monitor, promote/demote twice, stop; outside a cluster the node is `uname -n`."""
     result = subprocess.run(
         ["ocf-tester", "-n", "rtp", "-o", "vip=127.0.0.1", "-o", "ng_port=17223",
-         "-o", "port_min=17300", "-o", "port_max=17399", "-o", "redis=127.0.0.1:16399/1",
+         "-o", "port_min=17300", "-o", "port_max=17399", "-o", "redis=127.0.0.1:16399",
+         "-o", f"dbs={os.uname().nodename}:17 other:18", "-o", "cli=127.0.0.1:17901",
          "-o", f"rundir={tmp_path}", "-o", f"logdir={tmp_path}",
          str(REPO / "deploy" / "ocf" / "rtpengine")],
         capture_output=True, text=True, timeout=120, env={"OCF_ROOT": "/usr/lib/ocf",
@@ -184,3 +186,50 @@ def test_vip_ocf_agent_passes_ocf_tester(require_root: None) -> None:
         )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "passed all tests" in result.stdout + result.stderr
+
+
+def test_pacemaker_promotes_the_standby_where_the_vip_goes(
+    each_example: Path, tmp_path: Path
+) -> None:
+    """crm_simulate (offline, agents not run) on the rendered CIB: every VIP's rtpengine is promoted
+    beside its VIP, a standby everywhere else; the preferred node of VIP1 fails and its survivor
+    starts VIP1 and promotes its rtpengine1 in the same transition; moving VIP1 back demotes
+    before it promotes (failback)."""
+    cib = (each_example / "cib.xml").read_text().replace("<cib ", '<cib have-quorum="1" ', 1)
+    (tmp_path / "cib.xml").write_text(cib)
+    nodes = re.findall(r'<node id="\d+" uname="([^"]+)"/>', cib)
+    up = tmp_path / "up.xml"
+
+    def simulate(xml: Path, *args: str) -> str:
+        result = subprocess.run(["crm_simulate", "-x", str(xml), "-S", *args],
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    started = simulate(tmp_path / "cib.xml", *(f"--node-up={n}" for n in nodes), "-O", str(up))
+    vips = len(re.findall(r"Clone Set: rtpengine\d+-clone", started)) // 2
+    assert vips >= 2
+    for i in range(1, vips + 1):
+        promoted = re.findall(rf"rtpengine{i}-clone .*?Promoted: \[ (\S+) \]", started, re.S)
+        assert promoted and promoted[-1] in nodes
+        locate = subprocess.run(["crm_resource", "--locate", "-r", f"vip{i}", "-Q"],
+                                capture_output=True, text=True,
+                                env=os.environ | {"CIB_file": str(up)})  # fmt: skip
+        assert locate.stdout.strip() == promoted[-1], f"vip{i}"
+    first = re.findall(r"rtpengine1-clone .*?Promoted: \[ (\S+) \]", started, re.S)[-1]
+    takeover = simulate(up, f"--node-fail={first}")
+    summary = takeover.split("Executing Cluster Transition")[0]
+    survivor = re.search(r"Start\s+vip1\s+\(\s*(\S+)\s*\)", summary)
+    assert survivor, summary
+    assert re.search(
+        rf"Promote\s+rtpengine1:\d+\s+\(\s*Unpromoted -> Promoted {survivor[1]}", summary
+    )
+    moved = tmp_path / "moved.xml"
+    moved.write_bytes(up.read_bytes())
+    other = next(n for n in nodes if n != first)
+    subprocess.run(["crm_resource", "--move", "-r", "vip1", "-N", other], capture_output=True,
+                   env=os.environ | {"CIB_file": str(moved)}, check=True)  # fmt: skip
+    actions = simulate(moved).split("Executing Cluster Transition")[1]
+    assert actions.index(f"rtpengine1      demote on {first}") < actions.index(
+        f"rtpengine1      promote on {other}"
+    )

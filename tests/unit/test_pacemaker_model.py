@@ -45,6 +45,7 @@ def test_crm_and_cib_say_the_same(spec: ClusterSpec) -> None:
     assert crm == cib
     # The comparison is not vacuous: every resource and constraint was read on both sides.
     assert len(cib["resources"]) == 2 + 2 * len(spec.vips) + 1
+    assert len(cib["clones"]) == 2 + len(spec.vips)
     assert len(cib["constraints"]) == 3 + 3 * len(
         spec.vips
     )  # Redis; per VIP: rtpengine, prefer, Kamailio
@@ -79,19 +80,36 @@ def test_decisions_per_cluster_size(
 
 
 @CLUSTERS
-def test_each_vip_gets_its_rtpengine_and_redis_db(spec: ClusterSpec) -> None:
+def test_each_vip_gets_a_promotable_rtpengine_on_every_node(spec: ClusterSpec) -> None:
+    """Hot standby: VIP i's rtpengine runs on every node; the promoted one follows the VIP."""
     _, cib = shapes(spec)
     port = spec.redis.port
     for i, vip in enumerate(spec.vips, start=1):
+        dbs = " ".join(f"{n.name}:{16 * i + n.id}" for n in spec.nodes)
         assert cib["resources"][f"rtpengine{i}"]["params"] == {
             "vip": vip.address, "ng_port": str(vip.ng_port),
             "port_min": str(vip.port_min), "port_max": str(vip.port_max),
-            "redis": f"127.0.0.1:{port}/{i}", "redis_write": f"10.99.1.100:{port}/{i}",
+            "cli": f"127.0.0.1:{9900 + i}", "redis": f"127.0.0.1:{port}",
+            "redis_write": f"10.99.1.100:{port}", "dbs": dbs,
             "rundir": "/run/kemi-ha", "logdir": "/var/log/kemi-ha",
         }  # fmt: skip
+        clone = cib["clones"][f"rtpengine{i}-clone"]
+        assert clone["primitive"] == f"rtpengine{i}"
+        assert clone["meta"] == {
+            "promotable": "true", "promoted-max": "1", "promoted-node-max": "1",
+            "clone-max": str(len(spec.nodes)), "clone-node-max": "1",
+        }  # fmt: skip
+        roles = {op[3] for op in cib["resources"][f"rtpengine{i}"]["ops"] if op[0] == "monitor"}
+        assert roles == {"Promoted", "Unpromoted"}
         assert cib["resources"][f"vip{i}"]["params"]["ip"] == vip.address
         assert cib["constraints"][f"vip{i}-prefers"]["node"] == vip.prefer
-        assert cib["constraints"][f"rtpengine{i}-with-vip{i}"]["with-rsc"] == f"vip{i}"
+        assert cib["constraints"][f"rtpengine{i}-active-with-vip{i}"] == {
+            "kind-of": "rsc_colocation", "rsc": f"rtpengine{i}-clone", "rsc-role": "Promoted",
+            "with-rsc": f"vip{i}", "score": "INFINITY",
+        }  # fmt: skip
+        # No order between the VIP and its rtpengine: promote and the VIP's start run at once.
+        orders = [c for c in cib["constraints"].values() if c["kind-of"] == "rsc_order"]
+        assert all(f"vip{i}" not in (o["first"], o["then"]) for o in orders)
     assert cib["constraints"]["redis-promoted-prefers"]["rule-uname"] == spec.vips[0].prefer
 
 
