@@ -200,7 +200,7 @@ class RunResult:
     survivor_dialogs: int
     survivor_channels: int
     timeline_ms: dict[str, float]
-    redis_restore_ms: str
+    takeover: str  # how the new holder's rtpengine took the calls (hot standby, cold restore)
     dc_before: str = "?"  # the Pacemaker DC when the victim was powered off
     scenario: str = "power-off"
     observed: list[str] = field(default_factory=list)  # what the scenario checked, for the report
@@ -309,7 +309,7 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         kill_netns(victim.netns)
     if scenario == "rejoin":
         time.sleep(3.0)
-        observed.append(f"VIP holders after the failover: {vip_holders(setup)}")
+        observed.append(f"VIP holders after the failover: {vip_holders(setup, survivors)}")
         t_rejoin = time.time()
         rejoin(setup, victim, calls, observed)
         observed.append(f"rejoined in {time.time() - t_rejoin:.1f} s; VIP holders: "
@@ -344,9 +344,10 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
                   for t in times if t > t_fail + 0.05]  # fmt: skip
     if resumed_at and failed_vip:
         timeline["first RTP after failover"] = (min(resumed_at) - t_fail) * 1000
-    holder = vip_holders(setup).get(f"vip{nodes.index(victim) + 1}", "")
-    restore = last_line_with(setup.work / holder / "log-kemi-ha" / f"rtpengine-{victim.vip}.log",
-                             "Redis restore time") if holder else ""  # fmt: skip
+    up = nodes if scenario != "power-off" else [n for n in nodes if n is not victim]
+    holder = vip_holders(setup, up).get(f"vip{nodes.index(victim) + 1}", "")
+    log = setup.work / holder / "log-kemi-ha" / f"rtpengine-{victim.vip}.log"
+    restore = takeover_mode(log, t_fail) if holder and failed_vip else "no takeover"
     rpcs = {s.name: setup.rpc[s.name] for s in survivors}
     for name, rpc in rpcs.items():
         wait_until(lambda r=rpc: int(r.call("dlg.stats_active")["all"]) == 0, 30,
@@ -363,15 +364,16 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
             int(r.call("dlg.profile_get_size", "kha_global")) for r in rpcs.values()
         ),
         timeline_ms=dict(sorted(timeline.items(), key=lambda kv: kv[1])),
-        redis_restore_ms=restore or "Redis restore time not logged",
+        takeover=restore,
         dc_before=dc,
     )
 
 
-def vip_holders(setup: DrillSetup) -> dict[str, str]:
-    """Where each VIP is configured right now (`ip addr` in every node namespace)."""
+def vip_holders(setup: DrillSetup, among: list[DrillNode] | None = None) -> dict[str, str]:
+    """Where each VIP is configured right now (`ip addr` in the namespaces of `among`, default
+    every node; a powered-off node's namespace keeps its addresses: leave it out)."""
     shown = {n.name: sh("ip", "-n", n.netns, "-o", "-4", "addr", "show", check=False).stdout
-             for n in setup.nodes}  # fmt: skip
+             for n in (among or setup.nodes)}  # fmt: skip
     return {
         f"vip{i}": ",".join(name for name, text in shown.items() if f" {n.vip}/" in text)
         for i, n in enumerate(setup.nodes, start=1)
@@ -436,12 +438,29 @@ def call_result(call_id: str, vip: str, legs: list[tuple[float, bool]]) -> CallR
     return CallResult(call_id, vip, gap, max(0, round(gap / PACKET_MS) - 1), True)
 
 
-def last_line_with(path: Path, text: str) -> str:
-    """The last log line containing `text`, without its timestamp ('' if none)."""
-    if not path.exists():
-        return ""
-    hits = [ln for ln in path.read_text(errors="replace").splitlines() if text in ln]
-    return hits[-1].split("]", 1)[-1].strip() if hits else ""
+AGENT_LOG = re.compile(r"^\[(\d+\.\d+)\] kemi-ha: (start|promoted)")
+
+
+def takeover_mode(log: Path, t_fail: float) -> str:
+    """From the rtpengine agent's lines in the new holder's log: 'hot standby' if the instance
+    that was promoted after the failure had started before it (it held the calls already),
+    'cold restore' if it started after the failure."""
+    started, promoted = None, None
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "no agent log"
+    for line in lines:
+        m = AGENT_LOG.match(line)
+        if m and m.group(2) == "start" and promoted is None:
+            started = float(m.group(1))
+        elif m and m.group(2) == "promoted" and float(m.group(1)) >= t_fail - 0.05:
+            promoted = float(m.group(1))
+            break
+    if promoted is None or started is None:
+        return "no promote logged"
+    mode = "hot standby" if started < t_fail else "cold restore"
+    return f"{mode} (promoted {1000 * (promoted - t_fail):.0f} ms after the power-off)"
 
 
 def sipp_stats(output: str) -> dict[str, int]:
@@ -510,7 +529,7 @@ def report(results: list[RunResult], calls: int, profile: str,
         lines.append(
             f"run {i}: {r.scenario} on {r.victim} ({r.failed_vip or 'no VIP moves'}); BYE 200 "
             f"{r.bye_ok}/{len(r.calls)}; survivor dialogs {r.survivor_dialogs}, channels "
-            f"{r.survivor_channels}; rtpengine {r.redis_restore_ms}"
+            f"{r.survivor_channels}; rtpengine takeover: {r.takeover}"
         )
         lines.append(f"  Pacemaker DC at the fault: {r.dc_before}")
         lines += [f"  observed: {line}" for line in r.observed]

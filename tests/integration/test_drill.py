@@ -46,3 +46,5 @@ def test_node_power_off_drops_no_call(require_root: None) -> None:
     assert result.bye_ok == CALLS, text  # every BYE after the failover got its 200
     assert result.survivor_dialogs == 0 and result.survivor_channels == 0, text
     assert result.dropped == 0
+    # Media came back through the standby that held the calls, not a cold restore.
+    assert result.takeover.startswith("hot standby"), result.takeover

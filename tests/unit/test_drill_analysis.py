@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from pathlib import Path
 
-from kemi.lab.drill import distribution, gap_around, log_times, sipp_stats
+from kemi.lab.drill import distribution, gap_around, log_times, sipp_stats, takeover_mode
 
 T0 = 1_000_000.0
 
@@ -57,3 +58,12 @@ def test_distribution_over_runs() -> None:
     text = distribution([400.0, 380.0, 1500.0, 390.0, 410.0, 420.0, 395.0, 385.0, 405.0, 415.0])
     assert "over 10 runs: median 402 ms, p90 420 ms, worst 1500 ms; runs over 1 s: 1" in text
     assert "p90 300 ms" in distribution([300.0])
+
+
+def test_takeover_mode_from_the_agent_log(tmp_path: Path) -> None:
+    log = tmp_path / "rtpengine.log"
+    log.write_text("[100.0] kemi-ha: start (standby) own DB 18\n[100.5] INFO: [core] x\n"
+                   "[200.2] kemi-ha: promoted: every call own (active)\n")  # fmt: skip
+    assert takeover_mode(log, 200.0) == "hot standby (promoted 200 ms after the power-off)"
+    assert takeover_mode(log, 50.0).startswith("cold restore")
+    assert takeover_mode(log, 300.0) == "no promote logged"
