@@ -387,7 +387,12 @@ class Router:
         else:
             command, call = "answer", ksr.rtpengine.rtpengine_answer
         if not self.rtp_command(vip, command, call, flags):
-            log.error("rtpengine %s failed on %d (set %d)", command, status, vip.set_id)
+            # Relayed unchanged, its SDP would send the media around the relay for the whole
+            # call: drop it; the callee retransmits a 2xx (and a reliable 1xx) until it passes,
+            # e.g. once a VIP's rtpengine is back after a takeover.
+            log.error("rtpengine %s failed on %d (set %d): reply dropped, the callee resends",
+                      command, status, vip.set_id)  # fmt: skip
+            ksr.set_drop()
         return 1
 
     @guarded("branch")

@@ -210,6 +210,23 @@ def test_reply_with_sdp_is_answered_on_the_vip_set() -> None:
     assert ksr.called("rtpengine.rtpengine_answer", "replace-origin ICE=remove")
 
 
+@pytest.mark.parametrize("status", [183, 200])
+def test_reply_whose_sdp_rtpengine_refused_is_dropped_not_relayed(status: int) -> None:
+    """Relayed with the callee's own SDP, its media would go around the relay."""
+    router, ksr = make(**{"rtpengine.rtpengine_answer": -1})
+    ksr.pvs["$rs"] = status
+    router.ksr_onreply_manage(None)
+    assert ksr.called("rtpengine.rtpengine_answer")
+    assert ksr.called("set_drop")
+
+
+def test_reply_rtpengine_answered_is_relayed() -> None:
+    router, ksr = make()
+    ksr.pvs["$rs"] = 200
+    router.ksr_onreply_manage(None)
+    assert not ksr.called("set_drop")
+
+
 def test_reply_answer_uses_the_flags_chosen_for_the_invite() -> None:
     router, ksr = make()
     ksr.pvs["$rs"] = 183
