@@ -204,6 +204,8 @@ class RunResult:
     dc_before: str = "?"  # the Pacemaker DC when the victim was powered off
     scenario: str = "power-off"
     observed: list[str] = field(default_factory=list)  # what the scenario checked, for the report
+    holders_after: dict[str, str] = field(default_factory=dict)  # VIP -> node(s) at the end
+    rejoin_gap_ms: float | None = None  # rejoin: worst RTP gap of any call while it rejoined
 
     @property
     def dropped(self) -> int:
@@ -323,6 +325,7 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
 
     bye_ok = sum(sipp_stats(uac.output()).get("successful", 0) for uac in uacs)
     streams = packet_times(work / "rtp.pcap")
+    rejoin_gap = float("nan")
     legs: dict[str, list[tuple[float, bool]]] = {call_id: [] for call_id in call_vip}
     for key, times in streams.items():
         if key in legs_of:
@@ -334,8 +337,9 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     if scenario == "rejoin":
         quiet = [worst_gap(times, t_rejoin, t_rejoin + 15)[0] for key, times in streams.items()
                  if key in legs_of]  # fmt: skip
+        rejoin_gap = max(quiet, default=float("nan"))
         observed.append(f"worst RTP gap of any call while {victim.name} rejoined: "
-                        f"{max(quiet, default=float('nan')):.0f} ms")  # fmt: skip
+                        f"{rejoin_gap:.0f} ms")  # fmt: skip
     failed_vip = "" if scenario == "one-link-lost" else victim.vip
     survivors = survivors if scenario != "rejoin" else nodes
     timeline = failover_timeline(setup, [n for n in survivors if n is not victim],
@@ -353,6 +357,8 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         wait_until(lambda r=rpc: int(r.call("dlg.stats_active")["all"]) == 0, 30,
                    f"dialogs on {name} back to 0")  # fmt: skip
     return RunResult(
+        holders_after=vip_holders(setup, up),
+        rejoin_gap_ms=rejoin_gap if scenario == "rejoin" else None,
         victim=victim.name,
         failed_vip=failed_vip,
         scenario=scenario,
@@ -401,6 +407,10 @@ def link_status(setup: DrillSetup, node: DrillNode) -> str:
 def rejoin(setup: DrillSetup, node: DrillNode, calls: int, observed: list[str]) -> None:
     """Bring a powered-off node back and wait until it serves: Pacemaker member, Kamailio up,
     every call's dialog resynced over DMQ, its Redis a replica."""
+    # A host that was off comes back without the VIPs it held (its namespace kept them).
+    for n in setup.nodes:
+        sh("ip", "-n", node.netns, "addr", "del", f"{n.vip}/24", "dev", "eth0", check=False)
+    sh("ip", "-n", node.netns, "addr", "del", f"{REDIS_VIP}/24", "dev", "eth0", check=False)
     setup.lab.links(node.netns, up=True)
     ha = setup.ha[node.name]
     ha.start()
@@ -409,9 +419,15 @@ def rejoin(setup: DrillSetup, node: DrillNode, calls: int, observed: list[str]) 
     wait_until(lambda: rpc.call("core.uptime") is not None, 60, f"Kamailio back on {node.name}")
     wait_until(lambda: int(rpc.call("dlg.stats_active")["ongoing"]) == calls, 30,
                f"dialogs resynced to {node.name}")  # fmt: skip
-    role = ha.run(["redis-cli", "role"]).stdout.split()
-    observed.append(f"{node.name} back: {calls} dialogs resynced over DMQ, Redis role "
-                    f"{role[0] if role else '?'}")  # fmt: skip
+
+    def replica() -> bool:
+        out = ha.run(["redis-cli", "info", "replication"]).stdout
+        return "role:slave" in out and "master_link_status:up" in out
+
+    wait_until(replica, 30, f"Redis on {node.name} replicating the master")
+    master = ha.promoted("redis-clone") or "?"
+    observed.append(f"{node.name} back: {calls} dialogs resynced over DMQ, its Redis a synced "
+                    f"replica, Redis master on {master}")  # fmt: skip
 
 
 def failover_timeline(setup: DrillSetup, survivors: list[DrillNode], vip_no: int,

@@ -48,3 +48,20 @@ def test_node_power_off_drops_no_call(require_root: None) -> None:
     assert result.dropped == 0
     # Media came back through the standby that held the calls, not a cold restore.
     assert result.takeover.startswith("hot standby"), result.takeover
+
+
+def test_a_powered_off_node_rejoins_without_moving_anything(require_root: None) -> None:
+    """rejoin: power-off, then the node comes back while the calls last: no VIP moves back
+    (stickiness), its dialogs and Redis resync, the survivors' calls keep their media."""
+    work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-test-"))
+    try:
+        with drill_cluster(work, "tuned") as setup:
+            result = run_once(setup, 6, run_no=1, scenario="rejoin")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text, _summary = report([result], 6, "tuned", "rejoin")
+    print(text)
+    assert result.dropped == 0, text
+    assert result.holders_after == {"vip1": "drill2", "vip2": "drill2"}, text
+    assert any("dialogs resynced" in line for line in result.observed), text
+    assert result.rejoin_gap_ms is not None and result.rejoin_gap_ms < 200, text
