@@ -14,8 +14,8 @@ Rules:
   A VIP stays only where Kamailio runs: a node whose Kamailio stops serving gives its VIPs up.
 - A VIP gets `nic` only when every node names the same interface; otherwise the agent finds the
   interface from the route to the VIP's subnet on whichever node holds it.
-- Two nodes have no majority (no-quorum-policy=ignore, Corosync two_node); three or more do, so a
-  partition without quorum stops its resources.
+- Two nodes have no majority (no-quorum-policy=ignore, Corosync two_node); three or more, or two
+  with a quorum device (corosync-qnetd), do, so a partition without quorum stops its resources.
 """
 
 from __future__ import annotations
@@ -165,7 +165,9 @@ def cluster_resources(spec: ClusterSpec) -> PacemakerConfig:
     resources.append(_kamailio(spec))
     properties = (
         ("stonith-enabled", "false"),
-        ("no-quorum-policy", "ignore" if len(spec.nodes) == 2 else "stop"),
+        # Two nodes alone have no majority: quorum is ignored (and a split holds every VIP
+        # twice). A quorum device or a third node gives one: a partition without quorum stops.
+        ("no-quorum-policy", "stop" if spec.quorum_device or len(spec.nodes) > 2 else "ignore"),
         ("dc-deadtime", "2s"),
         ("cluster-recheck-interval", "30s"),
         # Pacemaker 2.1's controller sleeps 1 s (blocking) when the scheduler's CIB query is

@@ -47,6 +47,23 @@ class RedisSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class QuorumDeviceSpec:
+    """A Corosync quorum device (corosync-qnetd on a third host): the tie-breaker that lets
+    exactly one partition of a two-node cluster keep quorum when the nodes lose each other."""
+
+    address: str = required("address of the host running corosync-qnetd")
+    algorithm: Literal["ffsplit", "lms"] = doc(
+        "ffsplit: exactly one partition of a split keeps quorum; lms: last man standing", "ffsplit"
+    )
+    port: int = doc("corosync-qnetd port", 5403)
+    tls: bool = doc(
+        "TLS between qdevice and qnetd (certificates: docs/ha.md); off only where the network "
+        "between them is trusted",
+        True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterSpec:
     """A kemi-ha cluster."""
 
@@ -67,3 +84,6 @@ class ClusterSpec:
     run_dir: str = doc("runtime directory on the nodes", "/run/kemi-ha")
     etc_dir: str = doc("where the rendered files are installed on the nodes", "/etc/kemi-ha")
     log_dir: str = doc("log directory on the nodes (Kamailio, rtpengine)", "/var/log/kemi-ha")
+    quorum_device: QuorumDeviceSpec | None = doc(
+        "a quorum device: a partition without quorum then stops its resources"
+    )

@@ -25,12 +25,18 @@ def main(argv: list[str] | None = None) -> int:
     dr.add_argument("--repeat", type=int, default=1, help="runs; the node powered off rotates")
     dr.add_argument("--scenario", choices=SCENARIOS, default="power-off")
     dr.add_argument("--links", type=int, default=1, help="Corosync links (separate networks)")
+    dr.add_argument(
+        "--qdevice",
+        action="store_true",
+        help="a quorum device (corosync-qnetd in a namespace of its own)",
+    )
     dr.add_argument("--keep", action="store_true", help="keep the work directory (logs, pcap)")
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the drill removes every namespace and process it made.
     signal.signal(signal.SIGTERM, _interrupt)
     return drill(nodes=args.nodes, calls=args.calls, profile=args.profile, repeat=args.repeat,
-                 keep=args.keep, scenario=args.scenario, links=args.links)  # fmt: skip
+                 keep=args.keep, scenario=args.scenario, links=args.links,
+                 qdevice=args.qdevice)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from kemi.ops.stack import REPO_ROOT
 NET = "10.98.0"
 PREFIX = "khad"
 CLIENT, CLIENT_NS = f"{NET}.10", f"{PREFIX}-c"
+QNETD, QNETD_NS = f"{NET}.20", f"{PREFIX}-q"  # the quorum device's host (corosync-qnetd)
 REDIS_VIP = f"{NET}.100"
 UAS_PORT = 5080
 PACKET_MS = 20
@@ -77,10 +78,12 @@ def drill_policy() -> str:
     }, sort_keys=False)  # fmt: skip
 
 
-def cluster_yaml(nodes: list[DrillNode], profile: str) -> str:
+def cluster_yaml(nodes: list[DrillNode], profile: str, qdevice: bool = False) -> str:
     """The operator's cluster file; everything the lab needs differently is a field here."""
     span = 20000 // len(nodes)
-    return yaml.safe_dump({
+    # A trusted lab bridge: qdevice <-> qnetd without TLS certificates (docs/ha.md has them).
+    device = {"quorum_device": {"address": QNETD, "tls": False}} if qdevice else {}
+    return yaml.safe_dump(device | {
         "cluster_name": "kemi-ha-drill", "corosync_profile": profile, "policy": "policy-base.yaml",
         "nodes": [{"name": n.name, "id": n.node_id, "address": n.address, "interface": "eth0"}
                   | ({"links": list(n.links)} if n.links else {}) for n in nodes],
@@ -103,21 +106,32 @@ class DrillSetup:
 
 
 @contextlib.contextmanager
-def drill_cluster(work: Path, profile: str, size: int = 2, links: int = 1
-                  ) -> Iterator[DrillSetup]:  # fmt: skip
+def drill_cluster(work: Path, profile: str, size: int = 2, links: int = 1,
+                  qdevice: bool = False) -> Iterator[DrillSetup]:  # fmt: skip
     """Render, install, start every node, wait until every resource runs; undo it all."""
     nodes = DrillNode.build(size, links)
     work.chmod(0o755)  # the redis user (ocf:heartbeat:redis runs it) reads its config here
     (work / "policy-base.yaml").write_text(drill_policy())
-    (work / "cluster.yaml").write_text(cluster_yaml(nodes, profile))
+    (work / "cluster.yaml").write_text(cluster_yaml(nodes, profile, qdevice))
     rendered = work / "rendered"
     render(work / "cluster.yaml", rendered)
-    lab = Lab(PREFIX, [Host(n.netns, n.address, links=list(n.links)) for n in nodes]
-              + [Host(CLIENT_NS, CLIENT)])  # fmt: skip
+    lab = Lab(
+        PREFIX,
+        [Host(n.netns, n.address, links=list(n.links)) for n in nodes]
+        + [Host(CLIENT_NS, CLIENT)]
+        + ([Host(QNETD_NS, QNETD)] if qdevice else []),
+    )
     setup = DrillSetup(work, lab, nodes, {}, {}, rendered)
     hosts = {n.name: n.address for n in nodes}
+    qnetd: Daemon | None = None
     try:
         lab.create()
+        if qdevice:  # the arbiter, as on its third host: `corosync-qnetd` (TLS off: see above)
+            qnetd = Daemon("qnetd", ["ip", "netns", "exec", QNETD_NS, "corosync-qnetd", "-f",
+                                     "-s", "off", "-l", QNETD, "-S",
+                                     f"local_socket_file={work}/qnetd.sock"],
+                           work / "qnetd.log")  # fmt: skip
+            qnetd.start()
         for n in nodes:
             base = work / n.name
             base.mkdir(mode=0o755)
@@ -146,6 +160,8 @@ def drill_cluster(work: Path, profile: str, size: int = 2, links: int = 1
             setup.capture.stop()
         for n in nodes:
             kill_netns(n.netns)
+        if qnetd is not None:
+            qnetd.kill()
         for node in setup.ha.values():
             if node.daemon is not None:
                 node.daemon.kill()
@@ -206,6 +222,7 @@ class RunResult:
     observed: list[str] = field(default_factory=list)  # what the scenario checked, for the report
     holders_after: dict[str, str] = field(default_factory=dict)  # VIP -> node(s) at the end
     rejoin_gap_ms: float | None = None  # rejoin: worst RTP gap of any call while it rejoined
+    duplicate_vip_ms: float = 0.0  # link-cut: time some VIP was on two nodes at once
 
     @property
     def dropped(self) -> int:
@@ -237,7 +254,7 @@ def spread(calls: int, vips: int) -> list[int]:
     return [calls // vips + (1 if i < calls % vips else 0) for i in range(vips)]
 
 
-SCENARIOS = ("power-off", "one-link-lost", "rejoin")
+SCENARIOS = ("power-off", "one-link-lost", "rejoin", "link-cut")
 
 
 def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
@@ -250,6 +267,9 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
                    it): knet carries on over link 1, no failover is expected;
     rejoin         power-off, then the node comes back while the calls last: no VIP moves back
                    (stickiness), DMQ and Redis resync, no gap on the survivors.
+    link-cut       every link between the node and the others cut while all keep running and
+                   the client reaches them all: with a quorum device one side keeps quorum, the
+                   other stops its resources; the drill samples who holds each VIP every 50 ms.
     """
     if scenario == "rejoin":
         after_s = max(after_s, 35.0)
@@ -299,12 +319,21 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     holders = vip_holders(setup)
     observed: list[str] = [f"VIP holders before: {holders}"]
     t_fail = time.time()
-    if scenario == "one-link-lost":
-        cut_link0(setup, victim, cut=True)
+    duplicate_ms = 0.0
+    if scenario == "link-cut":
+        cut_peers(setup, victim, cut=True, every_link=True)
+        duplicate_ms, late = watch_duplicates(setup, after_s / 2, settle_s=3.0)
+        observed.append(f"quorum: {quorum_state(setup)}")
+        observed.append(f"VIP held by two nodes at once: {duplicate_ms:.0f} ms in all, "
+                        f"{late:.0f} ms after the first 3 s")  # fmt: skip
+        observed.append(f"VIP holders with the links cut: {vip_holders(setup)}")
+        cut_peers(setup, victim, cut=False, every_link=True)
+    elif scenario == "one-link-lost":
+        cut_peers(setup, victim, cut=True)
         time.sleep(after_s / 2)
         observed.append(f"{victim.name} corosync links: {link_status(setup, victim)}")
         observed.append(f"VIP holders with link 0 cut: {vip_holders(setup)}")
-        cut_link0(setup, victim, cut=False)
+        cut_peers(setup, victim, cut=False)
     else:
         # Power off the victim: its links first (no goodbye on the wire), then every process.
         setup.lab.links(victim.netns, up=False)
@@ -329,7 +358,7 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     legs: dict[str, list[tuple[float, bool]]] = {call_id: [] for call_id in call_vip}
     for key, times in streams.items():
         if key in legs_of:
-            if scenario == "one-link-lost":  # no failover: the worst silence while cut
+            if scenario in ("one-link-lost", "link-cut"):  # the worst silence while cut
                 legs[legs_of[key]].append(worst_gap(times, t_fail, t_fail + after_s / 2 + 1))
             else:
                 legs[legs_of[key]].append(gap_around(times, t_fail))
@@ -340,7 +369,7 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         rejoin_gap = max(quiet, default=float("nan"))
         observed.append(f"worst RTP gap of any call while {victim.name} rejoined: "
                         f"{rejoin_gap:.0f} ms")  # fmt: skip
-    failed_vip = "" if scenario == "one-link-lost" else victim.vip
+    failed_vip = "" if scenario in ("one-link-lost", "link-cut") else victim.vip
     survivors = survivors if scenario != "rejoin" else nodes
     timeline = failover_timeline(setup, [n for n in survivors if n is not victim],
                                  nodes.index(victim) + 1, t_fail)  # fmt: skip
@@ -358,6 +387,7 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
                    f"dialogs on {name} back to 0")  # fmt: skip
     return RunResult(
         holders_after=vip_holders(setup, up),
+        duplicate_vip_ms=duplicate_ms,
         rejoin_gap_ms=rejoin_gap if scenario == "rejoin" else None,
         victim=victim.name,
         failed_vip=failed_vip,
@@ -386,15 +416,44 @@ def vip_holders(setup: DrillSetup, among: list[DrillNode] | None = None) -> dict
     }
 
 
-def cut_link0(setup: DrillSetup, victim: DrillNode, cut: bool) -> None:
-    """Drop (or let again) everything between the victim and the other nodes on network 0: its
-    Corosync link 0 and DMQ; the client still reaches it and its VIPs."""
+def cut_peers(setup: DrillSetup, victim: DrillNode, cut: bool, every_link: bool = False) -> None:
+    """Drop (or let again) everything between the victim and the other nodes: on network 0 only
+    (its Corosync link 0 and DMQ), or on every link. The client still reaches everyone."""
     for n in setup.nodes:
         if n is victim:
             continue
-        for chain, flag in (("INPUT", "-s"), ("OUTPUT", "-d")):
-            sh("ip", "netns", "exec", victim.netns, "iptables", "-I" if cut else "-D", chain,
-               flag, n.address, "-j", "DROP", check=cut)  # fmt: skip
+        for address in [n.address, *(n.links if every_link else ())]:
+            for chain, flag in (("INPUT", "-s"), ("OUTPUT", "-d")):
+                sh("ip", "netns", "exec", victim.netns, "iptables", "-I" if cut else "-D", chain,
+                   flag, address, "-j", "DROP", check=cut)  # fmt: skip
+
+
+def watch_duplicates(setup: DrillSetup, seconds: float, settle_s: float) -> tuple[float, float]:
+    """Sample every 50 ms who holds each VIP: the time some VIP was on two nodes at once, in
+    all and after the first `settle_s` seconds (ms)."""
+    start = time.monotonic()
+    total = late = 0.0
+    last = start
+    while (now := time.monotonic()) - start < seconds:
+        doubled = any("," in holders for holders in vip_holders(setup).values())
+        if doubled:
+            total += now - last
+            if now - start > settle_s:
+                late += now - last
+        last = now
+        time.sleep(0.05)
+    return total * 1000, late * 1000
+
+
+def quorum_state(setup: DrillSetup) -> str:
+    """`Quorate: Yes|No` per node, from corosync-quorumtool."""
+    out = []
+    for n in setup.nodes:
+        text = setup.ha[n.name].run(["corosync-quorumtool", "-s"]).stdout
+        quorate = next((ln.split(":", 1)[1].strip() for ln in text.splitlines()
+                        if ln.startswith("Quorate")), "?")  # fmt: skip
+        out.append(f"{n.name} {quorate}")
+    return ", ".join(out)
 
 
 def link_status(setup: DrillSetup, node: DrillNode) -> str:
@@ -543,7 +602,7 @@ def report(results: list[RunResult], calls: int, profile: str,
     dropped = 0
     for i, r in enumerate(results, start=1):
         lines.append(
-            f"run {i}: {r.scenario} on {r.victim} ({r.failed_vip or 'no VIP moves'}); BYE 200 "
+            f"run {i}: {r.scenario} on {r.victim} ({r.failed_vip or 'no power-off'}); BYE 200 "
             f"{r.bye_ok}/{len(r.calls)}; survivor dialogs {r.survivor_dialogs}, channels "
             f"{r.survivor_channels}; rtpengine takeover: {r.takeover}"
         )
@@ -587,7 +646,8 @@ def distribution(medians: list[float]) -> str:
 
 
 def drill(nodes: int = 2, calls: int = 10, profile: str = "tuned", repeat: int = 1,
-          keep: bool = False, scenario: str = "power-off", links: int = 1) -> int:  # fmt: skip
+          keep: bool = False, scenario: str = "power-off", links: int = 1,
+          qdevice: bool = False) -> int:  # fmt: skip
     """Run the drill `repeat` times; print the report, the JSON path and the summary line last."""
     if profile not in COROSYNC_PROFILES:
         raise ValueError(f"unknown profile {profile!r}")
@@ -595,10 +655,12 @@ def drill(nodes: int = 2, calls: int = 10, profile: str = "tuned", repeat: int =
         raise ValueError(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
     if scenario == "one-link-lost":
         links = max(links, 2)  # a second Corosync link to lose the first one to
+    if scenario == "link-cut":
+        qdevice = True  # without an arbiter both halves keep every VIP: nothing to measure
     results: list[RunResult] = []
     for run_no in range(1, repeat + 1):
         work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-"))
-        with drill_cluster(work, profile, nodes, links) as setup:
+        with drill_cluster(work, profile, nodes, links, qdevice) as setup:
             results.append(run_once(setup, calls, run_no, scenario=scenario))
         if not keep:
             shutil.rmtree(work, ignore_errors=True)

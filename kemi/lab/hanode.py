@@ -47,6 +47,10 @@ mount --bind "$OCF_HEARTBEAT" "$BASE/ocf/heartbeat"
 mount --rbind "$BASE/ocf" "$OCF_ROOT"
 corosync -f &
 until corosync-cfgtool -s >/dev/null 2>&1; do sleep 0.05; done
+if grep -q "model: net" /etc/corosync/corosync.conf; then
+    mkdir -p /run/corosync-qdevice
+    corosync-qdevice -f &
+fi
 exec pacemakerd
 """
 

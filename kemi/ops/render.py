@@ -95,6 +95,8 @@ def check_cluster(spec: ClusterSpec) -> list[Problem]:
                for k, a in enumerate(n.links)]  # fmt: skip
     fields += [(("vips", i, "address"), v.address) for i, v in enumerate(spec.vips)]
     fields += [(("redis", "vip"), spec.redis.vip)]
+    if spec.quorum_device is not None:
+        fields += [(("quorum_device", "address"), spec.quorum_device.address)]
     addresses: set[str] = set()
     for path, address in fields:
         try:
@@ -167,7 +169,16 @@ def corosync_conf(spec: ClusterSpec, profile: str) -> str:
         + "    }\n"
         for n in spec.nodes
     )
-    two_node = "    two_node: 1\n" if len(spec.nodes) == 2 else ""
+    two_node = "    two_node: 1\n" if len(spec.nodes) == 2 and not spec.quorum_device else ""
+    device = ""
+    if spec.quorum_device is not None:
+        q = spec.quorum_device
+        device = (
+            "    device {\n        model: net\n        votes: 1\n        net {\n"
+            f"            host: {q.address}\n            port: {q.port}\n"
+            f"            algorithm: {q.algorithm}\n            tls: {'on' if q.tls else 'off'}\n"
+            "        }\n    }\n"
+        )
     coefficient = p["token_coefficient"]
     token_coefficient = f"    token_coefficient: {coefficient}\n" if coefficient is not None else ""
     link_mode = "    link_mode: passive\n" if count > 1 else ""
@@ -182,7 +193,7 @@ def corosync_conf(spec: ClusterSpec, profile: str) -> str:
         f"{ifaces}}}\n\n"
         "logging {\n    to_logfile: yes\n    logfile: /var/log/corosync/corosync.log\n"
         "    to_stderr: yes\n    timestamp: hires\n    debug: off\n}\n\n"
-        f"quorum {{\n    provider: corosync_votequorum\n{two_node}}}\n\n"
+        f"quorum {{\n    provider: corosync_votequorum\n{two_node}{device}}}\n\n"
         f"nodelist {{\n{nodes}}}\n"
     )
 

@@ -65,3 +65,20 @@ def test_a_powered_off_node_rejoins_without_moving_anything(require_root: None) 
     assert result.holders_after == {"vip1": "drill2", "vip2": "drill2"}, text
     assert any("dialogs resynced" in line for line in result.observed), text
     assert result.rejoin_gap_ms is not None and result.rejoin_gap_ms < 200, text
+
+
+def test_a_link_cut_leaves_every_vip_on_one_node_only(require_root: None) -> None:
+    """link-cut with a quorum device (corosync-qnetd in its own namespace): both nodes keep
+    running, only one keeps quorum and the VIPs; never a VIP on both after the settle."""
+    work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-test-"))
+    try:
+        with drill_cluster(work, "tuned", qdevice=True) as setup:
+            result = run_once(setup, 6, run_no=1, scenario="link-cut")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text, _summary = report([result], 6, "tuned", "link-cut")
+    print(text)
+    assert result.dropped == 0, text
+    quorum = next(line for line in result.observed if line.startswith("quorum:"))
+    assert quorum.count(" Yes") == 1 and quorum.count(" No") == 1, text
+    assert any("0 ms after the first 3 s" in line for line in result.observed), text

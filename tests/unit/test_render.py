@@ -179,3 +179,20 @@ def test_the_drill_installs_render_output_unchanged(tmp_path: Path) -> None:
     assert (base / "ocf" / "kemi-ha" / "kamailio").read_bytes() == agents[
         "kemi-ha/kamailio"
     ].read_bytes()
+
+
+def test_a_quorum_device_gives_two_nodes_a_majority(tmp_path: Path) -> None:
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(EXAMPLE.read_text().replace("../policies/", f"{REPO}/policies/")
+                       + "quorum_device: {address: 10.99.1.50, tls: false}\n")  # fmt: skip
+    out = tmp_path / "out"
+    render(cluster, out)
+    conf = (out / "node1" / "corosync.conf").read_text()
+    assert "two_node" not in conf
+    assert "model: net" in conf and "host: 10.99.1.50" in conf and "algorithm: ffsplit" in conf
+    assert "tls: off" in conf
+    assert 'name="no-quorum-policy" value="stop"' in (out / "cib.xml").read_text()
+    plain = tmp_path / "plain"
+    render(EXAMPLE, plain)
+    assert 'name="no-quorum-policy" value="ignore"' in (plain / "cib.xml").read_text()
+    assert "two_node: 1" in (plain / "node1" / "corosync.conf").read_text()
