@@ -6,6 +6,11 @@ to B, and B starts VIP1's rtpengine, which restores the call from B's Redis. The
 one Redis per node without replication, so what Redis replication does in a real cluster (the
 drill's promotable Redis) is done by the test: VIP1's Redis DB is copied from A to B (DUMP +
 RESTORE) just before the power-off. After each test A comes back with VIP1.
+
+Known harness limit, measured: once VIP1 has been on B and left it again (the revival of A),
+some of B's workers fail to send ng commands to VIP1's rtpengine when B takes VIP1 a second
+time (`can't send command "delete"`, then "no available proxies"): the CANCEL test, whose
+only rtpengine command on B is that delete, runs first.
 """
 
 from __future__ import annotations
@@ -74,7 +79,9 @@ def dialogs(node: Stack) -> list[dict[str, Any]]:
 
 
 def states(node: Stack) -> list[int]:
-    return [int(d["state"]) for d in dialogs(node)]
+    """States of the dialogs not deleted: a call ended by dlg.set_state 5 (the orphan 487)
+    stays listed in state 5 until the dialog clean timer frees it (and resyncs to A so)."""
+    return [int(d["state"]) for d in dialogs(node) if int(d["state"]) != 5]
 
 
 def active(node: Stack) -> int:
@@ -125,6 +132,16 @@ def ringing(cluster: Cluster) -> None:
              state=lambda: f"A {states(cluster.a)} B {states(cluster.b)}")  # fmt: skip
 
 
+def nothing_left_on_b(cluster: Cluster) -> None:
+    b = cluster.b
+
+    def left() -> tuple[int, int, int]:
+        return active(b), channels(cluster, b), sessions(b)
+
+    wait_for(lambda: left() == (0, 0, 0), timeout=10, what="nothing left on B",
+             state=lambda: "dialogs={} channels={} sessions={}".format(*left()))  # fmt: skip
+
+
 def log_of(node: Stack) -> str:
     return (node.run_dir / "kamailio.log").read_text(errors="replace")
 
@@ -138,7 +155,25 @@ def callee(cluster: Cluster, scenario: str, pause_ms: int = 0) -> SippRun:
     return run
 
 
-def test_a_ringing_call_is_answered_after_the_takeover(cluster: Cluster) -> None:
+def test_a_cancel_after_the_takeover(cluster: Cluster) -> None:
+    """180 via A, A dies, the caller cancels 3 s after its INVITE: B forwards the CANCEL
+    statelessly, the caller gets 200 (CANCEL) and 487, its ACK reaches the callee, and
+    nothing is left: no active dialog, no channel, no rtpengine session."""
+    uas = callee(cluster, "uas_ring.xml")
+    caller = cluster.uac(VIP1, calls=1, duration_ms=3000, scenario="uac_cancel_late.xml")
+    ringing(cluster)
+    power_off_a_and_take_vip1(cluster)
+    wait_for(lambda: sessions(cluster.b) == 1, timeout=5, what="B's rtpengine restored the call")
+    assert_ok(caller, 40)
+    assert_ok(uas, 10)  # it got the CANCEL and the ACK of its 487
+    nothing_left_on_b(cluster)
+    log = log_of(cluster.b)
+    assert "orphan CANCEL forwarded statelessly" in log
+    assert "takeover reply 487 INVITE: end" in log
+    assert "orphan ACK forwarded statelessly" in log
+
+
+def test_b_ringing_call_is_answered_after_the_takeover(cluster: Cluster) -> None:
     """180 via A, A dies, the callee answers 4 s after the INVITE: the caller gets the 200
     through B, B's ACK confirms the replicated dialog (state 4), RTP flows through B's
     rtpengine for VIP1, the BYE ends the call and every count is back to 0."""
@@ -148,15 +183,34 @@ def test_a_ringing_call_is_answered_after_the_takeover(cluster: Cluster) -> None
     power_off_a_and_take_vip1(cluster)
     wait_for(lambda: states(cluster.b) == [4], timeout=15, what="dialog confirmed on B",
              state=lambda: str(states(cluster.b)))  # fmt: skip
-    call_id = dialogs(cluster.b)[0]["call-id"]
+    (call_id,) = [d["call-id"] for d in dialogs(cluster.b) if int(d["state"]) == 4]
     wait_for(lambda: packets(cluster.b, call_id) > 20, timeout=5,
              what="RTP through B's rtpengine for VIP1")  # fmt: skip
     assert_ok(caller, 40)
     assert_ok(uas, 10)
-    wait_for(lambda: (active(cluster.b), channels(cluster, cluster.b), sessions(cluster.b))
-             == (0, 0, 0), timeout=10, what="nothing left on B",
-             state=lambda: f"dialogs={active(cluster.b)} channels={channels(cluster, cluster.b)}"
-             f" sessions={sessions(cluster.b)}")  # fmt: skip
+    nothing_left_on_b(cluster)
     log = log_of(cluster.b)
     assert "takeover reply 200 INVITE: answer" in log
     assert "exception in" not in log
+
+
+def test_c_answered_call_is_acked_after_the_takeover(cluster: Cluster) -> None:
+    """The 200 passes A, A dies before the caller's ACK (held 3 s): the callee's retransmitted
+    200s reach the caller through B (answered again on B's rtpengine), the ACK confirms B's
+    copy, RTP flows through B and the BYE ends the call."""
+    uas = callee(cluster, "uas.xml")
+    caller = cluster.uac(VIP1, calls=1, duration_ms=3000, scenario="uac_late_ack.xml")
+    # Answered on A (state 3 there: 5.6.3 does not replicate it, B keeps an early copy).
+    wait_for(lambda: states(cluster.a) == [3] and states(cluster.b) in ([1], [2]), timeout=5,
+             what="an answered, unacknowledged call on A",
+             state=lambda: f"A {states(cluster.a)} B {states(cluster.b)}")  # fmt: skip
+    power_off_a_and_take_vip1(cluster)
+    wait_for(lambda: states(cluster.b) == [4], timeout=15, what="dialog confirmed on B",
+             state=lambda: str(states(cluster.b)))  # fmt: skip
+    (call_id,) = [d["call-id"] for d in dialogs(cluster.b) if int(d["state"]) == 4]
+    wait_for(lambda: packets(cluster.b, call_id) > 20, timeout=5,
+             what="RTP through B's rtpengine for VIP1")  # fmt: skip
+    assert_ok(caller, 40)
+    assert_ok(uas, 10)
+    nothing_left_on_b(cluster)
+    assert "takeover reply 200 INVITE: answer" in log_of(cluster.b)
