@@ -40,6 +40,16 @@ RTPENGINE_ERRORS = Counter(
     "kemi_ha_rtpengine_errors_total", "rtpengine commands that failed, per set", ["set", "command"]
 )
 KDMQ = Counter("kemi_ha_kdmq_requests_total", "KDMQ requests received", ["result"])
+TAKEOVER_REPLIES = Counter(
+    "kemi_ha_takeover_replies_total",
+    "Replies of a known dialog with no transaction (a dead node's calls), by action",
+    ["action"],
+)
+TAKEOVER_DIALOGS = Counter(
+    "kemi_ha_takeover_dialog_rpcs_total",
+    "Dialogs confirmed or ended by RPC for a dead node's calls, by result",
+    ["what", "result"],
+)
 POLICY_RELOADS = Counter(
     "kemi_ha_policy_reloads_total", "Policy reloads asked, by result", ["result"]
 )

@@ -47,7 +47,7 @@ class Pv:
     def number(self, name: str) -> int:
         """An integer PV (ours: counters, profile sizes); 0 when unset or not a number."""
         text = self.text(name)
-        return int(text) if text.isdigit() else 0
+        return int(text) if text.isascii() and text.isdigit() else 0
 
     def raw(self, name: str) -> bytes:
         """The bytes of a PV, whatever they are ("" for $null or a bad hexa answer)."""

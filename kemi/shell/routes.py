@@ -5,7 +5,10 @@ Route order follows Kamailio's etc/kamailio.cfg so it reads at a glance:
     request_route: REQINIT -> CANCEL -> WITHINDLG (known dialogs only, else 481)
                    -> (ACK absorbed) -> OPTIONS to us
                    -> INVITE (SDP bounds, dialog, record-route, rtpengine offer) -> RELAY
-    reply_route: replies without a transaction pass only for a known dialog (else dropped)
+    reply_route: replies without a transaction pass only for a known dialog (else dropped);
+                 those (a dead node's transactions, after a takeover) go to TAKEOVER_REPLY:
+                 rtpengine answer/offer on the VIP's set, or the end of the call, then the
+                 core forwards them by Via (kemi.core.takeover)
     onreply (MANAGE_REPLY): SDP of 1xx/2xx -> rtpengine answer, or offer when the request had
                             none (late offer: the answer then comes in the ACK)
     branch (MANAGE_BRANCH), failure (MANAGE_FAILURE): failover or rtpengine delete
@@ -30,7 +33,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from kemi.core import decide
+from kemi.core import decide, takeover
 from kemi.core.decide import Admit, InviteFacts, Reject
 from kemi.core.policy import Limit, Policy, Vip
 from kemi.core.sdp import sdp_refusal
@@ -56,6 +59,10 @@ PV_PROFILE_SIZE = "$var(kha_n)"
 PROFILE_GLOBAL, PROFILE_TENANT, PROFILE_TRUNK = "kha_global", "kha_tenant", "kha_trunk"
 INDIALOG_METHODS = frozenset({"ACK", "BYE", "INVITE", "UPDATE", "INFO", "PRACK", "NOTIFY", "REFER"})
 DLG_MEDIA_FLAGS = "$dlg_var(kha_mflags)"  # for re-INVITEs/UPDATEs of the dialog
+DLG_LATE = "$dlg_var(kha_late)"  # "1": the initial INVITE had no SDP (for an orphan 2xx)
+DLG_PROFILES = "$dlg_var(kha_prof)"  # valued profiles of the call (to free an orphan's channels)
+DLG_STATE = "$dlg(state)"
+RPC_CODE = "$jsonrpl(code)"
 
 MAX_FORWARDS = 10
 SANITY_MFLAGS = 17895  # Kamailio's default: URI, required headers, CSeq, Content-Length...
@@ -188,12 +195,17 @@ class Router:
         return True
 
     def route_cancel(self, policy: Policy) -> None:
-        """CANCEL: relayed statefully to the branches of its INVITE; failure route cleans up."""
+        """CANCEL: relayed statefully to the branches of its INVITE; failure route cleans up.
+
+        No INVITE transaction but a known (early) dialog: the INVITE went through a node that
+        died; forwarded statelessly to the callee, whose 487 ends the call (TAKEOVER_REPLY)."""
         ksr = self.ksr
         if ok(ksr.tm.t_check_trans()):
             self.use_rtp_set(policy)
             self.route_relay()
-        # Otherwise tm answered it (481) or there is nothing to cancel.
+        elif ok(ksr.dialog.is_known_dlg()):
+            self.forward_orphan(policy)
+        # Otherwise there is nothing to cancel.
 
     def route_withindlg(self, policy: Policy) -> None:
         """WITHINDLG: follow Record-Route; keep the media session in step with the dialog."""
@@ -202,6 +214,9 @@ class Router:
             if ksr.is_ACK():
                 if ok(ksr.tm.t_check_trans()):
                     self.route_relay()
+                else:
+                    # the ACK of a negative reply whose INVITE transaction died with its node
+                    self.forward_orphan(policy)
                 return
             ksr.sl.sl_send_reply(404, "Not here")
             return
@@ -214,6 +229,8 @@ class Router:
             return
         method = self.pv.text("$rm")
         metrics.INDIALOG.labels(method if method in INDIALOG_METHODS else "other").inc()
+        if ksr.is_ACK() and takeover.ack_confirms(self.pv.number(DLG_STATE)):
+            self.confirm_dialog()
         vip = self.use_rtp_set(policy)
         has_sdp = ok(ksr.textops.has_body_type(SDP))
         if ksr.is_BYE():
@@ -269,7 +286,8 @@ class Router:
             self.send_reject(refused, facts.local_address)
             return
         flags = decision.media_flags
-        if not ok(ksr.textops.has_body_type(SDP)):
+        late = not ok(ksr.textops.has_body_type(SDP))
+        if late:
             ksr.pv.seti(AVP_LATE, 1)  # late offer: the 2xx carries it, the ACK the answer
         else:
             refused = sdp_refusal(pv.text("$rb"), policy.sdp_limits)
@@ -287,6 +305,14 @@ class Router:
         self.count_channel(decision)
         ksr.rr.record_route()
         ksr.pv.sets(DLG_MEDIA_FLAGS, flags)
+        if late:
+            ksr.pv.sets(DLG_LATE, "1")
+        profiles = takeover.profile_entries(
+            decision.tenant.name if decision.tenant else None,
+            decision.trunk.name if decision.trunk else None,
+        )
+        if profiles:
+            ksr.pv.sets(DLG_PROFILES, profiles)
         ksr.pv.sets(AVP_MEDIA_FLAGS, flags)
         ksr.pv.sets(AVP_VIP, vip.address)
         ksr.pv.sets(AVP_DESTINATIONS, " ".join(decision.route.destinations))
@@ -357,12 +383,97 @@ class Router:
         node knows, replicated ones included: the takeover of a dead node's calls needs it);
         any other is dropped, never reflected."""
         ksr = self.ksr
-        if not ok(ksr.tm.t_check_trans()) and not ok(ksr.dialog.is_known_dlg()):
+        if ok(ksr.tm.t_check_trans()):
+            self.use_rtp_set(self._policy())
+            return 1
+        if not ok(ksr.dialog.is_known_dlg()):
             log.info("stray %s reply from %s dropped", self.pv.text("$rs"), self.pv.text("$si"))
             ksr.set_drop()
             return 1
-        self.use_rtp_set(self._policy())
+        self.route_takeover_reply(self._policy())
         return 1
+
+    def route_takeover_reply(self, policy: Policy) -> None:
+        """TAKEOVER_REPLY: a reply of a known dialog whose transaction died with another node
+        (this node took its VIP over). MANAGE_REPLY will not run (no transaction): the media
+        is handled here, then the core forwards the reply by its Via."""
+        ksr = self.ksr
+        vip = self.use_rtp_set(policy)
+        status = int(ksr.pv.geti("$rs"))
+        has_sdp = ok(ksr.textops.has_body_type(SDP))
+        reply = takeover.OrphanReply(
+            method=self.pv.text("$rm"),
+            status=status,
+            has_sdp=has_sdp,
+            sdp_refused=has_sdp and sdp_refusal(self.pv.text("$rb"), policy.sdp_limits) is not None,
+            late_offer=self.pv.text(DLG_LATE) == "1",
+            dlg_state=self.pv.number(DLG_STATE),
+        )
+        action = takeover.orphan_reply_action(reply)
+        log.info("takeover reply %d %s: %s", status, reply.method, action.value)
+        metrics.TAKEOVER_REPLIES.labels(action.value).inc()
+        if action is takeover.OrphanAction.DROP:
+            ksr.set_drop()
+        elif action is takeover.OrphanAction.END:
+            self.end_orphan_call(vip)
+        elif action is not takeover.OrphanAction.FORWARD:
+            flags = self.dialog_media_flags(vip)
+            if action is takeover.OrphanAction.OFFER:
+                command, call = "offer", ksr.rtpengine.rtpengine_offer
+            else:
+                command, call = "answer", ksr.rtpengine.rtpengine_answer
+            if vip is None or not self.rtp_command(vip, command, call, flags):
+                log.error("rtpengine %s failed on orphan %d: reply dropped, the callee resends",
+                          command, status)  # fmt: skip
+                ksr.set_drop()
+
+    def end_orphan_call(self, vip: Vip | None) -> None:
+        """The final failure of an INVITE whose transaction died: delete the media, free the
+        channels (profiles), mark the dialog deleted; the reply itself is forwarded."""
+        ksr = self.ksr
+        self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
+        ksr.dialog.unset_dlg_profile_static(PROFILE_GLOBAL)
+        for name, value in takeover.parse_profile_entries(self.pv.text(DLG_PROFILES)):
+            ksr.dialog.unset_dlg_profile(name, value)
+        self.dialog_rpc(takeover.end_command(*self.dialog_ids()), "end")
+
+    def dialog_ids(self) -> tuple[str, str, str]:
+        return self.pv.text("$ci"), self.pv.text("$ft"), self.pv.text("$tt")
+
+    def confirm_dialog(self) -> None:
+        """Kamailio 5.6 does not confirm a replicated early dialog on its ACK (#2423, fixed in
+        6.1 only): confirm it by RPC, or it is cleaned as early and its BYE ends nothing."""
+        self.dialog_rpc(takeover.confirm_command(*self.dialog_ids()), "confirm")
+
+    def dialog_rpc(self, command: str, what: str) -> bool:
+        ksr = self.ksr
+        ksr.jsonrpcs.exec(command)
+        code = self.pv.number(RPC_CODE)
+        done = code == 200
+        metrics.TAKEOVER_DIALOGS.labels(what, "ok" if done else "error").inc()
+        if not done:
+            log.error("dialog %s by RPC failed (code %s): %s", what, code, command)
+        return done
+
+    def forward_orphan(self, policy: Policy) -> None:
+        """A CANCEL or a negative reply's ACK with no transaction: stateless, from the VIP it
+        came in on, to the destination the policy routes the call to (first one)."""
+        ksr = self.ksr
+        pv = self.pv
+        facts = InviteFacts(
+            local_address=pv.text("$Ri"), source=pv.text("$si"),
+            ruri_user=pv.text("$rU"), ruri_domain=pv.text("$rd"),
+        )  # fmt: skip
+        decision = decide.decide_invite(policy, facts)
+        if isinstance(decision, Reject):
+            log.info("orphan %s not forwarded: %s", pv.text("$rm"), decision.why)
+            return
+        ksr.setdsturi(decision.route.destinations[0])
+        ksr.corex.set_send_socket(f"{pv.text('$pr')}:{pv.text('$Ri')}:{pv.text('$Rp')}")
+        log.info("orphan %s forwarded statelessly to %s", pv.text("$rm"),
+                 decision.route.destinations[0])  # fmt: skip
+        if not ok(ksr.forward()):
+            log.error("stateless forward of an orphan %s failed", pv.text("$rm"))
 
     @guarded("reply")
     def ksr_onreply_manage(self, msg: Any) -> int:

@@ -70,6 +70,10 @@ HAPPY: dict[str, Any] = {
     "hdr.append_to_reply": 1,
     "xhttp.xhttp_reply": 1,
     "dialog.is_known_dlg": 1,
+    "dialog.unset_dlg_profile": 1,
+    "dialog.unset_dlg_profile_static": 1,
+    "jsonrpcs.exec": 1,
+    "forward": 1,
     "set_drop": None,
 }
 SDP_BODY = (
@@ -80,7 +84,9 @@ PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0
        "$ci": "call-1", "$si": "192.0.2.9", "$sp": 5060, "$dlg_var(kha_mflags)": None,
        "$avp(kha_mflags)": None, "$rm": "INVITE", "$var(kha_n)": 0, "$avp(kha_vip)": None,
        "$avp(kha_counted)": None, "$avp(kha_late)": None, "$rb": SDP_BODY,
-       "$hdr(Authorization)": None}  # fmt: skip
+       "$hdr(Authorization)": None, "$dlg(state)": "4", "$dlg_var(kha_late)": None,
+       "$dlg_var(kha_prof)": None, "$ft": "ftag-1", "$tt": "ttag-1",
+       "$jsonrpl(code)": "200"}  # fmt: skip
 
 
 def make(**returns: Any) -> tuple[Router, FakeKSR]:
@@ -527,3 +533,149 @@ def test_without_a_token_no_state_change_is_accepted() -> None:
     ksr.pvs.update({"$hu": "/policy/reload", "$rm": "POST", "$hdr(Authorization)": "Bearer "})
     router.ksr_xhttp_event(None, "xhttp:request")
     assert next(c.args for c in ksr.calls if c.name == "xhttp.xhttp_reply")[0] == 403
+
+
+# ----- calls caught mid-setup by a takeover (issue 13) --------------------------------------
+
+ORPHAN = {"tm.t_check_trans": -1, "dialog.is_known_dlg": 1}
+
+
+def make_orphan_reply(status: int, method: str = "INVITE", state: str = "2",
+                      **returns: Any) -> tuple[Router, FakeKSR]:  # fmt: skip
+    router, ksr = make(**{**ORPHAN, **returns})
+    ksr.pvs.update({"$rs": status, "$rm": method, "$dlg(state)": state})
+    return router, ksr
+
+
+@pytest.mark.parametrize("retransmission", [1, 2, 3])
+def test_orphan_200_is_answered_on_the_vip_set_with_the_dialog_flags(retransmission: int) -> None:
+    """Each (re)transmitted 200 of a dead node's INVITE: the same answer, forwarded by Via."""
+    router, ksr = make_orphan_reply(200)
+    ksr.pvs[routes.DLG_MEDIA_FLAGS] = "ICE=remove trust-address"
+    for _ in range(retransmission):
+        router.ksr_reply_route(None)
+    answers = [c for c in ksr.calls if c.name == "rtpengine.rtpengine_answer"]
+    assert answers == [answers[0]] * retransmission
+    assert answers[0].args == ("ICE=remove trust-address",)
+    assert ksr.called("rtpengine.set_rtpengine_set", 2)
+    assert not ksr.called("set_drop")
+    assert not ksr.called("tm.t_relay")  # the core forwards it statelessly
+
+
+def test_orphan_2xx_of_a_late_offer_offers() -> None:
+    router, ksr = make_orphan_reply(200)
+    ksr.pvs[routes.DLG_LATE] = "1"
+    router.ksr_reply_route(None)
+    assert ksr.called("rtpengine.rtpengine_offer", "replace-origin ICE=remove")
+    assert not ksr.called("rtpengine.rtpengine_answer")
+
+
+def test_orphan_reply_whose_answer_failed_is_dropped() -> None:
+    router, ksr = make_orphan_reply(200, **{"rtpengine.rtpengine_answer": -1})
+    router.ksr_reply_route(None)
+    assert ksr.called("set_drop")
+
+
+def test_orphan_reply_of_an_unknown_dialog_is_dropped_without_media() -> None:
+    router, ksr = make_orphan_reply(200, **{"dialog.is_known_dlg": -1})
+    router.ksr_reply_route(None)
+    assert ksr.called("set_drop")
+    assert not any(n.startswith("rtpengine.") for n in ksr.names())
+
+
+def test_orphan_180_without_sdp_is_forwarded_untouched() -> None:
+    router, ksr = make_orphan_reply(180, **{"textops.has_body_type": -1})
+    router.ksr_reply_route(None)
+    assert not ksr.called("set_drop")
+    assert not ksr.called("rtpengine.rtpengine_answer")
+
+
+def test_reply_with_a_transaction_is_left_to_manage_reply() -> None:
+    router, ksr = make_orphan_reply(200, **{"tm.t_check_trans": 1})
+    router.ksr_reply_route(None)
+    assert not ksr.called("rtpengine.rtpengine_answer")
+    assert not ksr.called("dialog.is_known_dlg")
+
+
+def test_orphan_487_ends_the_call_media_channels_and_dialog() -> None:
+    router, ksr = make_orphan_reply(487, **{"textops.has_body_type": -1})
+    ksr.pvs[routes.DLG_PROFILES] = "kha_tenant=acme"
+    router.ksr_reply_route(None)
+    assert ksr.called("rtpengine.rtpengine_delete0")
+    assert ksr.called("dialog.unset_dlg_profile_static", "kha_global")
+    assert ksr.called("dialog.unset_dlg_profile", "kha_tenant", "acme")
+    (command,) = [c.args[0] for c in ksr.calls if c.name == "jsonrpcs.exec"]
+    assert '"dlg.set_state"' in command and '["call-1", "ftag-1", "ttag-1", 5]' in command
+    assert not ksr.called("set_drop")  # the caller gets its 487
+
+
+def test_orphan_200_to_a_cancel_is_forwarded_untouched() -> None:
+    router, ksr = make_orphan_reply(200, method="CANCEL", **{"textops.has_body_type": -1})
+    router.ksr_reply_route(None)
+    assert not any(n.startswith("rtpengine.rtpengine_") for n in ksr.names())
+    assert not ksr.called("jsonrpcs.exec") and not ksr.called("set_drop")
+
+
+def in_dialog_ack(state: str, **returns: Any) -> tuple[Router, FakeKSR]:
+    router, ksr = make(**{"siputils.has_totag": 1, "is_INVITE": False, "is_ACK": True,
+                          "textops.has_body_type": -1, **returns})  # fmt: skip
+    ksr.pvs.update({"$rm": "ACK", "$dlg(state)": state})
+    return router, ksr
+
+
+@pytest.mark.parametrize(("state", "confirmed"), [("2", True), ("1", True), ("4", False)])
+def test_ack_on_an_early_copy_confirms_it_by_rpc_then_relays(state: str, confirmed: bool) -> None:
+    router, ksr = in_dialog_ack(state)
+    router.ksr_request_route(None)
+    commands = [c.args[0] for c in ksr.calls if c.name == "jsonrpcs.exec"]
+    assert len(commands) == (1 if confirmed else 0)
+    if confirmed:
+        assert '"params": ["call-1", "ftag-1", "ttag-1", 4]' in commands[0]
+    assert ksr.called("tm.t_relay")
+
+
+def test_failed_confirmation_is_logged_and_the_ack_still_relayed() -> None:
+    router, ksr = in_dialog_ack("2")
+    ksr.pvs["$jsonrpl(code)"] = "500"
+    router.ksr_request_route(None)
+    assert any("dialog confirm by RPC failed" in c.args[0] for c in ksr.calls if c.name == "err")
+    assert ksr.called("tm.t_relay")
+
+
+def test_orphan_cancel_is_forwarded_statelessly_to_the_routed_destination() -> None:
+    router, ksr = make(is_CANCEL=True, is_INVITE=False)
+    ksr.pvs["$rm"] = "CANCEL"
+    router.ksr_request_route(None)
+    assert ksr.called("setdsturi", "sip:gw1:5060")
+    assert ksr.called("corex.set_send_socket", "udp:10.0.0.2:5060")
+    assert ksr.called("forward")
+    assert not ksr.called("tm.t_relay") and ksr.replies() == []
+
+
+def test_cancel_of_no_transaction_and_no_dialog_is_ignored() -> None:
+    router, ksr = make(is_CANCEL=True, is_INVITE=False, **{"dialog.is_known_dlg": -1})
+    router.ksr_request_route(None)
+    assert not ksr.called("forward") and not ksr.called("tm.t_relay")
+
+
+def test_orphan_cancel_from_an_untrusted_source_is_not_forwarded() -> None:
+    router, ksr = make(is_CANCEL=True, is_INVITE=False)
+    ksr.pvs.update({"$rm": "CANCEL", "$si": "198.51.100.7"})
+    router.ksr_request_route(None)
+    assert not ksr.called("forward")
+
+
+def test_ack_of_a_negative_reply_without_transaction_is_forwarded_statelessly() -> None:
+    router, ksr = in_dialog_ack("5", **{"rr.loose_route": -1})
+    router.ksr_request_route(None)
+    assert ksr.called("setdsturi", "sip:gw1:5060")
+    assert ksr.called("forward")
+    assert not ksr.called("jsonrpcs.exec")
+
+
+def test_initial_invite_keeps_late_offer_and_profiles_in_the_dialog() -> None:
+    router, ksr = make_limited(global_count=0, tenant_count=0)
+    ksr.returns["textops.has_body_type"] = -1
+    router.ksr_request_route(None)
+    assert ksr.pvs[routes.DLG_LATE] == "1"
+    assert ksr.pvs[routes.DLG_PROFILES] == "kha_tenant=acme"

@@ -1,0 +1,119 @@
+"""Calls caught mid-setup by a takeover: messages whose transaction died with another node.
+
+When a node dies, its tm transactions die with it. The node that takes its VIP over holds the
+dialog (replicated over DMQ: state, profiles and dialog variables) and, through the VIP's
+rtpengine, the media session; it has no transaction. What reaches it then:
+
+1. a reply to the dead node's INVITE (180/183/200, retransmitted 200s): the core forwards it
+   statelessly by its Via; its SDP must first go through rtpengine (answer, or offer for a late
+   offer) with the flags chosen at the INVITE, or the media would bypass the relay. A 100 is
+   hop-by-hop (RFC 3261 16.7 step 3): dropped. A reply to anything else passes unchanged.
+2. a final failure of that INVITE (the 487 after a CANCEL, a 486...): forwarded, and the call
+   is over: media deleted, channels freed, dialog ended.
+3. the ACK of an orphan 2xx: the replicated copy is still early (Kamailio 5.6 replicates no
+   "confirmed" from an ACK it did not see, kamailio #2423), so it is confirmed by RPC
+   (dlg.set_state ... 4); otherwise the early copy is cleaned after `early_timeout` with its
+   channel count, and its BYE finds no confirmed dialog.
+4. a CANCEL, or the ACK of a negative reply: no transaction to follow and their Request-URI is
+   the proxy itself, so they are forwarded statelessly to the destination the policy routes the
+   call to (its first one: a failover to a later destination is not known here).
+
+Only pure decisions live here; kemi.shell.routes applies them.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+
+# Kamailio dialog states (modules/dialog/dlg_hash.h).
+DLG_UNCONFIRMED, DLG_EARLY, DLG_CONFIRMED_NA, DLG_CONFIRMED, DLG_DELETED = 1, 2, 3, 4, 5
+
+
+class OrphanAction(enum.Enum):
+    FORWARD = "forward"  # unchanged, stateless by Via
+    ANSWER = "answer"  # rtpengine answer on the VIP's set, then forward
+    OFFER = "offer"  # late offer: the reply carries the offer
+    END = "end"  # final failure: delete the media, free the channels, end the dialog, forward
+    DROP = "drop"
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanReply:
+    """What the shell reads from a reply that matched no transaction, of a known dialog."""
+
+    method: str  # the CSeq method
+    status: int
+    has_sdp: bool
+    sdp_refused: bool  # kemi.core.sdp refused its SDP: rtpengine must not see it
+    late_offer: bool  # the initial INVITE carried no SDP (dialog variable)
+    dlg_state: int  # the dialog's state on this node
+
+
+def unconfirmed(dlg_state: int) -> bool:
+    return dlg_state in (DLG_UNCONFIRMED, DLG_EARLY)
+
+
+def orphan_reply_action(reply: OrphanReply) -> OrphanAction:
+    """Checked in order: method, 100, final failure, no SDP, SDP refused, offer or answer."""
+    if reply.method != "INVITE":
+        return OrphanAction.FORWARD  # 200 to a CANCEL, replies to BYE...
+    if reply.status < 101:
+        return OrphanAction.DROP
+    if reply.status >= 300:
+        # the initial INVITE failed: the call is over; a re-INVITE's failure leaves the call up
+        return OrphanAction.END if unconfirmed(reply.dlg_state) else OrphanAction.FORWARD
+    if not reply.has_sdp:
+        return OrphanAction.FORWARD
+    if reply.sdp_refused:
+        return OrphanAction.DROP  # the callee retransmits a 2xx; its media must not bypass us
+    if reply.late_offer and unconfirmed(reply.dlg_state):
+        return OrphanAction.OFFER
+    return OrphanAction.ANSWER
+
+
+def ack_confirms(dlg_state: int) -> bool:
+    """An ACK (with our Route) on a dialog this node still holds unconfirmed: the 2xx went
+    through a node that died (or its state 3 was never replicated): confirm it here."""
+    return unconfirmed(dlg_state)
+
+
+def rpc_command(method: str, *params: str | int) -> str:
+    """A JSON-RPC 2.0 request, as KSR.jsonrpcs.exec takes it."""
+    return json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1})
+
+
+def confirm_command(call_id: str, from_tag: str, to_tag: str) -> str:
+    """dlg.set_state <callid> <from-tag> <to-tag> <state> (Kamailio 5.6 RPC; an early copy
+    with no callee tag matches any to-tag)."""
+    return rpc_command("dlg.set_state", call_id, from_tag, to_tag, DLG_CONFIRMED)
+
+
+def end_command(call_id: str, from_tag: str, to_tag: str) -> str:
+    """Mark an unconfirmed dialog deleted: dlg.end_dlg/terminate_dlg refuse non-confirmed ones
+    in 5.6; a deleted dialog leaves the active counts at once and is freed by the clean timer."""
+    return rpc_command("dlg.set_state", call_id, from_tag, to_tag, DLG_DELETED)
+
+
+PROFILE_SEPARATOR = " "
+
+
+def profile_entries(tenant: str | None, trunk: str | None) -> str:
+    """The valued profiles a call is counted in, kept as a dialog variable so that the node that
+    ends an orphan call can unset them ("kha_tenant=acme kha_trunk=t1")."""
+    parts = []
+    if tenant:
+        parts.append(f"kha_tenant={tenant}")
+    if trunk:
+        parts.append(f"kha_trunk={trunk}")
+    return PROFILE_SEPARATOR.join(parts)
+
+
+def parse_profile_entries(text: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for part in text.split():
+        name, sep, value = part.partition("=")
+        if sep and name in ("kha_tenant", "kha_trunk") and value:
+            out.append((name, value))
+    return tuple(out)

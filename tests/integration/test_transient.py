@@ -1,0 +1,216 @@
+"""Issue 13: calls caught mid-setup when node A dies survive on node B (Kamailio 5.6 + DMQ).
+
+Two real nodes in namespaces (kemi/lab/cluster.py, prefix "khx"), no Pacemaker: node A is
+powered off by hand as in test_cluster.py (its link down, every process SIGKILLed), VIP1 moves
+to B, and B starts VIP1's rtpengine, which restores the call from B's Redis. The harness runs
+one Redis per node without replication, so what Redis replication does in a real cluster (the
+drill's promotable Redis) is done by the test: VIP1's Redis DB is copied from A to B (DUMP +
+RESTORE) just before the power-off. After each test A comes back with VIP1.
+
+Known harness limit, measured: once VIP1 has been on B and left it again (the revival of A),
+some of B's workers fail to send ng commands to VIP1's rtpengine when B takes VIP1 a second
+time (`can't send command "delete"`, then "no available proxies"): the CANCEL test, whose
+only rtpengine command on B is that delete, runs first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import pytest
+
+from kemi.lab.cluster import CLIENT, UAS_PORT, VIP1, Cluster, node_ns, start_cluster
+from kemi.lab.sipp import SippRun, sipp
+from kemi.ops.stack import Stack
+from tests.integration.calls import assert_ok, packets_of, wait_for
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "khx"
+NS_A, NS_B = node_ns(1, PREFIX), node_ns(2, PREFIX)
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Cluster]:
+    for cluster in start_cluster(tmp_path_factory.mktemp("transient"), prefix=PREFIX):
+        wait_for(partial(dmq_ready, cluster), timeout=30, what="DMQ between A and B")
+        yield cluster
+
+
+def dmq_ready(cluster: Cluster) -> bool:
+    """Both nodes list each other as active DMQ peers: a dialog made now reaches the other."""
+    return all(
+        sum(p["status"] == "active" for p in node.rpc.call("dmq.list_nodes")) == 2
+        for node in cluster.nodes
+    )
+
+
+@pytest.fixture
+def cluster(two_nodes: Cluster) -> Iterator[Cluster]:
+    """After each test: SIPp stopped, B's VIP1 relay stopped, A back with VIP1 and resynced."""
+    yield two_nodes
+    two_nodes.stop_sipps()
+    revive_a(two_nodes)
+
+
+def revive_a(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    vip1 = a.policy.vips[0]
+    if a.kamailio is not None and a.kamailio.alive():
+        return
+    relay = b.rtpengines.pop(VIP1, None)
+    if relay is not None:
+        relay.stop()
+    with b.net():
+        b.redis_client(vip1.set_id).flushdb()
+    cluster.lab.del_address(NS_B, VIP1)
+    cluster.lab.del_address(NS_A, VIP1)  # still configured in the powered-off namespace
+    cluster.lab.link(NS_A, up=True)
+    cluster.lab.add_address(NS_A, VIP1)
+    a.start()
+    wait_for(lambda: dmq_ready(cluster), timeout=30, what="A back in DMQ")
+
+
+def dialogs(node: Stack) -> list[dict[str, Any]]:
+    return list(node.rpc.call("dlg.list") or [])
+
+
+def states(node: Stack) -> list[int]:
+    """States of the dialogs not deleted: a call ended by dlg.set_state 5 (the orphan 487)
+    stays listed in state 5 until the dialog clean timer frees it (and resyncs to A so)."""
+    return [int(d["state"]) for d in dialogs(node) if int(d["state"]) != 5]
+
+
+def active(node: Stack) -> int:
+    return int(node.rpc.call("dlg.stats_active")["all"])
+
+
+def channels(cluster: Cluster, node: Stack) -> int:
+    return cluster.count_all(node)
+
+
+def sessions(node: Stack) -> int:
+    """Sessions on the node's rtpengine for VIP1 (its ng socket is on the VIP, in the node)."""
+    with node.net():
+        return len(node.ng(node.policy.vips[0]).list_calls())
+
+
+def packets(node: Stack, call_id: str) -> int:
+    with node.net():
+        return packets_of(node, 0, call_id)
+
+
+def power_off_a_and_take_vip1(cluster: Cluster) -> float:
+    """Copy VIP1's Redis DB to B (Redis replication's job), power A off, VIP1 and its
+    rtpengine up on B (cold restore from Redis). Returns the time of the power-off."""
+    a, b = cluster.a, cluster.b
+    vip1 = a.policy.vips[0]
+    with a.net():
+        source = a.redis_client(vip1.set_id)
+        saved = {key: source.dump(key) for key in source.scan_iter()}
+    with b.net():
+        target = b.redis_client(vip1.set_id)
+        for key, value in saved.items():
+            target.restore(key, 0, value, replace=True)
+    cluster.lab.link(NS_A, up=False)
+    a.kill_all()
+    killed = time.monotonic()
+    cluster.lab.add_address(NS_B, VIP1)
+    b.start_rtpengine(vip1)
+    assert saved, "VIP1's rtpengine had no session in Redis before the power-off"
+    return killed
+
+
+def ringing(cluster: Cluster) -> None:
+    """A's dialog early (180 relayed), B's copy replicated and not confirmed. B may hold it in
+    state 1: the 180's "early" was not always replicated (seen here on 5.6.3)."""
+    wait_for(lambda: states(cluster.a) == [2] and states(cluster.b) in ([1], [2]), timeout=5,
+             what="a ringing call on A, replicated to B",
+             state=lambda: f"A {states(cluster.a)} B {states(cluster.b)}")  # fmt: skip
+
+
+def nothing_left_on_b(cluster: Cluster) -> None:
+    b = cluster.b
+
+    def left() -> tuple[int, int, int]:
+        return active(b), channels(cluster, b), sessions(b)
+
+    wait_for(lambda: left() == (0, 0, 0), timeout=10, what="nothing left on B",
+             state=lambda: "dialogs={} channels={} sessions={}".format(*left()))  # fmt: skip
+
+
+def log_of(node: Stack) -> str:
+    return (node.run_dir / "kamailio.log").read_text(errors="replace")
+
+
+def callee(cluster: Cluster, scenario: str, pause_ms: int = 0) -> SippRun:
+    """One call's callee; `pause_ms` is its scenario's <pause/> (-d)."""
+    run = sipp(f"uas-{scenario}-{time.monotonic_ns()}", scenario, cluster.log_dir, CLIENT,
+               UAS_PORT, UAS_PORT + 2, "-rtp_echo", "-m", "1", "-d", str(pause_ms),
+               netns=cluster.client_ns)  # fmt: skip
+    cluster.runs.append(run)
+    return run
+
+
+def test_a_cancel_after_the_takeover(cluster: Cluster) -> None:
+    """180 via A, A dies, the caller cancels 3 s after its INVITE: B forwards the CANCEL
+    statelessly, the caller gets 200 (CANCEL) and 487, its ACK reaches the callee, and
+    nothing is left: no active dialog, no channel, no rtpengine session."""
+    uas = callee(cluster, "uas_ring.xml")
+    caller = cluster.uac(VIP1, calls=1, duration_ms=3000, scenario="uac_cancel_late.xml")
+    ringing(cluster)
+    power_off_a_and_take_vip1(cluster)
+    wait_for(lambda: sessions(cluster.b) == 1, timeout=5, what="B's rtpengine restored the call")
+    assert_ok(caller, 40)
+    assert_ok(uas, 10)  # it got the CANCEL and the ACK of its 487
+    nothing_left_on_b(cluster)
+    log = log_of(cluster.b)
+    assert "orphan CANCEL forwarded statelessly" in log
+    assert "takeover reply 487 INVITE: end" in log
+    assert "orphan ACK forwarded statelessly" in log
+
+
+def test_b_ringing_call_is_answered_after_the_takeover(cluster: Cluster) -> None:
+    """180 via A, A dies, the callee answers 4 s after the INVITE: the caller gets the 200
+    through B, B's ACK confirms the replicated dialog (state 4), RTP flows through B's
+    rtpengine for VIP1, the BYE ends the call and every count is back to 0."""
+    uas = callee(cluster, "uas_ring_answer.xml", pause_ms=4000)
+    caller = cluster.uac(VIP1, calls=1, duration_ms=3000)
+    ringing(cluster)
+    power_off_a_and_take_vip1(cluster)
+    wait_for(lambda: states(cluster.b) == [4], timeout=15, what="dialog confirmed on B",
+             state=lambda: str(states(cluster.b)))  # fmt: skip
+    (call_id,) = [d["call-id"] for d in dialogs(cluster.b) if int(d["state"]) == 4]
+    wait_for(lambda: packets(cluster.b, call_id) > 20, timeout=5,
+             what="RTP through B's rtpengine for VIP1")  # fmt: skip
+    assert_ok(caller, 40)
+    assert_ok(uas, 10)
+    nothing_left_on_b(cluster)
+    log = log_of(cluster.b)
+    assert "takeover reply 200 INVITE: answer" in log
+    assert "exception in" not in log
+
+
+def test_c_answered_call_is_acked_after_the_takeover(cluster: Cluster) -> None:
+    """The 200 passes A, A dies before the caller's ACK (held 3 s): the callee's retransmitted
+    200s reach the caller through B (answered again on B's rtpengine), the ACK confirms B's
+    copy, RTP flows through B and the BYE ends the call."""
+    uas = callee(cluster, "uas.xml")
+    caller = cluster.uac(VIP1, calls=1, duration_ms=3000, scenario="uac_late_ack.xml")
+    # Answered on A (state 3 there: 5.6.3 does not replicate it, B keeps an early copy).
+    wait_for(lambda: states(cluster.a) == [3] and states(cluster.b) in ([1], [2]), timeout=5,
+             what="an answered, unacknowledged call on A",
+             state=lambda: f"A {states(cluster.a)} B {states(cluster.b)}")  # fmt: skip
+    power_off_a_and_take_vip1(cluster)
+    wait_for(lambda: states(cluster.b) == [4], timeout=15, what="dialog confirmed on B",
+             state=lambda: str(states(cluster.b)))  # fmt: skip
+    (call_id,) = [d["call-id"] for d in dialogs(cluster.b) if int(d["state"]) == 4]
+    wait_for(lambda: packets(cluster.b, call_id) > 20, timeout=5,
+             what="RTP through B's rtpengine for VIP1")  # fmt: skip
+    assert_ok(caller, 40)
+    assert_ok(uas, 10)
+    nothing_left_on_b(cluster)
+    assert "takeover reply 200 INVITE: answer" in log_of(cluster.b)

@@ -1,0 +1,67 @@
+"""kemi.core.takeover: what a node does with a dead node's transactions, as a table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kemi.core.takeover import (
+    OrphanAction,
+    OrphanReply,
+    ack_confirms,
+    confirm_command,
+    end_command,
+    orphan_reply_action,
+    parse_profile_entries,
+    profile_entries,
+)
+
+A = OrphanAction
+
+
+def reply(method: str = "INVITE", status: int = 200, sdp: bool = True, refused: bool = False,
+          late: bool = False, state: int = 2) -> OrphanReply:  # fmt: skip
+    return OrphanReply(method, status, sdp, refused, late, state)
+
+
+@pytest.mark.parametrize(
+    ("case", "action"),
+    [
+        (reply(), A.ANSWER),  # the 200 of a ringing call, and its retransmissions
+        (reply(status=183), A.ANSWER),  # early media
+        (reply(status=180, sdp=False), A.FORWARD),
+        (reply(status=100, sdp=False), A.DROP),  # hop-by-hop
+        (reply(late=True), A.OFFER),  # late offer: the 2xx carries the offer
+        (reply(late=True, state=4), A.ANSWER),  # confirmed: a re-INVITE's 2xx answers it
+        (reply(refused=True), A.DROP),  # its media would bypass the relay
+        (reply(status=487, sdp=False), A.END),  # after an orphan CANCEL
+        (reply(status=486, sdp=False, state=1), A.END),
+        (reply(status=491, sdp=False, state=4), A.FORWARD),  # a re-INVITE failed: call stays
+        (reply(method="CANCEL", sdp=False), A.FORWARD),  # the 200 to the CANCEL
+        (reply(method="BYE", sdp=False, state=4), A.FORWARD),
+    ],
+)
+def test_orphan_reply_action(case: OrphanReply, action: OrphanAction) -> None:
+    assert orphan_reply_action(case) is action
+
+
+@pytest.mark.parametrize(("state", "confirm"), [(1, True), (2, True), (3, False), (4, False),
+                                                (5, False), (0, False)])  # fmt: skip
+def test_an_ack_confirms_only_an_unconfirmed_copy(state: int, confirm: bool) -> None:
+    assert ack_confirms(state) is confirm
+
+
+def test_rpc_commands_are_kamailio_56_signatures() -> None:
+    """dlg.set_state <callid> <from-tag> <to-tag> <state> (checked with kamcmd on 5.6.3)."""
+    confirm = json.loads(confirm_command("c1", "f1", "t1"))
+    assert (confirm["method"], confirm["params"]) == ("dlg.set_state", ["c1", "f1", "t1", 4])
+    assert json.loads(end_command("c1", "f1", "t1"))["params"][3] == 5
+    assert confirm["jsonrpc"] == "2.0" and "id" in confirm
+
+
+def test_profile_entries_round_trip() -> None:
+    assert profile_entries(None, None) == ""
+    text = profile_entries("acme", "t1")
+    assert parse_profile_entries(text) == (("kha_tenant", "acme"), ("kha_trunk", "t1"))
+    assert parse_profile_entries("junk kha_global=x kha_tenant= =y") == ()
