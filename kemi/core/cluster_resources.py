@@ -108,7 +108,8 @@ def _rtpengine(spec: ClusterSpec, i: int) -> Clone:
         f"rtpengine{i}", "ocf", "kemi-ha", "rtpengine",
         (
             ("vip", vip.address),
-            ("ng_port", str(vip.ng_port)),
+            ("ng_address", "127.0.0.1"),
+            ("ng_port", str(spec.ng_port_of(i))),
             ("port_min", str(vip.port_min)),
             ("port_max", str(vip.port_max)),
             ("cli", f"127.0.0.1:{cli_port(i)}"),

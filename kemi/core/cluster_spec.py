@@ -33,7 +33,10 @@ class ClusterVipSpec:
 
     address: str = required("the VIP")
     prefer: str = required("the node that holds it when both are up")
-    ng_port: int = doc("rtpengine ng port on the VIP", 2223)
+    ng_port: int | None = doc(
+        "rtpengine ng port on each node's loopback, distinct per VIP (default 2222 + the VIP's "
+        "position): each node's Kamailio talks to its own instance of this VIP's rtpengine"
+    )
     port_min: int = doc("first RTP port of this VIP's rtpengine", 30000)
     port_max: int = doc("last RTP port of this VIP's rtpengine", 39999)
 
@@ -87,3 +90,7 @@ class ClusterSpec:
     quorum_device: QuorumDeviceSpec | None = doc(
         "a quorum device: a partition without quorum then stops its resources"
     )
+
+    def ng_port_of(self, position: int) -> int:
+        """The ng port of the VIP at `position` (1-based)."""
+        return self.vips[position - 1].ng_port or 2222 + position

@@ -254,7 +254,7 @@ def spread(calls: int, vips: int) -> list[int]:
     return [calls // vips + (1 if i < calls % vips else 0) for i in range(vips)]
 
 
-SCENARIOS = ("power-off", "one-link-lost", "rejoin", "link-cut")
+SCENARIOS = ("power-off", "one-link-lost", "rejoin", "link-cut", "failback")
 
 
 def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
@@ -267,12 +267,14 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
                    it): knet carries on over link 1, no failover is expected;
     rejoin         power-off, then the node comes back while the calls last: no VIP moves back
                    (stickiness), DMQ and Redis resync, no gap on the survivors.
+    failback       rejoin, then a planned move of the VIP back to its node (crm resource move):
+                   the calls on it must lose at most about one packet.
     link-cut       every link between the node and the others cut while all keep running and
                    the client reaches them all: with a quorum device one side keeps quorum, the
                    other stops its resources; the drill samples who holds each VIP every 50 ms.
     """
-    if scenario == "rejoin":
-        after_s = max(after_s, 35.0)
+    if scenario in ("rejoin", "failback"):
+        after_s = max(after_s, 40.0)
     nodes = setup.nodes
     victim = nodes[(run_no - 1) % len(nodes)]
     survivors = [n for n in nodes if n is not victim]
@@ -309,10 +311,12 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         wait_until(lambda r=rpc: int(r.call("dlg.stats_active")["ongoing"]) == calls,
                    30, f"calls established and replicated to {name}")  # fmt: skip
     legs_of: dict[tuple[str, int], str] = {}  # (VIP, rtpengine's RTP port of a leg) -> call
-    with in_netns(CLIENT_NS):
-        for call_id, vip in call_vip.items():
-            for stream in rtp_streams(NgClient(vip, 2223).query(call_id)):
-                legs_of[(vip, int(stream["local port"]))] = call_id
+    for i, n in enumerate(nodes, start=1):  # ng is on each node's loopback: ask VIP i's holder
+        with in_netns(n.netns):
+            ng = NgClient("127.0.0.1", 2222 + i)
+            for call_id in (c for c, vip in call_vip.items() if vip == n.vip):
+                for stream in rtp_streams(ng.query(call_id)):
+                    legs_of[(n.vip, int(stream["local port"]))] = call_id
     time.sleep(hold_s)
 
     dc = setup.ha[survivors[0].name].run(["crmadmin", "-D", "-q"]).stdout.strip() or "?"
@@ -338,13 +342,27 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         # Power off the victim: its links first (no goodbye on the wire), then every process.
         setup.lab.links(victim.netns, up=False)
         kill_netns(victim.netns)
-    if scenario == "rejoin":
+    t_move = 0.0
+    took_over = ""  # the node that took the victim's VIP (read before a rejoin moves anything)
+    if scenario in ("rejoin", "failback"):
         time.sleep(3.0)
-        observed.append(f"VIP holders after the failover: {vip_holders(setup, survivors)}")
+        after = vip_holders(setup, survivors)
+        took_over = after.get(f"vip{nodes.index(victim) + 1}", "")
+        observed.append(f"VIP holders after the failover: {after}")
         t_rejoin = time.time()
         rejoin(setup, victim, calls, observed)
         observed.append(f"rejoined in {time.time() - t_rejoin:.1f} s; VIP holders: "
                         f"{vip_holders(setup)}")  # fmt: skip
+    if scenario == "failback":
+        time.sleep(2.0)
+        vip_id = f"vip{nodes.index(victim) + 1}"
+        ha = setup.ha[survivors[0].name]
+        t_move = time.time()
+        ha.run(["crm_resource", "--move", "-r", vip_id, "-N", victim.name])
+        wait_until(lambda: vip_holders(setup).get(vip_id) == victim.name, 30,
+                   f"{vip_id} back on {victim.name}")  # fmt: skip
+        observed.append(f"{vip_id} moved back in {1000 * (time.time() - t_move):.0f} ms")
+        ha.run(["crm_resource", "--clear", "-r", vip_id])
     for uac in uacs:
         uac.wait(duration_ms / 1000 + 90)
     time.sleep(1)
@@ -363,7 +381,12 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
             else:
                 legs[legs_of[key]].append(gap_around(times, t_fail))
     results = [call_result(c, call_vip[c], legs[c]) for c in call_vip]
-    if scenario == "rejoin":
+    if scenario == "failback":
+        moved = [worst_gap(times, t_move, t_move + 5)[0] for (vip, port), times in streams.items()
+                 if (vip, port) in legs_of and vip == victim.vip]  # fmt: skip
+        observed.append(f"worst RTP gap of the calls on the VIP moved back: "
+                        f"{max(moved, default=float('nan')):.0f} ms")  # fmt: skip
+    if scenario in ("rejoin", "failback"):
         quiet = [worst_gap(times, t_rejoin, t_rejoin + 15)[0] for key, times in streams.items()
                  if key in legs_of]  # fmt: skip
         rejoin_gap = max(quiet, default=float("nan"))
@@ -378,7 +401,7 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     if resumed_at and failed_vip:
         timeline["first RTP after failover"] = (min(resumed_at) - t_fail) * 1000
     up = nodes if scenario != "power-off" else [n for n in nodes if n is not victim]
-    holder = vip_holders(setup, up).get(f"vip{nodes.index(victim) + 1}", "")
+    holder = took_over or vip_holders(setup, up).get(f"vip{nodes.index(victim) + 1}", "")
     log = setup.work / holder / "log-kemi-ha" / f"rtpengine-{victim.vip}.log"
     restore = takeover_mode(log, t_fail) if holder and failed_vip else "no takeover"
     rpcs = {s.name: setup.rpc[s.name] for s in survivors}
@@ -388,7 +411,7 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     return RunResult(
         holders_after=vip_holders(setup, up),
         duplicate_vip_ms=duplicate_ms,
-        rejoin_gap_ms=rejoin_gap if scenario == "rejoin" else None,
+        rejoin_gap_ms=rejoin_gap if scenario in ("rejoin", "failback") else None,
         victim=victim.name,
         failed_vip=failed_vip,
         scenario=scenario,

@@ -108,6 +108,10 @@ def check_cluster(spec: ClusterSpec) -> list[Problem]:
                 Problem(path, f"{address}: node addresses, VIPs and the Redis VIP must differ")
             )
         addresses.add(address)
+    ports = [spec.ng_port_of(i) for i in range(1, len(spec.vips) + 1)]
+    for i, port in enumerate(ports):
+        if port in ports[:i]:
+            problems.append(Problem(("vips", i, "ng_port"), f"ng port {port} used by two VIPs"))
     names = {n.name for n in spec.nodes}
     for i, vip in enumerate(spec.vips):
         if vip.prefer not in names:
@@ -123,9 +127,12 @@ def cluster_policy(spec: ClusterSpec, base: Path) -> tuple[str, PolicySpec]:
     media = {v.address: v.media for v in base_spec.vips}
     policy = dataclasses.replace(
         base_spec,
+        # Each node's Kamailio talks to its own node's instance of the VIP's rtpengine, on
+        # loopback: the active one where the VIP is (the only node its SIP reaches), whatever
+        # the VIP's moves did to sockets bound to it; ng has no authentication either.
         vips=[
-            VipSpec(v.address, [f"udp:{v.address}:{v.ng_port}"], media.get(v.address))
-            for v in spec.vips
+            VipSpec(v.address, [f"udp:127.0.0.1:{spec.ng_port_of(i)}"], media.get(v.address))
+            for i, v in enumerate(spec.vips, start=1)
         ],
         dmq_peers=[f"sip:{n.address}:{spec.dmq_port}" for n in spec.nodes],
     )
@@ -217,7 +224,7 @@ def redis_conf(spec: ClusterSpec) -> str:
 def rtpengine_env(spec: ClusterSpec, vip_no: int, node: NodeSpec) -> str:
     """The options of `node`'s rtpengine for VIP `vip_no` (what the OCF agent passes)."""
     vip = spec.vips[vip_no - 1]
-    port = spec.redis.port
+    port, ng = spec.redis.port, spec.ng_port_of(vip_no)
     own = rtpengine_db(vip_no, node.id)
     subscribed = subscribed_dbs(spec, vip_no, node.name)
     if own in subscribed:  # kemi.core.rtpengine_dbs rules it out; a wrong render must not ship
@@ -226,11 +233,11 @@ def rtpengine_env(spec: ClusterSpec, vip_no: int, node: NodeSpec) -> str:
         "# Rendered by kemi-ha render: this node's rtpengine for this VIP (active where the VIP\n"
         "# is, hot standby elsewhere). ocf:kemi-ha:rtpengine builds the same DBs and sockets\n"
         "# from its parameters (dbs, cli), adding its Redis timeouts.\n"
-        f"VIP={vip.address}\nNG_PORT={vip.ng_port}\nPORT_MIN={vip.port_min}\n"
+        f"VIP={vip.address}\nNG_PORT={ng}\nPORT_MIN={vip.port_min}\n"
         f"PORT_MAX={vip.port_max}\nCLI=127.0.0.1:{cli_port(vip_no)}\n"
         f"REDIS=127.0.0.1:{port}/{own}\nREDIS_WRITE={spec.redis.vip}:{port}/{own}\n"
         f'SUBSCRIBE_KEYSPACE="{" ".join(map(str, subscribed))}"\n'
-        f'OPTIONS="--table=-1 --interface={vip.address} --listen-ng={vip.address}:{vip.ng_port} '
+        f'OPTIONS="--table=-1 --interface={vip.address} --listen-ng=127.0.0.1:{ng} '
         f"--listen-cli=127.0.0.1:{cli_port(vip_no)} "
         f"--port-min={vip.port_min} --port-max={vip.port_max} "
         f"--redis=127.0.0.1:{port}/{own} --redis-write={spec.redis.vip}:{port}/{own} "

@@ -50,21 +50,26 @@ def test_node_power_off_drops_no_call(require_root: None) -> None:
     assert result.takeover.startswith("hot standby"), result.takeover
 
 
-def test_a_powered_off_node_rejoins_without_moving_anything(require_root: None) -> None:
-    """rejoin: power-off, then the node comes back while the calls last: no VIP moves back
-    (stickiness), its dialogs and Redis resync, the survivors' calls keep their media."""
+def test_a_powered_off_node_rejoins_and_takes_its_vip_back(require_root: None) -> None:
+    """failback: power-off, the node comes back while the calls last (no VIP moves back by
+    itself: stickiness; its dialogs and Redis resync), then a planned move of its VIP back costs
+    the calls on it about one packet, served by its hot standby."""
     work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-test-"))
     try:
         with drill_cluster(work, "tuned") as setup:
-            result = run_once(setup, 6, run_no=1, scenario="rejoin")
+            result = run_once(setup, 6, run_no=1, scenario="failback")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text, _summary = report([result], 6, "tuned", "rejoin")
+    text, _summary = report([result], 6, "tuned", "failback")
     print(text)
     assert result.dropped == 0, text
-    assert result.holders_after == {"vip1": "drill2", "vip2": "drill2"}, text
+    assert any("after the failover: {'vip1': 'drill2'" in line for line in result.observed), text
+    assert any("rejoined" in line and "'vip1': 'drill2'" in line for line in result.observed)
     assert any("dialogs resynced" in line for line in result.observed), text
+    assert result.holders_after == {"vip1": "drill1", "vip2": "drill2"}, text
     assert result.rejoin_gap_ms is not None and result.rejoin_gap_ms < 200, text
+    moved = next(line for line in result.observed if "VIP moved back:" in line)
+    assert float(moved.rsplit(" ", 2)[-2]) < 200, text
 
 
 def test_a_link_cut_leaves_every_vip_on_one_node_only(require_root: None) -> None:

@@ -87,7 +87,7 @@ def test_each_vip_gets_a_promotable_rtpengine_on_every_node(spec: ClusterSpec) -
     for i, vip in enumerate(spec.vips, start=1):
         dbs = " ".join(f"{n.name}:{16 * i + n.id}" for n in spec.nodes)
         assert cib["resources"][f"rtpengine{i}"]["params"] == {
-            "vip": vip.address, "ng_port": str(vip.ng_port),
+            "vip": vip.address, "ng_address": "127.0.0.1", "ng_port": str(spec.ng_port_of(i)),
             "port_min": str(vip.port_min), "port_max": str(vip.port_max),
             "cli": f"127.0.0.1:{9900 + i}", "redis": f"127.0.0.1:{port}",
             "redis_write": f"10.99.1.100:{port}", "dbs": dbs,
