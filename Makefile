@@ -16,6 +16,7 @@ PYTEST_ARGS ?=
 NODES ?= 2
 SCENARIO ?= power-off
 LINKS ?= 1
+TRANSIENT ?= 0
 CALLS ?= 10
 PROFILE ?= tuned
 REPEAT ?= 1
@@ -66,7 +67,7 @@ $(VENV)/.installed: pyproject.toml
 # `kemi-ha render` wrote; one node powered off per run (each in turn), calls on every VIP.
 drill: deps venv
 	$(PY) -m kemi.lab drill --nodes $(NODES) --calls $(CALLS) --profile $(PROFILE) --repeat $(REPEAT) \
-		--scenario $(SCENARIO) --links $(LINKS)
+		--scenario $(SCENARIO) --links $(LINKS) --transient $(TRANSIENT)
 
 # Refresh the KEMI export list the fake KSR is built from (starts a throwaway Kamailio).
 api-list: deps venv

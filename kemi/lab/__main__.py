@@ -30,13 +30,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a quorum device (corosync-qnetd in a namespace of its own)",
     )
+    dr.add_argument(
+        "--transient",
+        type=int,
+        default=0,
+        help="also this many calls ringing, answered-not-ACKed and being cancelled "
+        "on the powered-off node's VIP at the fault",
+    )
     dr.add_argument("--keep", action="store_true", help="keep the work directory (logs, pcap)")
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the drill removes every namespace and process it made.
     signal.signal(signal.SIGTERM, _interrupt)
     return drill(nodes=args.nodes, calls=args.calls, profile=args.profile, repeat=args.repeat,
                  keep=args.keep, scenario=args.scenario, links=args.links,
-                 qdevice=args.qdevice)  # fmt: skip
+                 qdevice=args.qdevice, transient=args.transient)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -69,11 +69,23 @@ class DrillNode:
                 for i in range(1, count + 1)]  # fmt: skip
 
 
+# Calls caught in a transient state by the power-off (issue 13): (name, number prefix, callee
+# scenario, callee's -d, caller scenario, caller's -d). Each kind has its own callee port.
+TRANSIENT = (
+    ("ringing", "71", "uas_ring_answer.xml", 2500, "uac.xml", 4000),  # answered after the fault
+    ("late_ack", "72", "uas.xml", 0, "uac_late_ack.xml", 4000),  # 200 before, ACK after it
+    ("cancelled", "73", "uas_ring.xml", 0, "uac_cancel_late.xml", 2000),  # CANCEL after it
+)
+
+
 def drill_policy() -> str:
-    """The operator's base policy: routes to the client's callee (VIPs come from the cluster)."""
+    """The operator's base policy: routes to the client's callees (VIPs come from the cluster)."""
+    transient = [{"name": name, "prefix": prefix,
+                  "destinations": [f"sip:{CLIENT}:{UAS_PORT + 2 * (k + 1)}"]}
+                 for k, (name, prefix, *_rest) in enumerate(TRANSIENT)]  # fmt: skip
     return yaml.safe_dump({
         "version": "drill", "vips": [{"address": "0.0.0.0", "rtpengine": ["udp:0.0.0.0:1"]}],
-        "routes": [{"name": "callee", "destinations": [f"sip:{CLIENT}:{UAS_PORT}"]}],
+        "routes": [*transient, {"name": "callee", "destinations": [f"sip:{CLIENT}:{UAS_PORT}"]}],
         "trusted_peers": [f"{NET}.0/24"],
     }, sort_keys=False)  # fmt: skip
 
@@ -221,13 +233,15 @@ class RunResult:
     scenario: str = "power-off"
     observed: list[str] = field(default_factory=list)  # what the scenario checked, for the report
     holders_after: dict[str, str] = field(default_factory=dict)  # VIP -> node(s) at the end
+    transient_failed: int = 0  # calls in a transient state at the fault whose flow failed
     rejoin_gap_ms: float | None = None  # rejoin: worst RTP gap of any call while it rejoined
     duplicate_vip_ms: float = 0.0  # link-cut: time some VIP was on two nodes at once
 
     @property
     def dropped(self) -> int:
         failed_bye = len(self.calls) - self.bye_ok
-        return max(failed_bye, sum(not c.media_resumed for c in self.calls))
+        media = sum(not c.media_resumed for c in self.calls)
+        return max(failed_bye, media) + self.transient_failed
 
     @property
     def failover_calls(self) -> list[CallResult]:
@@ -258,7 +272,8 @@ SCENARIOS = ("power-off", "one-link-lost", "rejoin", "link-cut", "failback")
 
 
 def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
-             after_s: float = 12.0, scenario: str = "power-off") -> RunResult:  # fmt: skip
+             after_s: float = 12.0, scenario: str = "power-off",
+             transient: int = 0) -> RunResult:  # fmt: skip
     """Place `calls` calls on every VIP, inflict the scenario's fault on one node, measure, end
     each call with a BYE.
 
@@ -317,7 +332,10 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
             for call_id in (c for c, vip in call_vip.items() if vip == n.vip):
                 for stream in rtp_streams(ng.query(call_id)):
                     legs_of[(n.vip, int(stream["local port"]))] = call_id
-    time.sleep(hold_s)
+    time.sleep(hold_s - 1.0)
+    kinds = start_transient(setup, work, victim, transient) if transient else []
+    transient_failed = 0
+    time.sleep(1.0)
 
     dc = setup.ha[survivors[0].name].run(["crmadmin", "-D", "-q"]).stdout.strip() or "?"
     holders = vip_holders(setup)
@@ -365,6 +383,12 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         ha.run(["crm_resource", "--clear", "-r", vip_id])
     for uac in uacs:
         uac.wait(duration_ms / 1000 + 90)
+    for name, callee, caller in kinds:
+        caller.wait(90)
+        ok = sipp_stats(caller.output()).get("successful", 0)
+        observed.append(f"{name}={ok}/{transient} completed (caller's SIPp)")
+        transient_failed += transient - ok
+        callee.stop()
     time.sleep(1)
     capture.stop()
     setup.capture = None
@@ -410,6 +434,7 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
                    f"dialogs on {name} back to 0")  # fmt: skip
     return RunResult(
         holders_after=vip_holders(setup, up),
+        transient_failed=transient_failed,
         duplicate_vip_ms=duplicate_ms,
         rejoin_gap_ms=rejoin_gap if scenario in ("rejoin", "failback") else None,
         victim=victim.name,
@@ -426,6 +451,24 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         takeover=restore,
         dc_before=dc,
     )
+
+
+def start_transient(setup: DrillSetup, work: Path, victim: DrillNode, count: int
+                    ) -> list[tuple[str, SippRun, SippRun]]:  # fmt: skip
+    """`count` calls of each TRANSIENT kind on the victim's VIP, 1 s before its power-off."""
+    started = []
+    for k, (name, prefix, callee_xml, callee_d, caller_xml, caller_d) in enumerate(TRANSIENT):
+        port = UAS_PORT + 2 * (k + 1)
+        callee = sipp(f"uas-{name}", callee_xml, work, CLIENT, port, 6200 + 100 * k,
+                      "-rtp_echo", *(["-d", str(callee_d)] if callee_d else []),
+                      netns=CLIENT_NS)  # fmt: skip
+        caller = sipp(f"uac-{name}", caller_xml, work, CLIENT, 5200 + 10 * k, 7600 + 100 * k,
+                      "-s", prefix, "-m", str(count), "-r", "50", "-d", str(caller_d),
+                      "-timeout", "90", "-timeout_error", "-recv_timeout", "30000",
+                      target=f"{victim.vip}:5060", netns=CLIENT_NS)  # fmt: skip
+        setup.runs += [callee, caller]
+        started.append((name, callee, caller))
+    return started
 
 
 def vip_holders(setup: DrillSetup, among: list[DrillNode] | None = None) -> dict[str, str]:
@@ -670,7 +713,7 @@ def distribution(medians: list[float]) -> str:
 
 def drill(nodes: int = 2, calls: int = 10, profile: str = "tuned", repeat: int = 1,
           keep: bool = False, scenario: str = "power-off", links: int = 1,
-          qdevice: bool = False) -> int:  # fmt: skip
+          qdevice: bool = False, transient: int = 0) -> int:  # fmt: skip
     """Run the drill `repeat` times; print the report, the JSON path and the summary line last."""
     if profile not in COROSYNC_PROFILES:
         raise ValueError(f"unknown profile {profile!r}")
@@ -684,7 +727,7 @@ def drill(nodes: int = 2, calls: int = 10, profile: str = "tuned", repeat: int =
     for run_no in range(1, repeat + 1):
         work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-"))
         with drill_cluster(work, profile, nodes, links, qdevice) as setup:
-            results.append(run_once(setup, calls, run_no, scenario=scenario))
+            results.append(run_once(setup, calls, run_no, scenario=scenario, transient=transient))
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
