@@ -36,7 +36,7 @@ from kemi.lab.net import Host, Lab, sh
 from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.netns import in_netns
 from kemi.ops.ng import NgClient, rtp_streams
-from kemi.ops.procs import Daemon, wait_until
+from kemi.ops.procs import Daemon, NotReady, wait_until
 from kemi.ops.render import COROSYNC_PROFILES, render
 from kemi.ops.rpc import KamailioRpc
 from kemi.ops.stack import REPO_ROOT
@@ -430,8 +430,11 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     restore = takeover_mode(log, t_fail) if holder and failed_vip else "no takeover"
     rpcs = {s.name: setup.rpc[s.name] for s in survivors}
     for name, rpc in rpcs.items():
-        wait_until(lambda r=rpc: int(r.call("dlg.stats_active")["all"]) == 0, 30,
-                   f"dialogs on {name} back to 0")  # fmt: skip
+        try:
+            wait_until(lambda r=rpc: int(r.call("dlg.stats_active")["all"]) == 0, 30,
+                       f"dialogs on {name} back to 0")  # fmt: skip
+        except NotReady as exc:  # a leak is a finding of the run (survivor_dialogs), not a crash
+            observed.append(str(exc))
     return RunResult(
         holders_after=vip_holders(setup, up),
         transient_failed=transient_failed,

@@ -1,7 +1,9 @@
-"""Issue 6: the promise. A node dies under real Corosync + Pacemaker; no call drops.
+"""The promise. A node dies under real Corosync + Pacemaker, installed from render output; no
+call drops, whatever its state.
 
-One drill, tuned Corosync profile, 20 calls with RTP both ways at 50 packets/s (the figures belong
-to `make drill` and docs/ha.md; the bounds here are loose on purpose).
+Power-off: 20 established calls with RTP both ways at 50 packets/s, plus 2 calls each ringing,
+answered-not-ACKed and being cancelled at the fault. Then failback and link-cut (quorum device).
+The figures belong to `make drill` and docs/ha.md; the bounds here are loose on purpose.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def test_node_power_off_drops_no_call(require_root: None) -> None:
             node_yaml = (setup.rendered / "drill1" / "node.yaml").read_bytes()
             assert setup.ha["drill1"].run(["cat", "/etc/kemi-ha/node.yaml"]).stdout.encode() \
                 == node_yaml  # fmt: skip
-            result = run_once(setup, CALLS, run_no=1)
+            result = run_once(setup, CALLS, run_no=1, transient=2)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text, summary = report([result], CALLS, "tuned")
@@ -46,6 +48,9 @@ def test_node_power_off_drops_no_call(require_root: None) -> None:
     assert result.bye_ok == CALLS, text  # every BYE after the failover got its 200
     assert result.survivor_dialogs == 0 and result.survivor_channels == 0, text
     assert result.dropped == 0
+    # Calls caught ringing, answered-not-ACKed and being cancelled by the power-off (issue 13).
+    for kind in ("ringing", "late_ack", "cancelled"):
+        assert f"{kind}=2/2 completed (caller's SIPp)" in result.observed, text
     # Media came back through the standby that held the calls, not a cold restore.
     assert result.takeover.startswith("hot standby"), result.takeover
 
