@@ -160,6 +160,10 @@ def drill_cluster(work: Path, profile: str, size: int = 2, links: int = 1,
             for name, rpc in setup.rpc.items():
                 wait_until(lambda r=rpc: r.call("core.uptime") is not None, 60,
                            f"Kamailio (Pacemaker clone) on {name}")  # fmt: skip
+            if qdevice:  # a fault before the device votes would leave no side quorate
+                for node in setup.ha.values():
+                    wait_until(lambda h=node: total_votes(h) == len(nodes) + 1, 60,
+                               f"quorum device voting on {node.name}")  # fmt: skip
         except Exception as exc:
             raise RuntimeError(
                 f"{exc}\n{first.run(['crm_mon', '-1', '-r', '--show-detail']).stdout}"
@@ -512,6 +516,13 @@ def watch_duplicates(setup: DrillSetup, seconds: float, settle_s: float) -> tupl
         last = now
         time.sleep(0.05)
     return total * 1000, late * 1000
+
+
+def total_votes(node: HaNode) -> int:
+    """`Total votes` from corosync-quorumtool on the node (0 if unknown)."""
+    text = node.run(["corosync-quorumtool", "-s"]).stdout
+    line = next((ln for ln in text.splitlines() if ln.startswith("Total votes")), ":0")
+    return int(line.split(":", 1)[1].strip() or 0)
 
 
 def quorum_state(setup: DrillSetup) -> str:
