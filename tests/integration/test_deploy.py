@@ -20,6 +20,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "cluster.example.yaml"
 EXAMPLE_3 = REPO / "deploy" / "cluster.3nodes.example.yaml"
+EXAMPLE_FENCING = REPO / "deploy" / "cluster.fencing.example.yaml"
 
 
 def render_example(example: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -33,7 +34,11 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return render_example(EXAMPLE, tmp_path_factory)
 
 
-@pytest.fixture(scope="module", params=[EXAMPLE, EXAMPLE_3], ids=["2-nodes", "3-nodes"])
+@pytest.fixture(
+    scope="module",
+    params=[EXAMPLE, EXAMPLE_3, EXAMPLE_FENCING],
+    ids=["2-nodes", "3-nodes", "2-nodes-fencing"],
+)
 def each_example(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both cluster examples rendered: what Pacemaker and crmsh are asked about."""
     return render_example(request.param, tmp_path_factory)
@@ -105,10 +110,20 @@ def test_redis_starts_with_the_rendered_conf(rendered: Path, tmp_path: Path,
             daemon.stop()
 
 
-def test_pacemaker_accepts_the_cib(each_example: Path) -> None:
-    """crm_verify on the rendered whole CIB (rc 0; with stonith disabled it prints nothing)."""
+def test_pacemaker_accepts_the_cib(each_example: Path, tmp_path: Path) -> None:
+    """crm_verify on the rendered whole CIB (rc 0, nothing printed). Every node is shown online
+    in <status>: with fencing on, nodes never seen would be scheduled for fencing (a warning)."""
     cib = each_example / "cib.xml"
-    result = subprocess.run(["crm_verify", "--xml-file", str(cib)], capture_output=True, text=True)
+    text = cib.read_text()
+    states = "".join(
+        f'<node_state id="{m[1]}" uname="{m[2]}" in_ccm="true" crmd="online" join="member" '
+        'expected="member"/>'
+        for m in re.finditer(r'<node id="(\d+)" uname="([^"]+)"/>', text)
+    )
+    assert states
+    up = tmp_path / "cib-up.xml"
+    up.write_text(text.replace("<status/>", f"<status>{states}</status>"))
+    result = subprocess.run(["crm_verify", "--xml-file", str(up)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert cib_shape(cib.read_text()) == cib_shape((each_example / "cib-resources.xml").read_text())
 

@@ -196,3 +196,35 @@ def test_a_quorum_device_gives_two_nodes_a_majority(tmp_path: Path) -> None:
     render(EXAMPLE, plain)
     assert 'name="no-quorum-policy" value="ignore"' in (plain / "cib.xml").read_text()
     assert "two_node: 1" in (plain / "node1" / "corosync.conf").read_text()
+
+
+FENCING = REPO / "deploy" / "cluster.fencing.example.yaml"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("agent: fence_ipmilan", "agent: ipmilan"), "not a fence agent name"),
+        (("    fence:\n      agent: fence_ipmilan\n      params: {ip: 10.99.2.2", "    x:\n"
+          "      agent: fence_ipmilan\n      params: {ip: 10.99.2.2"), "unknown key"),
+        (("params: {ip: 10.99.2.1,", "params: {pcmk_host_list: x, ip: 10.99.2.1,"),
+         "pcmk_host_list is rendered"),
+    ],
+)  # fmt: skip
+def test_bad_fencing_is_refused(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    text = FENCING.read_text()
+    assert change[0] in text
+    bad = tmp_path / "c.yaml"
+    bad.write_text(text.replace(change[0], change[1], 1))
+    with pytest.raises(SpecError, match=message):
+        load_cluster(bad)
+
+
+def test_fencing_on_some_nodes_only_is_refused(tmp_path: Path) -> None:
+    text = FENCING.read_text()
+    start = text.index("    fence:", text.index("name: node2"))
+    bad = tmp_path / "c.yaml"
+    bad.write_text(text[:start] + text[text.index("vips:") :])
+    with pytest.raises(SpecError, match=r"nodes\[?.?1.*every node needs one") as info:
+        load_cluster(bad)
+    assert len(info.value.messages) == 1
