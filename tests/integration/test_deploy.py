@@ -248,3 +248,32 @@ def test_pacemaker_promotes_the_standby_where_the_vip_goes(
     assert actions.index(f"rtpengine1      demote on {first}") < actions.index(
         f"rtpengine1      promote on {other}"
     )
+
+
+def test_lab_fence_agent_powers_a_namespace_off_and_on(require_root: None) -> None:
+    """fence_kemiha_netns as pacemaker-fenced calls it (options on stdin): off = links down and
+    nothing left running; status 2; on = links up without the run-time (secondary) addresses."""
+    agent = str(REPO / "deploy" / "fence" / "fence_kemiha_netns")
+    lab = Lab("khft", [Host("khft-1", "10.96.9.1")])
+    with lab:
+        lab.add_address("khft-1", "10.96.9.101")  # a VIP it held
+        sleeper = subprocess.Popen(["ip", "netns", "exec", "khft-1", "sleep", "60"])
+        try:
+            pids = ["ip", "netns", "pids", "khft-1"]
+            wait_until(lambda: subprocess.run(pids, capture_output=True).stdout != b"", 5, "sleep")
+
+            def fence(action: str) -> int:
+                stdin = f"action={action}\nplug=khft-1\nnodename=drill1\n"
+                return subprocess.run([agent], input=stdin, text=True, timeout=10).returncode
+
+            assert fence("status") == 0
+            assert fence("off") == 0
+            assert sleeper.wait(5) == -9
+            assert fence("status") == 2
+            assert fence("on") == 0
+            addresses = subprocess.run(["ip", "-n", "khft-1", "-o", "-4", "addr"],
+                                       capture_output=True, text=True).stdout  # fmt: skip
+            assert "10.96.9.1/" in addresses and "10.96.9.101" not in addresses
+            assert fence("status") == 0
+        finally:
+            sleeper.kill()
