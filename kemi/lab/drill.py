@@ -46,7 +46,7 @@ from kemi.ops.stack import REPO_ROOT
 # KEMI_HA_DRILL_PREFIX=khf KEMI_HA_DRILL_NET=10.97.0 (links on 10.97.<k>.x).
 NET = os.environ.get("KEMI_HA_DRILL_NET", "10.98.0")
 PREFIX = os.environ.get("KEMI_HA_DRILL_PREFIX", "khad")
-LINK_NET = NET.rsplit(".", 2)[0]  # network k of the links: LINK_NET.<k>.<node>
+LINK_NET = NET.rsplit(".", 1)[0]  # network k of the links: LINK_NET.<k>.<node>
 CLIENT, CLIENT_NS = f"{NET}.10", f"{PREFIX}-c"
 QNETD, QNETD_NS = f"{NET}.20", f"{PREFIX}-q"  # the quorum device's host (corosync-qnetd)
 REDIS_VIP = f"{NET}.100"
