@@ -234,8 +234,13 @@ def test_pacemaker_promotes_the_standby_where_the_vip_goes(
     first = re.findall(r"rtpengine1-clone .*?Promoted: \[ (\S+) \]", started, re.S)[-1]
     takeover = simulate(up, f"--node-fail={first}")
     summary = takeover.split("Executing Cluster Transition")[0]
-    survivor = re.search(r"Start\s+vip1\s+\(\s*(\S+)\s*\)", summary)
+    # Start, or with fencing Move (the fenced node's stop is implied by the fence).
+    survivor = re.search(r"(?:Start|Move)\s+vip1\s+\((?:\s*\S+ ->)?\s*(\S+)\s*\)", summary)
     assert survivor, summary
+    if 'stonith-enabled" value="true' in cib:  # the VIP starts only once the node is fenced
+        assert f"Fence (reboot) {first} " in summary, summary
+        executed = takeover.split("Executing Cluster Transition")[1]
+        assert executed.index(f"Fencing {first} ") < executed.index("vip1            start on")
     assert re.search(
         rf"Promote\s+rtpengine1:\d+\s+\(\s*Unpromoted -> Promoted {survivor[1]}", summary
     )
