@@ -282,3 +282,20 @@ def test_lab_fence_agent_powers_a_namespace_off_and_on(require_root: None) -> No
             assert fence("status") == 0
         finally:
             sleeper.kill()
+
+
+def test_pacemaker_reads_the_lab_fence_agents_metadata(tmp_path: Path, require_root: None) -> None:
+    """pacemaker's own stonith_admin finds fence_kemiha_netns in /usr/sbin (overlaid there in a
+    private mount namespace, as the drill does per node) and reads its metadata."""
+    sbin = tmp_path / "sbin"
+    sbin.mkdir()
+    agent = sbin / "fence_kemiha_netns"
+    agent.write_bytes((REPO / "deploy" / "fence" / "fence_kemiha_netns").read_bytes())
+    agent.chmod(0o755)
+    script = (f"mount -t overlay overlay -o lowerdir={sbin}:/usr/sbin /usr/sbin && "
+              "stonith_admin --metadata --agent fence_kemiha_netns")  # fmt: skip
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert '<resource-agent name="fence_kemiha_netns"' in result.stdout
+    assert not Path("/usr/sbin/fence_kemiha_netns").exists()  # the host's /usr/sbin untouched
