@@ -45,7 +45,7 @@ def parse_quorumtool(text: str) -> dict[str, Any]:
         if sep and not line.startswith(" ") and key.strip():
             fields.setdefault(key.strip(), value.strip())
             continue
-        m = re.match(r"\s+(\d+)\s+(\d+)\s+(?:(A,V,NMW|A,V|A,NV|NA,V|NA,NV|NA,V,NMW)\s+)?(\S+)(.*)",
+        m = re.match(r"\s+(\d+)\s+(\d+)\s+(?:(N?A,N?V(?:,N?MW)?)\s+)?(\S+)(.*)",
                      line)  # fmt: skip
         if m:
             member = {"nodeid": int(m[1]), "votes": int(m[2]), "name": m[4],

@@ -116,3 +116,23 @@ def test_not_quorate_is_an_answer() -> None:
         return (2, text, "") if argv[0] == "corosync-quorumtool" else run(argv)
 
     assert collect_cluster(quorumtool)["quorum"]["quorate"] is False
+
+
+def test_quorum_device_votes() -> None:
+    """A fenced drill with --qdevice (corosync-qnetd, ffsplit): 3 expected votes, the device's
+    vote keeps the survivor quorate alone."""
+    up = parse_quorumtool(sample("quorumtool-qdevice-up.txt"))
+    assert up["flags"] == ["Quorate", "Qdevice"] and up["qdevice"] == {"votes": 1}
+    assert (up["expected_votes"], up["total_votes"], up["quorum"]) == (3, 3, 2)
+    assert [(m["name"], m["qdevice"]) for m in up["members"]] == [
+        ("drill1", "A,V,NMW"), ("drill2", "A,V,NMW"),
+    ]  # fmt: skip
+    fenced = parse_quorumtool(sample("quorumtool-qdevice-fenced.txt"))
+    assert fenced["quorate"] is True and fenced["total_votes"] == 2
+    assert [m["name"] for m in fenced["members"]] == ["drill2"]
+    text = "\n".join(render_cluster({
+        "quorum": {"available": True} | fenced,
+        "links": {"available": False, "reason": "x"},
+        "pacemaker": {"available": False, "reason": "y"},
+    }))  # fmt: skip
+    assert "votes 2/3 expected (quorum 2), qdevice 1 vote(s)" in text
