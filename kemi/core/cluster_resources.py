@@ -14,6 +14,12 @@ Rules:
   A VIP stays only where Kamailio runs: a node whose Kamailio stops serving gives its VIPs up.
 - A VIP gets `nic` only when every node names the same interface; otherwise the agent finds the
   interface from the route to the VIP's subnet on whichever node holds it.
+- Fencing, when every node names a fence device: stonith-enabled=true and per node a
+  `fence-<node>` stonith primitive (its agent and params, pcmk_host_list=<node>) kept off that
+  node (-INFINITY: a node never fences itself). Two nodes without a quorum device can shoot each
+  other at once when they lose each other: pcmk_delay_max=2s (a random delay up to 2 s) makes one
+  of them go first; with a majority the partition without quorum fences nobody, so no delay.
+  A `password_file` param becomes password_script="cat FILE": the secret stays out of the CIB.
 - Two nodes have no majority (no-quorum-policy=ignore, Corosync two_node); three or more, or two
   with a quorum device (corosync-qnetd), do, so a partition without quorum stops its resources.
 """
@@ -138,6 +144,39 @@ def _rtpengine(spec: ClusterSpec, i: int) -> Clone:
     return Clone(f"rtpengine{i}-clone", rtpengine, meta)
 
 
+FENCE_RACE_DELAY = "2s"
+
+
+def _fence_params(params: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for key, value in params.items():
+        if key == "password_file":
+            out.append(("password_script", f"cat {value}"))
+        else:
+            out.append((key, value))
+    return tuple(out)
+
+
+def fencing(spec: ClusterSpec) -> tuple[list[Resource], list[Constraint]]:
+    """One stonith device per node, kept off its own node; nothing when no node has one."""
+    if not all(n.fence for n in spec.nodes):
+        return [], []
+    race = len(spec.nodes) == 2 and spec.quorum_device is None
+    resources: list[Resource] = []
+    constraints: list[Constraint] = []
+    for node in spec.nodes:
+        assert node.fence is not None
+        params = (*_fence_params(node.fence.params), ("pcmk_host_list", node.name))
+        if race:
+            params += (("pcmk_delay_max", FENCE_RACE_DELAY),)
+        rid = f"fence-{node.name}"
+        resources.append(Primitive(rid, "stonith", None, node.fence.agent, params,
+                                   (Op("monitor", "60s", "20s"),)))  # fmt: skip
+        constraints.append(Location(f"{rid}-not-on-{node.name}", rid, f"-{INFINITY}",
+                                    node=node.name))  # fmt: skip
+    return resources, constraints
+
+
 def cluster_resources(spec: ClusterSpec) -> PacemakerConfig:
     """Everything Pacemaker runs for `spec`: the one source of crm.txt and the CIB."""
     promoted_rule = UnameRule(PROMOTED, spec.vips[0].prefer)
@@ -164,8 +203,11 @@ def cluster_resources(spec: ClusterSpec) -> PacemakerConfig:
             Colocation(f"vip{i}-with-kamailio", f"vip{i}", "kamailio-clone", INFINITY),
         ]
     resources.append(_kamailio(spec))
+    fence_resources, fence_constraints = fencing(spec)
+    resources += fence_resources
+    constraints += fence_constraints
     properties = (
-        ("stonith-enabled", "false"),
+        ("stonith-enabled", "true" if fence_resources else "false"),
         # Two nodes alone have no majority: quorum is ignored (and a split holds every VIP
         # twice). A quorum device or a third node gives one: a partition without quorum stops.
         ("no-quorum-policy", "stop" if spec.quorum_device or len(spec.nodes) > 2 else "ignore"),

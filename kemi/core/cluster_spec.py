@@ -13,6 +13,18 @@ from kemi.core.spec import doc, required
 
 
 @dataclass(frozen=True, slots=True)
+class FenceSpec:
+    """The node's fence device: a fence-agents agent that other nodes run to power it off."""
+
+    agent: str = required("fence agent in /usr/sbin of every node, e.g. fence_ipmilan")
+    params: dict[str, str] = doc(
+        "the agent's options (`fence_ipmilan -o metadata`), e.g. ip, username; "
+        'password_file: PATH becomes password_script="cat PATH" (no secret in the CIB)',
+        factory=dict,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSpec:
     """A cluster node."""
 
@@ -24,6 +36,9 @@ class NodeSpec:
         "the node's addresses on further, separate networks: Corosync knet links 1, 2, ... "
         "(link 0 is `address`); every node names as many",
         factory=list,
+    )
+    fence: FenceSpec | None = doc(
+        "how the other nodes power this node off (every node names one, or none does)"
     )
 
 

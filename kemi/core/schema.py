@@ -61,6 +61,8 @@ def _type(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
         return {"enum": list(typing.get_args(tp))}
     if origin is list:
         return {"type": "array", "items": _type(typing.get_args(tp)[0], defs)}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _type(typing.get_args(tp)[1], defs)}
     if dataclasses.is_dataclass(tp):
         name = tp.__name__
         if name not in defs:

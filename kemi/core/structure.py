@@ -2,7 +2,8 @@
 
 Rules: unknown keys are errors (reported, then ignored so that the rest is still checked); a
 field without a default is required; a broken list item is reported and left out; types come
-from the annotations (str, int, bool, X | None, list[X], Literal[...], nested dataclasses).
+from the annotations (str, int, bool, X | None, list[X], dict[str, X], Literal[...],
+nested dataclasses).
 A path is a tuple of keys and indexes, e.g. ("vips", 0, "address"); the file reader turns it
 into a line.
 """
@@ -65,6 +66,18 @@ def _convert(tp: Any, value: Any, problems: list[Problem], path: Path) -> Any:
         (item,) = typing.get_args(tp)
         items = [_convert(item, v, problems, (*path, i)) for i, v in enumerate(value)]
         return [v for v in items if v is not FAILED]  # a broken item is reported, then left out
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(Problem(path, "must be a mapping"))
+            return FAILED
+        key_tp, item_tp = typing.get_args(tp)
+        out = {}
+        for k, v in value.items():
+            key = _convert(key_tp, k, problems, (*path, str(k)))
+            item = _convert(item_tp, v, problems, (*path, str(k)))
+            if key is not FAILED and item is not FAILED:
+                out[key] = item
+        return out  # a broken entry is reported, then left out
     if dataclasses.is_dataclass(tp):
         return _dataclass(tp, value, problems, path)
     if tp is bool:

@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import json
 import math
+import os
 import re
 import shutil
 import statistics
@@ -41,8 +42,11 @@ from kemi.ops.render import COROSYNC_PROFILES, render
 from kemi.ops.rpc import KamailioRpc
 from kemi.ops.stack import REPO_ROOT
 
-NET = "10.98.0"
-PREFIX = "khad"
+# Another drill can run beside this one with its own namespaces and network, e.g.
+# KEMI_HA_DRILL_PREFIX=khf KEMI_HA_DRILL_NET=10.97.0 (links on 10.97.<k>.x).
+NET = os.environ.get("KEMI_HA_DRILL_NET", "10.98.0")
+PREFIX = os.environ.get("KEMI_HA_DRILL_PREFIX", "khad")
+LINK_NET = NET.rsplit(".", 1)[0]  # network k of the links: LINK_NET.<k>.<node>
 CLIENT, CLIENT_NS = f"{NET}.10", f"{PREFIX}-c"
 QNETD, QNETD_NS = f"{NET}.20", f"{PREFIX}-q"  # the quorum device's host (corosync-qnetd)
 REDIS_VIP = f"{NET}.100"
@@ -51,6 +55,7 @@ PACKET_MS = 20
 AGENTS = {
     f"kemi-ha/{a}": REPO_ROOT / "deploy" / "ocf" / a for a in ("rtpengine", "kamailio", "vip")
 }
+FENCE_AGENT = REPO_ROOT / "deploy" / "fence" / "fence_kemiha_netns"
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ class DrillNode:
     @staticmethod
     def build(count: int, links: int = 1) -> list[DrillNode]:
         return [DrillNode(f"drill{i}", i, f"{NET}.{i}", f"{PREFIX}-{i}", f"{NET}.{100 + i}",
-                          tuple(f"10.98.{k}.{i}" for k in range(1, links)))
+                          tuple(f"{LINK_NET}.{k}.{i}" for k in range(1, links)))
                 for i in range(1, count + 1)]  # fmt: skip
 
 
@@ -90,7 +95,14 @@ def drill_policy() -> str:
     }, sort_keys=False)  # fmt: skip
 
 
-def cluster_yaml(nodes: list[DrillNode], profile: str, qdevice: bool = False) -> str:
+def fence_device(node: DrillNode) -> dict[str, object]:
+    """The lab's power switch for a node: its namespace (pcmk_host_map gives the agent plug=)."""
+    return {"fence": {"agent": FENCE_AGENT.name,
+                      "params": {"pcmk_host_map": f"{node.name}:{node.netns}"}}}  # fmt: skip
+
+
+def cluster_yaml(nodes: list[DrillNode], profile: str, qdevice: bool = False,
+                 fencing: bool = False) -> str:  # fmt: skip
     """The operator's cluster file; everything the lab needs differently is a field here."""
     span = 20000 // len(nodes)
     # A trusted lab bridge: qdevice <-> qnetd without TLS certificates (docs/ha.md has them).
@@ -98,7 +110,8 @@ def cluster_yaml(nodes: list[DrillNode], profile: str, qdevice: bool = False) ->
     return yaml.safe_dump(device | {
         "cluster_name": "kemi-ha-drill", "corosync_profile": profile, "policy": "policy-base.yaml",
         "nodes": [{"name": n.name, "id": n.node_id, "address": n.address, "interface": "eth0"}
-                  | ({"links": list(n.links)} if n.links else {}) for n in nodes],
+                  | ({"links": list(n.links)} if n.links else {})
+                  | (fence_device(n) if fencing else {}) for n in nodes],
         "vips": [{"address": n.vip, "prefer": n.name, "port_min": 20000 + i * span,
                   "port_max": 20000 + (i + 1) * span - 1} for i, n in enumerate(nodes)],
         "redis": {"vip": REDIS_VIP}, "netmask": 24, "kemi_ha_root": str(REPO_ROOT),
@@ -119,12 +132,13 @@ class DrillSetup:
 
 @contextlib.contextmanager
 def drill_cluster(work: Path, profile: str, size: int = 2, links: int = 1,
-                  qdevice: bool = False) -> Iterator[DrillSetup]:  # fmt: skip
+                  qdevice: bool = False,
+                  fencing: bool = False) -> Iterator[DrillSetup]:  # fmt: skip
     """Render, install, start every node, wait until every resource runs; undo it all."""
     nodes = DrillNode.build(size, links)
     work.chmod(0o755)  # the redis user (ocf:heartbeat:redis runs it) reads its config here
     (work / "policy-base.yaml").write_text(drill_policy())
-    (work / "cluster.yaml").write_text(cluster_yaml(nodes, profile, qdevice))
+    (work / "cluster.yaml").write_text(cluster_yaml(nodes, profile, qdevice, fencing))
     rendered = work / "rendered"
     render(work / "cluster.yaml", rendered)
     lab = Lab(
@@ -147,7 +161,7 @@ def drill_cluster(work: Path, profile: str, size: int = 2, links: int = 1,
         for n in nodes:
             base = work / n.name
             base.mkdir(mode=0o755)
-            install_node(rendered, n.name, base, AGENTS)
+            install_node(rendered, n.name, base, AGENTS, [FENCE_AGENT] if fencing else [])
             setup.ha[n.name] = HaNode(n.name, n.netns, base, hosts)
             setup.ha[n.name].start()
             run_dir = base / "run-kemi-ha"
@@ -198,6 +212,11 @@ def wait_resources(first: HaNode, nodes: list[DrillNode], timeout: float = 90) -
 
 LOG_TS = re.compile(r"^(\w{3} +\d+ \d\d:\d\d:\d\d\.\d{3})")
 RESULT = r"Result of {} operation for {} on \S+: ok"
+# pacemaker-fenced 2.1.5: "Operation 'reboot' targeting drill1 by drill2 for
+# pacemaker-controld.23203@drill2: OK (complete)"; before it, the random pcmk_delay_max wait:
+# "Delaying 'reboot' action targeting drill1 using fence-drill1 for 1s | ... max=2s".
+FENCED = re.compile(r"Operation '(?:off|reboot)' targeting \S+ by \S+ for \S+: OK")
+FENCE_DELAY = re.compile(r"Delaying '\w+' action targeting (\S+) using \S+ for (\d+s)")
 
 
 def events(vip_no: int) -> tuple[tuple[str, str, re.Pattern[str]], ...]:
@@ -211,6 +230,9 @@ def events(vip_no: int) -> tuple[tuple[str, str, re.Pattern[str]], ...]:
         # Hot standby: the survivor's rtpengine already holds the calls; it is promoted.
         ("rtpengine promoted", "pacemaker",
          re.compile(RESULT.format("promote", f"rtpengine{vip_no}"))),
+        # With fencing (scenario fenced): the controller asks, pacemaker-fenced reports.
+        ("fencing requested", "pacemaker", re.compile(r"Requesting fencing \((?:off|reboot)\)")),
+        ("fenced", "pacemaker", FENCED),
     )  # fmt: skip
 
 
@@ -272,7 +294,7 @@ def spread(calls: int, vips: int) -> list[int]:
     return [calls // vips + (1 if i < calls % vips else 0) for i in range(vips)]
 
 
-SCENARIOS = ("power-off", "one-link-lost", "rejoin", "link-cut", "failback")
+SCENARIOS = ("power-off", "one-link-lost", "rejoin", "link-cut", "failback", "fenced")
 
 
 def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
@@ -291,6 +313,8 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     link-cut       every link between the node and the others cut while all keep running and
                    the client reaches them all: with a quorum device one side keeps quorum, the
                    other stops its resources; the drill samples who holds each VIP every 50 ms.
+    fenced         power-off with fencing configured: Pacemaker fences the node (the lab agent
+                   fence_kemiha_netns) before it moves the node's resources (fencing_checked).
     """
     if scenario in ("rejoin", "failback"):
         after_s = max(after_s, 40.0)
@@ -428,6 +452,8 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
                   for t in times if t > t_fail + 0.05]  # fmt: skip
     if resumed_at and failed_vip:
         timeline["first RTP after failover"] = (min(resumed_at) - t_fail) * 1000
+    if scenario == "fenced":
+        observed += fencing_checked(setup, victim, survivors, timeline, nodes.index(victim) + 1)
     up = nodes if scenario != "power-off" else [n for n in nodes if n is not victim]
     holder = took_over or vip_holders(setup, up).get(f"vip{nodes.index(victim) + 1}", "")
     log = setup.work / holder / "log-kemi-ha" / f"rtpengine-{victim.vip}.log"
@@ -585,6 +611,26 @@ def failover_timeline(setup: DrillSetup, survivors: list[DrillNode], vip_no: int
     return timeline
 
 
+def fencing_checked(setup: DrillSetup, victim: DrillNode, survivors: list[DrillNode],
+                    timeline: dict[str, float], vip_no: int) -> list[str]:  # fmt: skip
+    """What the survivors' fencing history says about the victim, and whether the fence came
+    before the victim's VIP moved (Pacemaker must not move it before)."""
+    ha = setup.ha[survivors[0].name]
+    history = ha.run(["stonith_admin", "--history", victim.name]).stdout.strip()
+    out = [f"stonith_admin --history {victim.name}: {' | '.join(history.splitlines()) or 'none'}"]
+    log = setup.work / survivors[0].name / "log-pacemaker" / "pacemaker.log"
+    delays = [m[2] for m in FENCE_DELAY.finditer(log.read_text(errors="replace"))
+              if m[1] == victim.name]  # fmt: skip
+    out.append(f"random fence delay (pcmk_delay_max): {delays[-1] if delays else 'none logged'}")
+    fenced, vip_up = timeline.get("fenced"), timeline.get(f"VIP{vip_no} up")
+    if fenced is None:
+        out.append("FENCING NOT SEEN in the survivors' pacemaker log")
+    elif vip_up is not None:
+        order = "after" if vip_up >= fenced else "BEFORE"
+        out.append(f"VIP{vip_no} started {order} the fence ({vip_up - fenced:+.0f} ms)")
+    return out
+
+
 def call_result(call_id: str, vip: str, legs: list[tuple[float, bool]]) -> CallResult:
     """A call's gap is its worst leg's; its media resumed only if every leg's did."""
     if not legs or not all(resumed for _gap, resumed in legs):
@@ -737,10 +783,11 @@ def drill(nodes: int = 2, calls: int = 10, profile: str = "tuned", repeat: int =
         links = max(links, 2)  # a second Corosync link to lose the first one to
     if scenario == "link-cut":
         qdevice = True  # without an arbiter both halves keep every VIP: nothing to measure
+    fencing = scenario == "fenced"
     results: list[RunResult] = []
     for run_no in range(1, repeat + 1):
         work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-"))
-        with drill_cluster(work, profile, nodes, links, qdevice) as setup:
+        with drill_cluster(work, profile, nodes, links, qdevice, fencing) as setup:
             results.append(run_once(setup, calls, run_no, scenario=scenario, transient=transient))
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -748,7 +795,8 @@ def drill(nodes: int = 2, calls: int = 10, profile: str = "tuned", repeat: int =
             print(f"drill: run {run_no} kept in {work}")
     text, summary = report(results, calls, profile, scenario)
     print(text)
-    out = Path(tempfile.gettempdir()) / "kemi-ha-drill-result.json"
+    name = "kemi-ha-drill-result" + ("" if PREFIX == "khad" else f"-{PREFIX}") + ".json"
+    out = Path(tempfile.gettempdir()) / name
     per_run = [vars(r) | {"calls": [vars(c) for c in r.calls]} for r in results]
     out.write_text(json.dumps(per_run, default=str, indent=1))
     print(f"drill: per-call results in {out}")

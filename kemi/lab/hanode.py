@@ -28,7 +28,18 @@ NODE_SCRIPT = """\
 set -e
 hostname "$NODE_NAME"
 mkdir -p /etc/kemi-ha /var/log/kemi-ha
+if [ -d "$BASE/sbin" ]; then
+    # Fence agents: pacemaker-fenced runs stonith:fence_* from /usr/sbin; the lab's agent
+    # powers a node (namespace) off through `ip netns`, which needs the host's /run/netns.
+    mkdir -p "$BASE/netns"
+    mount --rbind /run/netns "$BASE/netns"
+    mount -t overlay overlay -o "lowerdir=$BASE/sbin:/usr/sbin" /usr/sbin
+fi
 mount -t tmpfs -o mode=755 tmpfs /run
+if [ -d "$BASE/netns" ]; then
+    mkdir -p /run/netns
+    mount --rbind "$BASE/netns" /run/netns
+fi
 mkdir -p /run/crm /run/redis /run/kemi-ha
 chown hacluster:haclient /run/crm && chmod 750 /run/crm
 chown redis:redis /run/redis
@@ -71,8 +82,10 @@ MOUNTS = {
 }
 
 
-def install_node(rendered: Path, name: str, base: Path, agents: dict[str, Path]) -> list[Path]:
+def install_node(rendered: Path, name: str, base: Path, agents: dict[str, Path],
+                 fence_agents: Sequence[Path] = ()) -> list[Path]:  # fmt: skip
     """Copy the render output for node `name` where the node will see it; files unchanged.
+    Fence agents go to the directory the node sees over /usr/sbin.
 
     Returns the installed files (a test compares each with what render wrote).
     """
@@ -90,6 +103,11 @@ def install_node(rendered: Path, name: str, base: Path, agents: dict[str, Path])
             installed.append(out)
     for key, agent in agents.items():  # /usr/lib/ocf/resource.d/<provider>/<type>
         target = base / "ocf" / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(agent, target)
+        target.chmod(0o755)
+    for agent in fence_agents:  # /usr/sbin/fence_*
+        target = base / "sbin" / agent.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(agent, target)
         target.chmod(0o755)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,43 @@ def load_node_config(path: str | Path) -> NodeConfigSpec:
     return specfile.load(NodeConfigSpec, path, check_node)
 
 
+FENCE_AGENT = re.compile(r"fence_[a-z0-9_]+")
+FENCE_PARAM = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def check_fencing(spec: ClusterSpec) -> list[Problem]:
+    """Every node names a fence device or none does; agents and params are plain names."""
+    problems: list[Problem] = []
+    fenced = [n.fence is not None for n in spec.nodes]
+    if any(fenced) and not all(fenced):
+        for i, node in enumerate(spec.nodes):
+            if node.fence is None:
+                problems.append(Problem(("nodes", i, "fence"), "some nodes name a fence device: "
+                                        "every node needs one (or none)"))  # fmt: skip
+    for i, node in enumerate(spec.nodes):
+        if node.fence is None:
+            continue
+        if not FENCE_AGENT.fullmatch(node.fence.agent):
+            problems.append(
+                Problem(
+                    ("nodes", i, "fence", "agent"),
+                    f"not a fence agent name (fence_...): {node.fence.agent!r}",
+                )
+            )
+        for key in node.fence.params:
+            if not FENCE_PARAM.fullmatch(key) or key == "pcmk_host_list":
+                problems.append(
+                    Problem(
+                        ("nodes", i, "fence", "params", key),
+                        "not a parameter name (pcmk_host_list is rendered)",
+                    )
+                )
+    return problems
+
+
 def check_cluster(spec: ClusterSpec) -> list[Problem]:
     """Rules a cluster file must meet beyond its types; each problem points at its field."""
-    problems: list[Problem] = []
+    problems: list[Problem] = check_fencing(spec)
     if len(spec.nodes) < 2:
         problems.append(Problem(("nodes",), "a cluster needs at least two nodes"))
     if not spec.vips:

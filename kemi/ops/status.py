@@ -2,7 +2,9 @@
 
 Channel counts come from the dialog profiles (dlg.profile_get_size), rtpengine sets from the
 rtpengine module (rtpengine.show) plus an ng `list` for their session counts, the policy
-generation and version from shared variables (pv.shvGet). Nothing is read from logs.
+generation and version from shared variables (pv.shvGet), the cluster's quorum, links and
+fencing from Corosync's and Pacemaker's tools (kemi.ops.cluster_status). Nothing is read from
+logs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kemi.core.structure import SpecError
+from kemi.ops.cluster_status import collect_cluster, render_cluster
 from kemi.ops.ng import NgClient, NgError
 from kemi.ops.rpc import KamailioRpc, RpcError
 from kemi.policyfile import load_policy
@@ -64,6 +67,7 @@ def collect(info: dict[str, Any]) -> dict[str, Any]:
         "rtpengine_sets": sets,
         "dmq_peers": dmq,
         "metrics_url": info["metrics_url"],
+        "cluster": collect_cluster(),
     }
 
 
@@ -87,4 +91,6 @@ def render_status(status: dict[str, Any]) -> str:
     peers = status["dmq_peers"]
     lines += ["", "DMQ peers: " + ("not configured" if peers is None else json.dumps(peers))]
     lines.append(f"metrics: {status['metrics_url']}")
+    if "cluster" in status:
+        lines += ["", *render_cluster(status["cluster"])]
     return "\n".join(lines)

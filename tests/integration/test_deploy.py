@@ -20,6 +20,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "cluster.example.yaml"
 EXAMPLE_3 = REPO / "deploy" / "cluster.3nodes.example.yaml"
+EXAMPLE_FENCING = REPO / "deploy" / "cluster.fencing.example.yaml"
 
 
 def render_example(example: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -33,7 +34,11 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return render_example(EXAMPLE, tmp_path_factory)
 
 
-@pytest.fixture(scope="module", params=[EXAMPLE, EXAMPLE_3], ids=["2-nodes", "3-nodes"])
+@pytest.fixture(
+    scope="module",
+    params=[EXAMPLE, EXAMPLE_3, EXAMPLE_FENCING],
+    ids=["2-nodes", "3-nodes", "2-nodes-fencing"],
+)
 def each_example(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both cluster examples rendered: what Pacemaker and crmsh are asked about."""
     return render_example(request.param, tmp_path_factory)
@@ -105,10 +110,20 @@ def test_redis_starts_with_the_rendered_conf(rendered: Path, tmp_path: Path,
             daemon.stop()
 
 
-def test_pacemaker_accepts_the_cib(each_example: Path) -> None:
-    """crm_verify on the rendered whole CIB (rc 0; with stonith disabled it prints nothing)."""
+def test_pacemaker_accepts_the_cib(each_example: Path, tmp_path: Path) -> None:
+    """crm_verify on the rendered whole CIB (rc 0, nothing printed). Every node is shown online
+    in <status>: with fencing on, nodes never seen would be scheduled for fencing (a warning)."""
     cib = each_example / "cib.xml"
-    result = subprocess.run(["crm_verify", "--xml-file", str(cib)], capture_output=True, text=True)
+    text = cib.read_text()
+    states = "".join(
+        f'<node_state id="{m[1]}" uname="{m[2]}" in_ccm="true" crmd="online" join="member" '
+        'expected="member"/>'
+        for m in re.finditer(r'<node id="(\d+)" uname="([^"]+)"/>', text)
+    )
+    assert states
+    up = tmp_path / "cib-up.xml"
+    up.write_text(text.replace("<status/>", f"<status>{states}</status>"))
+    result = subprocess.run(["crm_verify", "--xml-file", str(up)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert cib_shape(cib.read_text()) == cib_shape((each_example / "cib-resources.xml").read_text())
 
@@ -219,8 +234,13 @@ def test_pacemaker_promotes_the_standby_where_the_vip_goes(
     first = re.findall(r"rtpengine1-clone .*?Promoted: \[ (\S+) \]", started, re.S)[-1]
     takeover = simulate(up, f"--node-fail={first}")
     summary = takeover.split("Executing Cluster Transition")[0]
-    survivor = re.search(r"Start\s+vip1\s+\(\s*(\S+)\s*\)", summary)
+    # Start, or with fencing Move (the fenced node's stop is implied by the fence).
+    survivor = re.search(r"(?:Start|Move)\s+vip1\s+\((?:\s*\S+ ->)?\s*(\S+)\s*\)", summary)
     assert survivor, summary
+    if 'stonith-enabled" value="true' in cib:  # the VIP starts only once the node is fenced
+        assert f"Fence (reboot) {first} " in summary, summary
+        executed = takeover.split("Executing Cluster Transition")[1]
+        assert executed.index(f"Fencing {first} ") < executed.index("vip1            start on")
     assert re.search(
         rf"Promote\s+rtpengine1:\d+\s+\(\s*Unpromoted -> Promoted {survivor[1]}", summary
     )
@@ -233,3 +253,49 @@ def test_pacemaker_promotes_the_standby_where_the_vip_goes(
     assert actions.index(f"rtpengine1      demote on {first}") < actions.index(
         f"rtpengine1      promote on {other}"
     )
+
+
+def test_lab_fence_agent_powers_a_namespace_off_and_on(require_root: None) -> None:
+    """fence_kemiha_netns as pacemaker-fenced calls it (options on stdin): off = links down and
+    nothing left running; status 2; on = links up without the run-time (secondary) addresses."""
+    agent = str(REPO / "deploy" / "fence" / "fence_kemiha_netns")
+    lab = Lab("khft", [Host("khft-1", "10.96.9.1")])
+    with lab:
+        lab.add_address("khft-1", "10.96.9.101")  # a VIP it held
+        sleeper = subprocess.Popen(["ip", "netns", "exec", "khft-1", "sleep", "60"])
+        try:
+            pids = ["ip", "netns", "pids", "khft-1"]
+            wait_until(lambda: subprocess.run(pids, capture_output=True).stdout != b"", 5, "sleep")
+
+            def fence(action: str) -> int:
+                stdin = f"action={action}\nplug=khft-1\nnodename=drill1\n"
+                return subprocess.run([agent], input=stdin, text=True, timeout=10).returncode
+
+            assert fence("status") == 0
+            assert fence("off") == 0
+            assert sleeper.wait(5) == -9
+            assert fence("status") == 2
+            assert fence("on") == 0
+            addresses = subprocess.run(["ip", "-n", "khft-1", "-o", "-4", "addr"],
+                                       capture_output=True, text=True).stdout  # fmt: skip
+            assert "10.96.9.1/" in addresses and "10.96.9.101" not in addresses
+            assert fence("status") == 0
+        finally:
+            sleeper.kill()
+
+
+def test_pacemaker_reads_the_lab_fence_agents_metadata(tmp_path: Path, require_root: None) -> None:
+    """pacemaker's own stonith_admin finds fence_kemiha_netns in /usr/sbin (overlaid there in a
+    private mount namespace, as the drill does per node) and reads its metadata."""
+    sbin = tmp_path / "sbin"
+    sbin.mkdir()
+    agent = sbin / "fence_kemiha_netns"
+    agent.write_bytes((REPO / "deploy" / "fence" / "fence_kemiha_netns").read_bytes())
+    agent.chmod(0o755)
+    script = (f"mount -t overlay overlay -o lowerdir={sbin}:/usr/sbin /usr/sbin && "
+              "stonith_admin --metadata --agent fence_kemiha_netns")  # fmt: skip
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert '<resource-agent name="fence_kemiha_netns"' in result.stdout
+    assert not Path("/usr/sbin/fence_kemiha_netns").exists()  # the host's /usr/sbin untouched

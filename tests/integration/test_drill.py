@@ -9,12 +9,14 @@ The figures belong to `make drill` and docs/ha.md; the bounds here are loose on 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from kemi.lab.drill import drill_cluster, report, run_once
+from kemi.ops.cluster_status import collect_cluster
 from tests.pacemaker_shape import cib_shape
 
 pytestmark = pytest.mark.integration
@@ -92,3 +94,32 @@ def test_a_link_cut_leaves_every_vip_on_one_node_only(require_root: None) -> Non
     quorum = next(line for line in result.observed if line.startswith("quorum:"))
     assert quorum.count(" Yes") == 1 and quorum.count(" No") == 1, text
     assert any("0 ms after the first 3 s" in line for line in result.observed), text
+
+
+def test_a_powered_off_node_is_fenced_before_its_vip_moves(require_root: None) -> None:
+    """fenced: fence devices in the cluster file (the lab's fence_kemiha_netns); the survivor's
+    Pacemaker fences the powered-off node, then moves its VIP; `kemi-ha status`'s cluster
+    section reads the live cluster."""
+    work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-test-"))
+    try:
+        with drill_cluster(work, "tuned", fencing=True) as setup:
+            node = setup.ha["drill2"]
+            cluster = collect_cluster(lambda argv: _completed(node.run(list(argv))))
+            result = run_once(setup, 6, run_no=1, scenario="fenced")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text, _summary = report([result], 6, "tuned", "fenced")
+    print(text)
+    assert result.dropped == 0, text
+    assert cluster["pacemaker"]["stonith_enabled"] is True, cluster
+    assert {d["id"]: d["nodes"] for d in cluster["pacemaker"]["fence_devices"]} == {
+        "fence-drill1": ["drill2"], "fence-drill2": ["drill1"],
+    }, cluster  # fmt: skip
+    assert cluster["quorum"]["quorate"] is True, cluster
+    assert "fenced" in result.timeline_ms, text
+    assert any("reboot of drill1 successful" in line for line in result.observed), text
+    assert any("VIP1 started after the fence" in line for line in result.observed), text
+
+
+def _completed(result: subprocess.CompletedProcess[str]) -> tuple[int, str, str]:
+    return result.returncode, result.stdout, result.stderr

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from kemi.core.cluster_resources import cluster_resources
-from kemi.core.cluster_spec import ClusterSpec, ClusterVipSpec, NodeSpec, RedisSpec
+from kemi.core.cluster_spec import (
+    ClusterSpec,
+    ClusterVipSpec,
+    FenceSpec,
+    NodeSpec,
+    QuorumDeviceSpec,
+    RedisSpec,
+)
 from kemi.core.pacemaker import Location, PacemakerConfig, to_cib, to_cib_configuration, to_crm
 from tests.pacemaker_shape import Shape, cib_shape, crm_shape
 
@@ -135,3 +143,52 @@ def test_values_with_blanks_are_quoted_in_crm() -> None:
 def test_location_needs_a_node_or_a_rule() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         Location("x", "vip1", "50")
+
+
+def fenced(spec: ClusterSpec, quorum_device: bool = False) -> ClusterSpec:
+    """`spec` with an IPMI fence device on every node."""
+    nodes = [
+        dataclasses.replace(n, fence=FenceSpec(agent="fence_ipmilan", params={
+            "ip": f"10.99.2.{n.id}", "username": "admin",
+            "password_file": f"/etc/kemi-ha/ipmi-{n.name}.pass"}))
+        for n in spec.nodes
+    ]  # fmt: skip
+    qdevice = QuorumDeviceSpec(address="10.99.1.50") if quorum_device else None
+    return dataclasses.replace(spec, nodes=nodes, quorum_device=qdevice)
+
+
+@pytest.mark.parametrize(
+    ("spec", "delay"),
+    [(fenced(TWO), "2s"), (fenced(TWO, quorum_device=True), None), (fenced(THREE), None)],
+    ids=["2-nodes", "2-nodes-qdevice", "3-nodes"],
+)
+def test_fencing_one_device_per_node_never_on_its_own_node(
+    spec: ClusterSpec, delay: str | None
+) -> None:
+    crm, cib = shapes(spec)
+    assert crm == cib
+    assert cib["properties"]["stonith-enabled"] == "true"
+    for n in spec.nodes:
+        device = cib["resources"][f"fence-{n.name}"]
+        assert device["agent"] == ("stonith", None, "fence_ipmilan")
+        assert device["params"] == {
+            "ip": f"10.99.2.{n.id}", "username": "admin",
+            "password_script": f"cat /etc/kemi-ha/ipmi-{n.name}.pass",
+            "pcmk_host_list": n.name,
+        } | ({"pcmk_delay_max": delay} if delay else {})  # fmt: skip
+        assert cib["constraints"][f"fence-{n.name}-not-on-{n.name}"] == {
+            "kind-of": "rsc_location", "rsc": f"fence-{n.name}", "node": n.name,
+            "score": "-INFINITY",
+        }  # fmt: skip
+    text = to_crm(cluster_resources(spec))
+    assert "primitive fence-node1 stonith:fence_ipmilan \\\n\tparams ip=10.99.2.1 " in text
+    assert '<primitive id="fence-node1" class="stonith" type="fence_ipmilan">' in (
+        to_cib_configuration(cluster_resources(spec))
+    )
+
+
+@CLUSTERS
+def test_no_fence_device_no_fencing(spec: ClusterSpec) -> None:
+    _, cib = shapes(spec)
+    assert cib["properties"]["stonith-enabled"] == "false"
+    assert not [r for r in cib["resources"].values() if r["agent"][0] == "stonith"]

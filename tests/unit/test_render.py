@@ -11,6 +11,7 @@ import pytest
 
 from kemi.core.node_spec import NodeConfigSpec
 from kemi.core.structure import SpecError
+from kemi.lab.drill import FENCE_AGENT, DrillNode, cluster_yaml, drill_policy
 from kemi.lab.hanode import install_node
 from kemi.ops.nodecfg import render_node_cfg
 from kemi.ops.render import corosync_conf, load_cluster, load_node_config, render
@@ -196,3 +197,56 @@ def test_a_quorum_device_gives_two_nodes_a_majority(tmp_path: Path) -> None:
     render(EXAMPLE, plain)
     assert 'name="no-quorum-policy" value="ignore"' in (plain / "cib.xml").read_text()
     assert "two_node: 1" in (plain / "node1" / "corosync.conf").read_text()
+
+
+FENCING = REPO / "deploy" / "cluster.fencing.example.yaml"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("agent: fence_ipmilan", "agent: ipmilan"), "not a fence agent name"),
+        (("    fence:\n      agent: fence_ipmilan\n      params: {ip: 10.99.2.2", "    x:\n"
+          "      agent: fence_ipmilan\n      params: {ip: 10.99.2.2"), "unknown key"),
+        (("params: {ip: 10.99.2.1,", "params: {pcmk_host_list: x, ip: 10.99.2.1,"),
+         "pcmk_host_list is rendered"),
+    ],
+)  # fmt: skip
+def test_bad_fencing_is_refused(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    text = FENCING.read_text()
+    assert change[0] in text
+    bad = tmp_path / "c.yaml"
+    bad.write_text(text.replace(change[0], change[1], 1))
+    with pytest.raises(SpecError, match=message):
+        load_cluster(bad)
+
+
+def test_fencing_on_some_nodes_only_is_refused(tmp_path: Path) -> None:
+    text = FENCING.read_text()
+    start = text.index("    fence:", text.index("name: node2"))
+    bad = tmp_path / "c.yaml"
+    bad.write_text(text[:start] + text[text.index("vips:") :])
+    with pytest.raises(SpecError, match=r"nodes\[?.?1.*every node needs one") as info:
+        load_cluster(bad)
+    assert len(info.value.messages) == 1
+
+
+def test_the_drills_fencing_is_rendered_like_any_fence_agent(tmp_path: Path) -> None:
+    """The drill's cluster file names fence_kemiha_netns per node (no lab patch of the CIB);
+    install_node puts the agent where the node sees /usr/sbin."""
+    nodes = DrillNode.build(2)
+    (tmp_path / "policy-base.yaml").write_text(drill_policy())
+    (tmp_path / "cluster.yaml").write_text(cluster_yaml(nodes, "tuned", fencing=True))
+    out = tmp_path / "out"
+    render(tmp_path / "cluster.yaml", out)
+    cib = (out / "cib.xml").read_text()
+    assert 'name="stonith-enabled" value="true"' in cib
+    for n in nodes:
+        assert f'<primitive id="fence-{n.name}" class="stonith" type="fence_kemiha_netns">' in cib
+        assert f'value="{n.name}:{n.netns}"' in cib  # pcmk_host_map: node -> its namespace
+    install_node(out, "drill1", tmp_path / "drill1", {}, [FENCE_AGENT])
+    sbin = tmp_path / "drill1" / "sbin" / "fence_kemiha_netns"
+    assert sbin.read_bytes() == FENCE_AGENT.read_bytes() and sbin.stat().st_mode & 0o111
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(cluster_yaml(nodes, "tuned"))
+    assert "fence" not in plain.read_text()
