@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kemi.lab.drill import drill_cluster, report, run_once
+from kemi.lab.drill import RunResult, drill_cluster, report, run_once
 from kemi.ops.cluster_status import collect_cluster
 from tests.pacemaker_shape import cib_shape
 
@@ -61,14 +61,7 @@ def test_a_powered_off_node_rejoins_and_takes_its_vip_back(require_root: None) -
     """failback: power-off, the node comes back while the calls last (no VIP moves back by
     itself: stickiness; its dialogs and Redis resync), then a planned move of its VIP back costs
     the calls on it about one packet, served by its hot standby."""
-    work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-test-"))
-    try:
-        with drill_cluster(work, "tuned") as setup:
-            result = run_once(setup, 6, run_no=1, scenario="failback")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    text, _summary = report([result], 6, "tuned", "failback")
-    print(text)
+    result, text = one_run("failback")
     assert result.dropped == 0, text
     assert any("after the failover: {'vip1': 'drill2'" in line for line in result.observed), text
     assert any("rejoined" in line and "'vip1': 'drill2'" in line for line in result.observed)
@@ -82,14 +75,7 @@ def test_a_powered_off_node_rejoins_and_takes_its_vip_back(require_root: None) -
 def test_a_link_cut_leaves_every_vip_on_one_node_only(require_root: None) -> None:
     """link-cut with a quorum device (corosync-qnetd in its own namespace): both nodes keep
     running, only one keeps quorum and the VIPs; never a VIP on both after the settle."""
-    work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-test-"))
-    try:
-        with drill_cluster(work, "tuned", qdevice=True) as setup:
-            result = run_once(setup, 6, run_no=1, scenario="link-cut")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    text, _summary = report([result], 6, "tuned", "link-cut")
-    print(text)
+    result, text = one_run("link-cut", qdevice=True)
     assert result.dropped == 0, text
     quorum = next(line for line in result.observed if line.startswith("quorum:"))
     assert quorum.count(" Yes") == 1 and quorum.count(" No") == 1, text
@@ -119,6 +105,19 @@ def test_a_powered_off_node_is_fenced_before_its_vip_moves(require_root: None) -
     assert "fenced" in result.timeline_ms, text
     assert any("reboot of drill1 successful" in line for line in result.observed), text
     assert any("VIP1 started after the fence" in line for line in result.observed), text
+
+
+def one_run(scenario: str, calls: int = 6, **cluster: bool) -> tuple[RunResult, str]:
+    """One run of `scenario` on a fresh two-node cluster; its result and report."""
+    work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-test-"))  # readable by the redis user
+    try:
+        with drill_cluster(work, "tuned", **cluster) as setup:
+            result = run_once(setup, calls, run_no=1, scenario=scenario)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text, _summary = report([result], calls, "tuned", scenario)
+    print(text)
+    return result, text
 
 
 def _completed(result: subprocess.CompletedProcess[str]) -> tuple[int, str, str]:
