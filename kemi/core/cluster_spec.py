@@ -79,6 +79,10 @@ class QuorumDeviceSpec:
         "between them is trusted",
         True,
     )
+    timeout_ms: int | None = doc(
+        "qdevice `timeout` (ms; Corosync's default 10000): qnetd drops a dead node's connection "
+        "after 1.2 x this, and until then the survivor waits for its vote"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,7 +106,9 @@ def cluster_yaml(nodes: list[DrillNode], profile: str, qdevice: bool = False,
     """The operator's cluster file; everything the lab needs differently is a field here."""
     span = 20000 // len(nodes)
     # A trusted lab bridge: qdevice <-> qnetd without TLS certificates (docs/ha.md has them).
-    device = {"quorum_device": {"address": QNETD, "tls": False}} if qdevice else {}
+    timeout = int(os.environ.get("KEMI_HA_DRILL_QDEVICE_TIMEOUT_MS", "0")) or None
+    device = ({"quorum_device": {"address": QNETD, "tls": False}
+               | ({"timeout_ms": timeout} if timeout else {})} if qdevice else {})  # fmt: skip
     return yaml.safe_dump(device | {
         "cluster_name": "kemi-ha-drill", "corosync_profile": profile, "policy": "policy-base.yaml",
         "nodes": [{"name": n.name, "id": n.node_id, "address": n.address, "interface": "eth0"}

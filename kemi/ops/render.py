@@ -216,7 +216,9 @@ def corosync_conf(spec: ClusterSpec, profile: str) -> str:
     if spec.quorum_device is not None:
         q = spec.quorum_device
         device = (
-            "    device {\n        model: net\n        votes: 1\n        net {\n"
+            "    device {\n        model: net\n        votes: 1\n"
+            + (f"        timeout: {q.timeout_ms}\n" if q.timeout_ms else "")
+            + "        net {\n"
             f"            host: {q.address}\n            port: {q.port}\n"
             f"            algorithm: {q.algorithm}\n            tls: {'on' if q.tls else 'off'}\n"
             "        }\n    }\n"

@@ -191,7 +191,11 @@ def test_a_quorum_device_gives_two_nodes_a_majority(tmp_path: Path) -> None:
     conf = (out / "node1" / "corosync.conf").read_text()
     assert "two_node" not in conf
     assert "model: net" in conf and "host: 10.99.1.50" in conf and "algorithm: ffsplit" in conf
-    assert "tls: off" in conf
+    assert "tls: off" in conf and "timeout:" not in conf.split("device {")[1]
+    cluster.write_text(cluster.read_text().replace("tls: false}", "tls: false, timeout_ms: 2000}"))
+    render(cluster, tmp_path / "timed")
+    timed = (tmp_path / "timed" / "node1" / "corosync.conf").read_text()
+    assert "        timeout: 2000\n" in timed.split("device {")[1]
     assert 'name="no-quorum-policy" value="stop"' in (out / "cib.xml").read_text()
     plain = tmp_path / "plain"
     render(EXAMPLE, plain)
