@@ -9,7 +9,8 @@ KEMI_HA := $(VENV)/bin/kemi-ha
 RUN_DIR ?= run
 APT_PACKAGES := kamailio kamailio-python3-modules kamailio-extra-modules kamailio-redis-modules \
 	rtpengine-daemon redis-server sip-tester python3-venv iproute2 procps iputils-arping \
-	pacemaker corosync crmsh resource-agents libxml2-utils tshark rtpengine-utils iptables
+	pacemaker corosync crmsh resource-agents libxml2-utils tshark rtpengine-utils iptables \
+	corosync-qdevice corosync-qnetd fence-agents
 PYTEST_ARGS ?=
 
 .PHONY: run test unit integration lint deps venv api-list schema bench drill clean
