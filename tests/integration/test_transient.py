@@ -181,17 +181,22 @@ def test_b_ringing_call_is_answered_after_the_takeover(cluster: Cluster) -> None
     caller = cluster.uac(VIP1, calls=1, duration_ms=3000)
     ringing(cluster)
     power_off_a_and_take_vip1(cluster)
-    wait_for(lambda: states(cluster.b) == [4], timeout=15, what="dialog confirmed on B",
-             state=lambda: str(states(cluster.b)))  # fmt: skip
-    (call_id,) = [d["call-id"] for d in dialogs(cluster.b) if int(d["state"]) == 4]
-    wait_for(lambda: packets(cluster.b, call_id) > 20, timeout=5,
-             what="RTP through B's rtpengine for VIP1")  # fmt: skip
+    confirmed_on_b_with_media(cluster)
     assert_ok(caller, 40)
     assert_ok(uas, 10)
     nothing_left_on_b(cluster)
     log = log_of(cluster.b)
     assert "takeover reply 200 INVITE: answer" in log
     assert "exception in" not in log
+
+
+def confirmed_on_b_with_media(cluster: Cluster) -> None:
+    """B's copy of the one call confirmed (state 4), and its RTP crossing B's rtpengine."""
+    wait_for(lambda: states(cluster.b) == [4], timeout=15, what="dialog confirmed on B",
+             state=lambda: str(states(cluster.b)))  # fmt: skip
+    (call_id,) = [d["call-id"] for d in dialogs(cluster.b) if int(d["state"]) == 4]
+    wait_for(lambda: packets(cluster.b, call_id) > 20, timeout=5,
+             what="RTP through B's rtpengine for VIP1")  # fmt: skip
 
 
 def test_c_answered_call_is_acked_after_the_takeover(cluster: Cluster) -> None:
@@ -205,11 +210,7 @@ def test_c_answered_call_is_acked_after_the_takeover(cluster: Cluster) -> None:
              what="an answered, unacknowledged call on A",
              state=lambda: f"A {states(cluster.a)} B {states(cluster.b)}")  # fmt: skip
     power_off_a_and_take_vip1(cluster)
-    wait_for(lambda: states(cluster.b) == [4], timeout=15, what="dialog confirmed on B",
-             state=lambda: str(states(cluster.b)))  # fmt: skip
-    (call_id,) = [d["call-id"] for d in dialogs(cluster.b) if int(d["state"]) == 4]
-    wait_for(lambda: packets(cluster.b, call_id) > 20, timeout=5,
-             what="RTP through B's rtpengine for VIP1")  # fmt: skip
+    confirmed_on_b_with_media(cluster)
     assert_ok(caller, 40)
     assert_ok(uas, 10)
     nothing_left_on_b(cluster)
