@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kemi.lab.net import Host, Lab
+from kemi.lab.net import Host, Lab, lab_ns
 from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.stack import Stack, StackConfig
 
@@ -22,7 +22,7 @@ NET = "10.99.0"
 CLIENT, RACER = f"{NET}.10", f"{NET}.11"
 UNLIMITED = f"{NET}.12"  # a trusted client of no tenant: only the global profile counts it
 MAX_NODES = 9  # node addresses .1-.9 stay below the clients' .10
-PREFIX = "khat"  # namespaces khat-1..khat-N, khat-c (client), khat-sw (switch)
+PREFIX = lab_ns("khat")  # namespaces khat-1..khat-N, khat-c (client), khat-sw (switch)
 UAS_PORT = 5080
 DMQ_PORT = 5090
 

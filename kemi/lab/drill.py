@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from kemi.lab.hanode import HaNode, install_node, kill_netns
-from kemi.lab.net import Host, Lab, sh
+from kemi.lab.net import Host, Lab, lab_ns, sh
 from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.netns import in_netns
 from kemi.ops.ng import NgClient, rtp_streams
@@ -45,7 +45,7 @@ from kemi.ops.stack import REPO_ROOT
 # Another drill can run beside this one with its own namespaces and network, e.g.
 # KEMI_HA_DRILL_PREFIX=khf KEMI_HA_DRILL_NET=10.97.0 (links on 10.97.<k>.x).
 NET = os.environ.get("KEMI_HA_DRILL_NET", "10.98.0")
-PREFIX = os.environ.get("KEMI_HA_DRILL_PREFIX", "khad")
+PREFIX = os.environ.get("KEMI_HA_DRILL_PREFIX", lab_ns("khad"))
 LINK_NET = NET.rsplit(".", 1)[0]  # network k of the links: LINK_NET.<k>.<node>
 CLIENT, CLIENT_NS = f"{NET}.10", f"{PREFIX}-c"
 QNETD, QNETD_NS = f"{NET}.20", f"{PREFIX}-q"  # the quorum device's host (corosync-qnetd)

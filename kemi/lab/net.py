@@ -6,6 +6,7 @@ namespaces, and destroy() removes every namespace it made (their links go with t
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,12 @@ from dataclasses import dataclass, field
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, check=check, capture_output=True, text=True)
+
+
+def lab_ns(name: str) -> str:
+    """`name` behind $KEMI_HA_LAB_TAG: two checkouts' suites and drills then run side by side on
+    one machine, each in namespaces of its own."""
+    return os.environ.get("KEMI_HA_LAB_TAG", "") + name
 
 
 @dataclass

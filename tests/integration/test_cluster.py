@@ -30,6 +30,7 @@ from kemi.lab.cluster import (
     Cluster,
     start_cluster,
 )
+from kemi.lab.net import lab_ns
 from kemi.ops.netns import in_netns
 from kemi.ops.stack import Stack
 from tests.integration.calls import assert_ok, send_raw, wait_for
@@ -231,7 +232,8 @@ def mesh_state(cluster: Cluster) -> str:
 @pytest.fixture(scope="module")
 def three_nodes(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Cluster]:
     """Started once for every 3-node test (~10 s); ready when DMQ is a full mesh."""
-    for cluster in start_cluster(tmp_path_factory.mktemp("cluster3"), nodes=3, prefix="khat-3n"):
+    base = tmp_path_factory.mktemp("cluster3")
+    for cluster in start_cluster(base, nodes=3, prefix=lab_ns("khat-3n")):
         wait_for(partial(full_mesh, cluster), timeout=30, what="DMQ full mesh of 3 nodes",
                  state=partial(mesh_state, cluster))  # fmt: skip
         yield cluster

@@ -11,13 +11,16 @@ from pathlib import Path
 import pytest
 
 from kemi.cli import main as kemi_ha
-from kemi.lab.net import Host, Lab
+from kemi.lab.net import Host, Lab, lab_ns
 from kemi.ops.procs import Daemon, wait_until
 from kemi.policyfile import load_policy
 from tests.pacemaker_shape import cib_shape
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
+
+KHTC_N1, KHTR_N1 = lab_ns("khtc-n1"), lab_ns("khtr-n1")
+KHTV_N1, KHFT_1 = lab_ns("khtv-n1"), lab_ns("khft-1")
 EXAMPLE = REPO / "deploy" / "cluster.example.yaml"
 EXAMPLE_3 = REPO / "deploy" / "cluster.3nodes.example.yaml"
 EXAMPLE_FENCING = REPO / "deploy" / "cluster.fencing.example.yaml"
@@ -65,9 +68,9 @@ def test_corosync_accepts_every_node_file(
     """`corosync -t` on every node's file, inside a namespace where that node's address exists."""
     nodes = sorted(p.name for p in each_example.iterdir() if p.is_dir())
     for i, node in enumerate(nodes, start=1):
-        with Lab("khtc", [Host("khtc-n1", f"10.99.1.{i}")]):
+        with Lab(lab_ns("khtc"), [Host(KHTC_N1, f"10.99.1.{i}")]):
             result = subprocess.run(
-                ["ip", "netns", "exec", "khtc-n1", "corosync", "-t", "-c",
+                ["ip", "netns", "exec", KHTC_N1, "corosync", "-t", "-c",
                  str(each_example / node / f"corosync-{profile}.conf")],
                 capture_output=True, text=True,
             )  # fmt: skip
@@ -97,14 +100,14 @@ def test_kamailio_parses_every_node_cfg(tmp_path: Path, require_root: None) -> N
 def test_redis_starts_with_the_rendered_conf(rendered: Path, tmp_path: Path,
                                              require_root: None) -> None:  # fmt: skip
     """redis-server reads the rendered redis.conf (in a namespace: it binds 0.0.0.0:6379)."""
-    with Lab("khtr", [Host("khtr-n1", "10.99.1.1")]):
-        daemon = Daemon("redis", ["ip", "netns", "exec", "khtr-n1", "redis-server",
+    with Lab(lab_ns("khtr"), [Host(KHTR_N1, "10.99.1.1")]):
+        daemon = Daemon("redis", ["ip", "netns", "exec", KHTR_N1, "redis-server",
                                   str(rendered / "node1" / "redis.conf"), "--dir", str(tmp_path)],
                         tmp_path / "redis.log")  # fmt: skip
         daemon.start()
         try:
             wait_until(lambda: b"PONG" in subprocess.run(
-                ["ip", "netns", "exec", "khtr-n1", "redis-cli", "ping"], capture_output=True,
+                ["ip", "netns", "exec", KHTR_N1, "redis-cli", "ping"], capture_output=True,
             ).stdout, 10, "redis with the rendered conf")  # fmt: skip
         finally:
             daemon.stop()
@@ -192,9 +195,9 @@ def test_rtpengine_ocf_agent_passes_ocf_tester(tmp_path: Path, redis_16399: None
 
 def test_vip_ocf_agent_passes_ocf_tester(require_root: None) -> None:
     """Inside a namespace of its own: the agent adds and removes a real address."""
-    with Lab("khtv", [Host("khtv-n1", "10.99.7.1")]):
+    with Lab(lab_ns("khtv"), [Host(KHTV_N1, "10.99.7.1")]):
         result = subprocess.run(
-            ["ip", "netns", "exec", "khtv-n1", "ocf-tester", "-n", "vip",
+            ["ip", "netns", "exec", KHTV_N1, "ocf-tester", "-n", "vip",
              "-o", "ip=10.99.7.100", "-o", "cidr_netmask=24", str(REPO / "deploy" / "ocf" / "vip")],
             capture_output=True, text=True, timeout=120,
             env={"OCF_ROOT": "/usr/lib/ocf", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
@@ -259,12 +262,12 @@ def test_lab_fence_agent_powers_a_namespace_off_and_on(require_root: None) -> No
     """fence_kemiha_netns as pacemaker-fenced calls it (options on stdin): off = links down and
     nothing left running; status 2; on = links up without the run-time (secondary) addresses."""
     agent = str(REPO / "deploy" / "fence" / "fence_kemiha_netns")
-    lab = Lab("khft", [Host("khft-1", "10.96.9.1")])
+    lab = Lab(lab_ns("khft"), [Host(KHFT_1, "10.96.9.1")])
     with lab:
-        lab.add_address("khft-1", "10.96.9.101")  # a VIP it held
-        sleeper = subprocess.Popen(["ip", "netns", "exec", "khft-1", "sleep", "60"])
+        lab.add_address(KHFT_1, "10.96.9.101")  # a VIP it held
+        sleeper = subprocess.Popen(["ip", "netns", "exec", KHFT_1, "sleep", "60"])
         try:
-            pids = ["ip", "netns", "pids", "khft-1"]
+            pids = ["ip", "netns", "pids", KHFT_1]
             wait_until(lambda: subprocess.run(pids, capture_output=True).stdout != b"", 5, "sleep")
 
             def fence(action: str) -> int:
@@ -276,7 +279,7 @@ def test_lab_fence_agent_powers_a_namespace_off_and_on(require_root: None) -> No
             assert sleeper.wait(5) == -9
             assert fence("status") == 2
             assert fence("on") == 0
-            addresses = subprocess.run(["ip", "-n", "khft-1", "-o", "-4", "addr"],
+            addresses = subprocess.run(["ip", "-n", KHFT_1, "-o", "-4", "addr"],
                                        capture_output=True, text=True).stdout  # fmt: skip
             assert "10.96.9.1/" in addresses and "10.96.9.101" not in addresses
             assert fence("status") == 0

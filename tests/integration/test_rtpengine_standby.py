@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kemi.lab.net import Host, Lab, sh
+from kemi.lab.net import Host, Lab, lab_ns, sh
 from kemi.ops.procs import Daemon, wait_until
 
 pytestmark = pytest.mark.integration
@@ -77,7 +77,7 @@ def synced(db: int) -> str:
 
 
 def ns(node: str) -> str:
-    return f"khs-{node}"
+    return lab_ns(f"khs-{node}")
 
 
 def run_in(node: str, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -183,7 +183,7 @@ class Pair:
 def lab_of(nodes: list[str], tmp: Path) -> Iterator[Pair]:
     """`nodes` (n1 first, its Redis the master with the Redis VIP) and the client."""
     hosts = [Host(ns(n), NODES[n]) for n in nodes] + [Host(ns("c"), CLIENT)]
-    with Lab("khs", hosts) as lab:
+    with Lab(lab_ns("khs"), hosts) as lab:
         p = Pair(lab, tmp, {}, nodes)
         try:
             p.start_redis("n1", None)

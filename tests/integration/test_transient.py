@@ -23,13 +23,14 @@ from typing import Any
 import pytest
 
 from kemi.lab.cluster import CLIENT, UAS_PORT, VIP1, Cluster, node_ns, start_cluster
+from kemi.lab.net import lab_ns
 from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.stack import Stack
 from tests.integration.calls import assert_ok, packets_of, wait_for
 
 pytestmark = pytest.mark.integration
 
-PREFIX = "khx"
+PREFIX = lab_ns("khx")
 NS_A, NS_B = node_ns(1, PREFIX), node_ns(2, PREFIX)
 
 
