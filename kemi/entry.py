@@ -12,6 +12,7 @@ from pathlib import Path
 
 import KSR  # type: ignore[import-not-found]  # provided by app_python3 inside Kamailio
 
+from kemi.core.floods import BAN_TABLE
 from kemi.ops.httptoken import read_token
 from kemi.ops.ng import NgClient, NgError
 from kemi.ops.rpc import KamailioRpc
@@ -52,6 +53,7 @@ def mod_init() -> Router:
         dmq_nodes=lambda: list(rpc.call("dmq.list_nodes")),
         rtpengine_alive=ng_alive,
         http_token=http_token(run_dir),
+        ban_dump=lambda: list(rpc.call("htable.dump", BAN_TABLE) or []),
     )
 
 

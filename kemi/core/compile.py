@@ -4,7 +4,8 @@ Checks: addresses, CIDRs (no host bits) and SIP URIs parse; names are unique; ro
 trunks and limits refer to tenants that exist; every VIP has an rtpengine socket; the same
 network or domain in two tenants (or two trunks) is ambiguous; two routes with the same
 tenant, domain and prefix are ambiguous; limits are not negative; Retry-After goes with 503.
-Every problem is reported, not only the first.
+floods: at least 1 request per window, a window of 1-60 s, a ban of 1 s to a day, exempt
+networks are CIDRs, no empty scanner User-Agent. Every problem is reported, not only the first.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
+from kemi.core.floods import BAN_MAX_S, compile_guard, host_network
 from kemi.core.policy import (
     CidrTable,
     Limit,
@@ -175,6 +177,24 @@ def check(spec: PolicySpec) -> list[Problem]:
     for i, peer in enumerate(spec.dmq_peers):
         if not SIP_URI.match(peer):
             c.add(("dmq_peers", i), f"not a SIP URI: {peer!r}")
+        else:
+            try:
+                ipaddress.ip_address(uri_host(peer))
+            except ValueError:
+                c.add(("dmq_peers", i), f"a DMQ peer is an IP address (it is exempt from bans): "
+                      f"{peer!r}")  # fmt: skip
+    floods = spec.floods
+    if floods.max_requests < 1:
+        c.add(("floods", "max_requests"), "must be at least 1")
+    if not 1 <= floods.window_s <= 60:
+        c.add(("floods", "window_s"), "must be 1..60 seconds")
+    if not 1 <= floods.ban_s <= BAN_MAX_S:
+        c.add(("floods", "ban_s"), f"must be 1..{BAN_MAX_S} seconds (kha_ban's autoexpire)")
+    for i, net in enumerate(floods.exempt):
+        c.cidr(("floods", "exempt", i), net)
+    for i, agent in enumerate(floods.scanner_user_agents):
+        if not agent.strip():
+            c.add(("floods", "scanner_user_agents", i), "an empty User-Agent would match all")
     return c.problems
 
 
@@ -214,6 +234,13 @@ def compile_policy(spec: PolicySpec) -> Policy:
     }
     trusted = {str(ipaddress.ip_network(p)): True for p in spec.trusted_peers}
     trusted.update({net: True for net in trunk_src})
+    peer_hosts = frozenset(uri_host(p) for p in spec.dmq_peers)
+    f = spec.floods
+    floods = compile_guard(
+        f.enabled, f.max_requests, f.window_s, f.ban_s,
+        [*trusted, *f.exempt, *(host_network(h) for h in sorted(peer_hosts))],
+        f.scanner_user_agents, f.ban_scanners,
+    )  # fmt: skip
     return Policy(
         version=spec.version,
         vips=tuple(vips),
@@ -229,8 +256,9 @@ def compile_policy(spec: PolicySpec) -> Policy:
         global_limit=_limit("global", "all", spec.global_limit),
         trusted=CidrTable.build(trusted),
         dmq_peers=tuple(spec.dmq_peers),
-        dmq_peer_hosts=frozenset(uri_host(p) for p in spec.dmq_peers),
+        dmq_peer_hosts=peer_hosts,
         sdp_limits=SdpLimits(spec.sdp.max_streams, spec.sdp.max_bytes),
+        floods=floods,
     )
 
 

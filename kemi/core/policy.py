@@ -11,6 +11,7 @@ Rules:
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -103,6 +104,20 @@ class SdpLimits:
     max_bytes: int = 16384
 
 
+@dataclass(frozen=True, slots=True)
+class FloodGuard:
+    """Policy `floods`, compiled: exemptions as one CIDR table, scanner User-Agents as one
+    case-insensitive regex (None: no scanner list), both built at load (kemi.core.floods)."""
+
+    enabled: bool = False
+    max_requests: int = 100
+    window_s: int = 1
+    ban_s: int = 600
+    exempt: CidrTable[bool] = CidrTable(())
+    scanner_ua: re.Pattern[str] | None = None
+    ban_scanners: bool = True
+
+
 RouteKey = tuple[str | None, str | None]  # (tenant, domain); None matches any
 
 
@@ -124,3 +139,4 @@ class Policy:
     dmq_peers: tuple[str, ...]
     dmq_peer_hosts: frozenset[str]
     sdp_limits: SdpLimits = SdpLimits()
+    floods: FloodGuard = FloodGuard()

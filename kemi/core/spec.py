@@ -68,6 +68,48 @@ class SdpSpec:
     max_bytes: int = doc("largest SDP body, in bytes", 16384)
 
 
+# User-Agent substrings of well-known SIP scanners and attack tools (SIPVicious and its forks,
+# sipcli, SIPScan, VaxSIP, iWar, sundayddr, smap, ...), matched case-insensitively.
+SCANNER_USER_AGENTS = [
+    "friendly-scanner",
+    "sipvicious",
+    "sipcli",
+    "sip-scan",
+    "sipscan",
+    "vaxsipuseragent",
+    "iwar",
+    "sundayddr",
+    "smap",
+    "pplsip",
+    "sipsak-scan",
+    "voip-scan",
+    "sipptk",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class FloodSpec:
+    """Flood and scanner protection: a source sending too fast, or a scanner, is banned on every
+    node (the ban list is replicated over DMQ) for `ban_s`. Trusted peers, trunks, DMQ peers,
+    loopback and `exempt` networks are never counted, refused nor banned."""
+
+    enabled: bool = doc("count requests per source and ban floods and scanners", True)
+    max_requests: int = doc(
+        "most requests (any method) one source may send per window; the next one bans it", 100
+    )
+    window_s: int = doc("counting window, in seconds", 1)
+    ban_s: int = doc("how long a ban lasts, in seconds (1..86400), cluster-wide", 600)
+    exempt: list[str] = doc(
+        "networks (CIDR) never counted nor banned, besides trusted_peers and trunks",
+        factory=list,
+    )
+    scanner_user_agents: list[str] = doc(
+        "User-Agent substrings (case-insensitive) of SIP scanners: their requests are dropped",
+        factory=lambda: list(SCANNER_USER_AGENTS),
+    )
+    ban_scanners: bool = doc("a scanner's request also bans its source for ban_s", True)
+
+
 @dataclass(frozen=True, slots=True)
 class VipSpec:
     """A cluster address: SIP and media of calls on it, served by its own rtpengine set."""
@@ -127,3 +169,6 @@ class PolicySpec:
     )
     dmq_peers: list[str] = doc("SIP URIs of the other nodes' DMQ listeners", factory=list)
     sdp: SdpSpec = doc("bounds on SDP bodies sent to rtpengine (488 beyond)", factory=SdpSpec)
+    floods: FloodSpec = doc(
+        "flood and scanner bans, shared by every node (docs/security.md)", factory=FloodSpec
+    )

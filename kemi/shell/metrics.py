@@ -50,6 +50,14 @@ TAKEOVER_DIALOGS = Counter(
     "Dialogs confirmed or ended by RPC for a dead node's calls, by result",
     ["what", "result"],
 )
+BANS = Counter(
+    "kemi_ha_bans_total", "Sources banned by this node (flood or scanner), cluster-wide", ["reason"]
+)
+FLOOD_DROPS = Counter(
+    "kemi_ha_flood_drops_total",
+    "Requests dropped unanswered: source banned, scanner User-Agent, or over its rate",
+    ["reason"],
+)
 POLICY_RELOADS = Counter(
     "kemi_ha_policy_reloads_total", "Policy reloads asked, by result", ["result"]
 )

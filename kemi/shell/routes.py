@@ -2,7 +2,8 @@
 
 Route order follows Kamailio's etc/kamailio.cfg so it reads at a glance:
 
-    request_route: REQINIT -> CANCEL -> WITHINDLG (known dialogs only, else 481)
+    request_route: (KDMQ first) -> FLOODS (bans, scanners, rate per source: kemi.core.floods)
+                   -> REQINIT -> CANCEL -> WITHINDLG (known dialogs only, else 481)
                    -> (ACK absorbed) -> OPTIONS to us
                    -> INVITE (SDP bounds, dialog, record-route, rtpengine offer) -> RELAY
     reply_route: replies without a transaction pass only for a known dialog (else dropped);
@@ -33,7 +34,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from kemi.core import decide, takeover
+from kemi.core import decide, floods, takeover
 from kemi.core.decide import Admit, InviteFacts, Reject
 from kemi.core.policy import Limit, Policy, Vip
 from kemi.core.sdp import sdp_refusal
@@ -107,6 +108,7 @@ class Router:
         dmq_nodes: Callable[[], list[dict[str, Any]]] = list,
         rtpengine_alive: Callable[[str], bool] = lambda socket_spec: False,
         http_token: str = "",
+        ban_dump: Callable[[], list[dict[str, Any]]] = list,
     ) -> None:
         self.ksr = ksr
         self.pv = Pv(ksr)
@@ -116,6 +118,7 @@ class Router:
         self.dmq = dmq
         self.dmq_nodes = dmq_nodes  # what DMQ knows of its peers (RPC dmq.list_nodes)
         self.rtpengine_alive = rtpengine_alive  # ng ping of one socket, for the scrape only
+        self.ban_dump = ban_dump  # kha_ban as RPC htable.dump answers it, for the scrape only
         self.policies = policies
         self._policy = policies.current
 
@@ -137,6 +140,8 @@ class Router:
         policy = self._policy()
         if ksr.is_KDMQ():
             self.route_kdmq(policy)
+            return 1
+        if not self.route_floods(policy):
             return 1
         if not self.route_reqinit():
             return 1
@@ -181,6 +186,44 @@ class Router:
         log.warning("KDMQ from %s refused: %s", source, why)
         metrics.KDMQ.labels("refused").inc()
         ksr.sl.sl_send_reply(403, "Forbidden")
+
+    def route_floods(self, policy: Policy) -> bool:
+        """FLOODS: exempt sources pass untouched; a banned source, a scanner or a source over
+        its rate is dropped without an answer (kemi.core.floods gives the order). A ban is set
+        in kha_ban, which DMQ replicates: every node drops the source from then on."""
+        guard = policy.floods
+        if not guard.enabled:
+            return True
+        source = self.pv.text("$si")
+        if floods.is_exempt(guard, source):
+            return True
+        ksr = self.ksr
+        now = time.time()
+        if floods.ban_active(ksr.htable.sht_get(floods.BAN_TABLE, source), now):
+            metrics.FLOOD_DROPS.labels("banned").inc()
+            return False
+        if guard.scanner_ua is not None and floods.is_scanner(guard, self.pv.text("$ua")):
+            metrics.FLOOD_DROPS.labels("scanner").inc()
+            if guard.ban_scanners:
+                self.ban(source, floods.ban_end(now, guard.ban_s), guard.ban_s, "scanner")
+            return False
+        count = ksr.htable.sht_inc(
+            floods.RATE_TABLE, floods.window_key(source, now, guard.window_s)
+        )
+        if not floods.over_rate(guard, int(count)):
+            return True
+        metrics.FLOOD_DROPS.labels("rate").inc()
+        if floods.bans_now(guard, int(count)):
+            self.ban(source, floods.ban_end(now, guard.ban_s), guard.ban_s, "flood")
+        return False
+
+    def ban(self, source: str, until: int, seconds: int, reason: str) -> None:
+        """One ban, replicated by htable over DMQ (the value is its end, epoch seconds)."""
+        if ok(self.ksr.htable.sht_setxi(floods.BAN_TABLE, source, until, seconds)):
+            metrics.BANS.labels(reason).inc()
+            log.warning("source %s banned for %d s: %s", source, seconds, reason)
+        else:
+            log.error("could not ban source %s (%s)", source, reason)
 
     def route_reqinit(self) -> bool:
         """REQINIT: hop limit (483) and well-formedness (sanity answers 400 itself)."""
@@ -592,10 +635,21 @@ class Router:
         info = metrics.Gauge("kemi_ha_policy_info", "The policy in force (value 1)",
                              ("version", "generation"))  # fmt: skip
         info.samples.append(((policy.version, str(self.policies.generation)), 1.0))
-        gauges = [active, limits, up, info]
+        gauges = [active, limits, up, info, self.ban_gauge()]
         if self.dmq:
             gauges.append(self.dmq_peer_gauge(policy))
         return gauges
+
+    def ban_gauge(self) -> metrics.Gauge:
+        """Sources banned now (the replicated list: the same on every node)."""
+        gauge = metrics.Gauge("kemi_ha_banned_sources", "Sources banned now, cluster-wide")
+        try:
+            bans = floods.bans_from_dump(self.ban_dump(), time.time())
+        except Exception as exc:  # a scrape must still answer
+            log.warning("cannot read the ban list: %s", exc)
+            return gauge
+        gauge.samples.append(((), float(len(bans))))
+        return gauge
 
     def dmq_peer_gauge(self, policy: Policy) -> metrics.Gauge:
         """1 per configured peer DMQ reports active; 0 if inactive or unknown to DMQ."""

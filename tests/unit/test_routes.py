@@ -75,6 +75,9 @@ HAPPY: dict[str, Any] = {
     "jsonrpcs.exec": 1,
     "forward": 1,
     "set_drop": None,
+    "htable.sht_get": None,  # no ban
+    "htable.sht_inc": 1,  # first request of its window
+    "htable.sht_setxi": 1,
 }
 SDP_BODY = (
     "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
@@ -86,7 +89,7 @@ PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0
        "$avp(kha_counted)": None, "$avp(kha_late)": None, "$rb": SDP_BODY,
        "$hdr(Authorization)": None, "$dlg(state)": "4", "$dlg_var(kha_late)": None,
        "$dlg_var(kha_prof)": None, "$ft": "ftag-1", "$tt": "ttag-1",
-       "$jsonrpl(code)": "200"}  # fmt: skip
+       "$jsonrpl(code)": "200", "$ua": "PBX/1.0"}  # fmt: skip
 
 
 def make(**returns: Any) -> tuple[Router, FakeKSR]:
