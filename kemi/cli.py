@@ -19,12 +19,21 @@ import yaml
 from kemi.core.compile import compile_policy
 from kemi.core.schema import json_schema
 from kemi.core.structure import SpecError
+from kemi.ops.bans import (
+    BanError,
+    add_ban,
+    as_json,
+    exempt_note,
+    list_bans,
+    remove_ban,
+    render_bans,
+)
 from kemi.ops.embedded_python import check_embedded_python
 from kemi.ops.health import node_problems
 from kemi.ops.httptoken import authorization
 from kemi.ops.procs import StartError
 from kemi.ops.render import load_node_config, render
-from kemi.ops.rpc import RpcError
+from kemi.ops.rpc import KamailioRpc, RpcError
 from kemi.ops.stack import NODE_INFO, REPO_ROOT, Stack, StackConfig
 from kemi.ops.status import collect, render_status
 from kemi.policyfile import load_policy, parse_spec
@@ -234,6 +243,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ban(args: argparse.Namespace) -> int:
+    """The cluster-wide ban list (htable kha_ban, replicated over DMQ): list, add, remove."""
+    info = node_info(args.run_dir)
+    rpc = KamailioRpc(Path(str(info["rpc_fifo"])), Path(str(info["rpc_fifo"])).parent)
+    try:
+        policy = load_policy(str(info["policy"]))
+    except (SpecError, OSError):
+        policy = None
+    try:
+        if args.ban_command == "list":
+            bans = list_bans(rpc)
+            print(json.dumps(as_json(bans), indent=1) if args.json else render_bans(bans))
+        elif args.ban_command == "add":
+            seconds = args.seconds or (policy.floods.ban_s if policy else 600)
+            until = add_ban(rpc, args.source, seconds)
+            print(f"{args.source} banned on every node for {seconds} s (until {until})")
+            note = exempt_note(policy, args.source)
+            if note:
+                print(note, file=sys.stderr)
+        elif remove_ban(rpc, args.source):
+            print(f"ban on {args.source} lifted on every node")
+        else:
+            print(f"{args.source} was not banned")
+    except BanError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    except (RpcError, OSError) as exc:
+        print(f"Error: cannot reach the node in {args.run_dir}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kemi-ha", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -266,6 +307,21 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--run-dir", default="run")
     status.add_argument("--json", action="store_true", help="machine-readable")
     status.set_defaults(func=cmd_status)
+
+    ban = sub.add_parser(
+        "ban", help="the cluster-wide ban list (floods, scanners): list|add|remove"
+    )
+    bsub = ban.add_subparsers(dest="ban_command", required=True)
+    blist = bsub.add_parser("list", help="sources banned now (the same on every node)")
+    blist.add_argument("--json", action="store_true", help="machine-readable")
+    badd = bsub.add_parser("add", help="ban a source on every node")
+    badd.add_argument("source", help="IP address")
+    badd.add_argument("--seconds", type=int, help="ban length (default: the policy's floods.ban_s)")
+    brm = bsub.add_parser("remove", help="lift a ban on every node")
+    brm.add_argument("source", help="IP address")
+    for p in (blist, badd, brm):
+        p.add_argument("--run-dir", default="run")
+        p.set_defaults(func=cmd_ban)
 
     chk = sub.add_parser("check", help="exit 0 if the node serves (Pacemaker's monitor)")
     chk.add_argument("--run-dir", default="run")

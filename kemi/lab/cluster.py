@@ -49,8 +49,9 @@ VIP1, VIP2, VIP3 = vip_address(1), vip_address(2), vip_address(3)
 NS_A, NS_B, NS_CLIENT = node_ns(1), node_ns(2), client_ns()
 
 
-def policy_text(nodes: int) -> str:
-    """The cluster policy: every VIP (ng socket on the VIP) and every node as a DMQ peer."""
+def policy_text(nodes: int, trusted: str = f"{NET}.0/24", extra: str = "") -> str:
+    """The cluster policy: every VIP (ng socket on the VIP) and every node as a DMQ peer;
+    `trusted` and `extra` (further top-level fields) let a test narrow or extend it."""
     numbers = range(1, nodes + 1)
     vips = "".join(
         f'  - address: {vip_address(i)}\n    rtpengine: ["udp:{vip_address(i)}:2223"]\n'
@@ -70,9 +71,9 @@ vips:
 routes:
   - name: default
     destinations: ["sip:{CLIENT}:{UAS_PORT}"]
-trusted_peers: ["{NET}.0/24"]
+trusted_peers: ["{trusted}"]
 dmq_peers: [{peers}]
-"""
+{extra}"""
 
 
 _ports = itertools.count(6000, 10)
@@ -150,12 +151,19 @@ def node_config(run_dir: Path, node_id: int, ns: str, address: str, vip: str) ->
     )
 
 
-def start_cluster(base: Path, nodes: int = 2, prefix: str = PREFIX) -> Iterator[Cluster]:
-    """Nodes 1..`nodes` started in order; a distinct `prefix` lets two clusters coexist."""
+def start_cluster(
+    base: Path,
+    nodes: int = 2,
+    prefix: str = PREFIX,
+    policy: str | None = None,
+    client_addresses: tuple[str, ...] = (),
+) -> Iterator[Cluster]:
+    """Nodes 1..`nodes` started in order; a distinct `prefix` lets two clusters coexist.
+    `policy` replaces policy_text(nodes); `client_addresses` are added to the client namespace."""
     if not 2 <= nodes <= MAX_NODES:
         raise ValueError(f"a cluster has 2 to {MAX_NODES} nodes, not {nodes}")
     numbers = range(1, nodes + 1)
-    (base / "policy.yaml").write_text(policy_text(nodes))
+    (base / "policy.yaml").write_text(policy if policy is not None else policy_text(nodes))
     hosts = [Host(node_ns(i, prefix), node_address(i)) for i in numbers]
     lab = Lab(prefix, [*hosts, Host(client_ns(prefix), CLIENT)])
     with lab, ExitStack() as running:
@@ -163,6 +171,8 @@ def start_cluster(base: Path, nodes: int = 2, prefix: str = PREFIX) -> Iterator[
             lab.add_address(node_ns(i, prefix), vip_address(i))
         lab.add_address(client_ns(prefix), RACER)
         lab.add_address(client_ns(prefix), UNLIMITED)
+        for address in client_addresses:
+            lab.add_address(client_ns(prefix), address)
         stacks = [
             running.enter_context(Stack(node_config(
                 base / f"node{i}", i, node_ns(i, prefix), node_address(i), vip_address(i),

@@ -2,7 +2,8 @@
 
 Channel counts come from the dialog profiles (dlg.profile_get_size), rtpengine sets from the
 rtpengine module (rtpengine.show) plus an ng `list` for their session counts, the policy
-generation and version from shared variables (pv.shvGet), the cluster's quorum, links and
+generation and version from shared variables (pv.shvGet), bans from the replicated htable
+kha_ban (htable.dump), the cluster's quorum, links and
 fencing from Corosync's and Pacemaker's tools (kemi.ops.cluster_status). Nothing is read from
 logs.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kemi.core.structure import SpecError
+from kemi.ops.bans import as_json, list_bans
 from kemi.ops.cluster_status import collect_cluster, render_cluster
 from kemi.ops.ng import NgClient, NgError
 from kemi.ops.rpc import KamailioRpc, RpcError
@@ -66,6 +68,7 @@ def collect(info: dict[str, Any]) -> dict[str, Any]:
         "channels": channels,
         "rtpengine_sets": sets,
         "dmq_peers": dmq,
+        "bans": as_json(list_bans(rpc)),
         "metrics_url": info["metrics_url"],
         "cluster": collect_cluster(),
     }
@@ -90,6 +93,11 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"  {str(rs['set']) + ' ' + rs['url']:<26}{state:>8}{calls:>8}")
     peers = status["dmq_peers"]
     lines += ["", "DMQ peers: " + ("not configured" if peers is None else json.dumps(peers))]
+    bans = status.get("bans", [])
+    lines += ["", f"bans (cluster-wide): {len(bans)}"]
+    lines += [f"  {b['source']:<26}{b['left_s']:>8} s left" for b in bans[:20]]
+    if len(bans) > 20:
+        lines.append(f"  ... and {len(bans) - 20} more (kemi-ha ban list)")
     lines.append(f"metrics: {status['metrics_url']}")
     if "cluster" in status:
         lines += ["", *render_cluster(status["cluster"])]

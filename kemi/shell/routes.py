@@ -219,11 +219,12 @@ class Router:
 
     def ban(self, source: str, until: int, seconds: int, reason: str) -> None:
         """One ban, replicated by htable over DMQ (the value is its end, epoch seconds)."""
-        if ok(self.ksr.htable.sht_setxi(floods.BAN_TABLE, source, until, seconds)):
+        rc = self.ksr.htable.sht_setxi(floods.BAN_TABLE, source, until, seconds)
+        if rc is not None and int(rc) >= 0:  # 5.6.3 answers 0 when it set the item (measured)
             metrics.BANS.labels(reason).inc()
             log.warning("source %s banned for %d s: %s", source, seconds, reason)
         else:
-            log.error("could not ban source %s (%s)", source, reason)
+            log.error("could not ban source %s (%s): rc %s", source, reason, rc)
 
     def route_reqinit(self) -> bool:
         """REQINIT: hop limit (483) and well-formedness (sanity answers 400 itself)."""

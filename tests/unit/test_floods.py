@@ -155,6 +155,15 @@ def test_the_request_past_the_rate_bans_the_source_and_is_dropped() -> None:
     assert ksr.replies() == [] and not ksr.called("maxfwd.process_maxfwd")
 
 
+def test_a_ban_htable_refused_is_logged_as_an_error_and_the_request_still_dropped() -> None:
+    router, ksr = flood_router(**{"htable.sht_inc": 4, "htable.sht_setxi": -1})
+    ksr.pvs["$si"] = STRANGER
+    router.ksr_request_route(None)
+    errors = [c.args[0] for c in ksr.calls if c.name == "err"]
+    assert any(f"could not ban source {STRANGER}" in e for e in errors), errors
+    assert ksr.replies() == []
+
+
 def test_requests_beyond_the_one_that_banned_are_dropped_without_banning_again() -> None:
     router, ksr = flood_router(**{"htable.sht_inc": 9})
     ksr.pvs["$si"] = STRANGER

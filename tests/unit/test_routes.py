@@ -77,7 +77,7 @@ HAPPY: dict[str, Any] = {
     "set_drop": None,
     "htable.sht_get": None,  # no ban
     "htable.sht_inc": 1,  # first request of its window
-    "htable.sht_setxi": 1,
+    "htable.sht_setxi": 0,  # what 5.6.3 answers when it set the item
 }
 SDP_BODY = (
     "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
