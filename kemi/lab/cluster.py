@@ -21,6 +21,8 @@ from kemi.ops.stack import Stack, StackConfig
 NET = "10.99.0"
 CLIENT, RACER = f"{NET}.10", f"{NET}.11"
 UNLIMITED = f"{NET}.12"  # a trusted client of no tenant: only the global profile counts it
+TRUSTED_CLIENTS = f"{NET}.0/28"  # nodes and the clients above, not FLOODER (flood tests)
+FLOODER = f"{NET}.66"  # a stranger once trusted_peers is TRUSTED_CLIENTS
 MAX_NODES = 9  # node addresses .1-.9 stay below the clients' .10
 PREFIX = lab_ns("khat")  # namespaces khat-1..khat-N, khat-c (client), khat-sw (switch)
 UAS_PORT = 5080
@@ -124,14 +126,29 @@ class Cluster:
 
     def uac(
         self, vip: str, calls: int, duration_ms: int, scenario: str = "uac.xml",
-        rate: int = 50, source: str = CLIENT, settle: float = 0.05,
+        rate: int = 50, source: str = CLIENT, settle: float = 0.05, extra: tuple[str, ...] = (),
     ) -> SippRun:  # fmt: skip
         port = next(_ports)
         run = sipp(
             f"uac-{port}", scenario, self.log_dir, source, port, port + 2,
             "-s", "1000", "-m", str(calls), "-r", str(rate), "-d", str(duration_ms),
-            "-timeout", "90", "-timeout_error", "-recv_timeout", "15000",
+            "-timeout", "90", "-timeout_error", "-recv_timeout", "15000", *extra,
             target=f"{vip}:5060", netns=self.client_ns, settle=settle,
+        )  # fmt: skip
+        self.runs.append(run)
+        return run
+
+    def flood(
+        self, source: str, vip: str, rate: int, count: int, method: str = "INVITE",
+        ua: str = "flood/1.0",
+    ) -> SippRun:  # fmt: skip
+        """`count` requests at `rate` per second from `source` (an address of the client
+        namespace), each sent once and forgotten (tests/sipp/flood_*.xml)."""
+        port = next(_ports)
+        run = sipp(
+            f"flood-{source}-{port}", f"flood_{method.lower()}.xml", self.log_dir, source, port,
+            port + 2, "-s", "1000", "-r", str(rate), "-m", str(count), "-key", "ua", ua,
+            target=f"{vip}:5060", netns=self.client_ns, settle=0,
         )  # fmt: skip
         self.runs.append(run)
         return run

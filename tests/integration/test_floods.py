@@ -8,7 +8,6 @@ node's JSON-RPC.
 
 from __future__ import annotations
 
-import itertools
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +18,9 @@ from kemi.cli import main as kemi_ha
 from kemi.core.floods import BAN_TABLE, bans_from_dump
 from kemi.lab.cluster import (
     CLIENT,
+    FLOODER,
     NET,
+    TRUSTED_CLIENTS,
     UNLIMITED,
     VIP1,
     VIP2,
@@ -28,20 +29,18 @@ from kemi.lab.cluster import (
     start_cluster,
 )
 from kemi.lab.net import lab_ns
-from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.netns import in_netns
 from kemi.ops.stack import Stack
 from tests.integration.calls import assert_ok, send_raw, wait_for
 
 pytestmark = pytest.mark.integration
 
-FLOODER, SCANNER, OPERATOR_BANNED = f"{NET}.66", f"{NET}.67", f"{NET}.68"
+SCANNER, OPERATOR_BANNED = f"{NET}.67", f"{NET}.68"
 BAN_S = 8
 MAX_REQUESTS = 100
 POLICY = policy_text(
-    2, trusted=f"{NET}.0/28", extra=f"floods: {{max_requests: {MAX_REQUESTS}, ban_s: {BAN_S}}}\n"
+    2, trusted=TRUSTED_CLIENTS, extra=f"floods: {{max_requests: {MAX_REQUESTS}, ban_s: {BAN_S}}}\n"
 )
-_ports = itertools.count(7000, 10)
 
 
 @pytest.fixture(scope="module")
@@ -69,20 +68,6 @@ def banned(node: Stack) -> set[str]:
 
 def bans(cluster: Cluster) -> str:
     return " ".join(f"node{i}={sorted(banned(n))}" for i, n in enumerate(cluster.nodes, 1))
-
-
-def flood(
-    cluster: Cluster, source: str, vip: str, rate: int, count: int,
-    method: str = "INVITE", ua: str = "flood/1.0",
-) -> SippRun:  # fmt: skip
-    port = next(_ports)
-    run = sipp(
-        f"flood-{source}-{port}", f"flood_{method.lower()}.xml", cluster.log_dir, source, port,
-        port + 2, "-s", "1000", "-r", str(rate), "-m", str(count), "-key", "ua", ua,
-        target=f"{vip}:5060", netns=cluster.client_ns, settle=0,
-    )  # fmt: skip
-    cluster.runs.append(run)
-    return run
 
 
 def options(
@@ -129,7 +114,7 @@ def test_a_flood_is_banned_on_both_nodes_within_1s_legit_calls_pass_the_ban_expi
     uas = cluster.uas()
     legit = [cluster.uac(vip, calls=20, duration_ms=1000, rate=2) for vip in (VIP1, VIP2)]
     start = time.monotonic()
-    run = flood(cluster, FLOODER, VIP1, rate=1000, count=10_000)
+    run = cluster.flood(FLOODER, VIP1, rate=1000, count=10_000)
     delays = banned_everywhere_after(cluster, FLOODER, start)
     with capsys.disabled():
         print(f"\nflood 1000/s: banned on node1 after {delays[0]:.3f} s, node2 {delays[1]:.3f} s")
@@ -158,7 +143,7 @@ def test_b_a_ban_survives_the_vip_moving_to_the_other_node(cluster: Cluster) -> 
     """Banned by node A (a burst to VIP1), VIP1 moves to node B: B drops FLOODER on VIP1 and
     still serves everyone else there."""
     start = time.monotonic()
-    flood(cluster, FLOODER, VIP1, rate=1000, count=300)
+    cluster.flood(FLOODER, VIP1, rate=1000, count=300)
     banned_everywhere_after(cluster, FLOODER, start)
     ns_a, ns_b = cluster.a.config.netns, cluster.b.config.netns
     assert ns_a is not None and ns_b is not None
@@ -173,7 +158,7 @@ def test_b_a_ban_survives_the_vip_moving_to_the_other_node(cluster: Cluster) -> 
 
 def test_c_a_trusted_peer_flooding_is_never_banned(cluster: Cluster) -> None:
     """UNLIMITED (trusted) sends 1,000 OPTIONS/s for 3 s: never banned, always answered."""
-    run = flood(cluster, UNLIMITED, VIP1, rate=1000, count=3000, method="OPTIONS")
+    run = cluster.flood(UNLIMITED, VIP1, rate=1000, count=3000, method="OPTIONS")
     deadline = time.monotonic() + 3.5
     while time.monotonic() < deadline:
         assert not any(banned(n) for n in cluster.nodes), bans(cluster)
