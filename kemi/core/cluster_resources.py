@@ -121,6 +121,7 @@ def _rtpengine(spec: ClusterSpec, i: int) -> Clone:
             ("cli", f"127.0.0.1:{cli_port(i)}"),
             ("redis", f"127.0.0.1:{spec.redis.port}"),
             ("redis_write", f"{spec.redis.vip}:{spec.redis.port}"),
+            ("redis_password_file", spec.redis_password_path),
             ("dbs", dbs_param(spec, i)),
             ("rundir", spec.run_dir),
             ("logdir", spec.log_dir),

@@ -11,6 +11,8 @@ from typing import Literal
 
 from kemi.core.spec import doc, required
 
+REDIS_PASSWORD_NAME = "redis.pass"  # render's copy of redis.password_file, per node
+
 
 @dataclass(frozen=True, slots=True)
 class FenceSpec:
@@ -30,7 +32,9 @@ class NodeSpec:
 
     name: str = required("host name (Corosync/Pacemaker node name)")
     id: int = required("Corosync nodeid, also Kamailio's node id (1..15)")
-    address: str = required("the node's own address: Corosync ring 0, DMQ, management")
+    address: str = required(
+        "the node's own address: Corosync ring 0, DMQ, Redis; a private address (never a VIP)"
+    )
     interface: str = doc("interface carrying the VIPs", "eth0")
     links: list[str] = doc(
         "the node's addresses on further, separate networks: Corosync knet links 1, 2, ... "
@@ -60,7 +64,13 @@ class ClusterVipSpec:
 class RedisSpec:
     """Redis: one per node, replicating; the VIP follows the master."""
 
-    vip: str = required("address of the Redis master (a VIP that follows it)")
+    vip: str = required("address of the Redis master (a VIP that follows it); a private address")
+    password_file: str = required(
+        "file holding the Redis password (one line, 16+ of A-Z a-z 0-9 . _ ~ -; mode 600, never "
+        "committed): absolute, or relative to this cluster file. Render writes it into every "
+        "node's redis.conf (requirepass, masterauth: ocf:heartbeat:redis reads it there) and "
+        "redis.pass, which rtpengine's agent reads"
+    )
     port: int = doc("Redis port", 6379)
 
 
@@ -109,6 +119,11 @@ class ClusterSpec:
     quorum_device: QuorumDeviceSpec | None = doc(
         "a quorum device: a partition without quorum then stops its resources"
     )
+
+    @property
+    def redis_password_path(self) -> str:
+        """Where the nodes' rtpengine agent reads the password (render installs it there)."""
+        return f"{self.etc_dir}/{REDIS_PASSWORD_NAME}"
 
     def ng_port_of(self, position: int) -> int:
         """The ng port of the VIP at `position` (1-based)."""

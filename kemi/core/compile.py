@@ -4,6 +4,7 @@ Checks: addresses, CIDRs (no host bits) and SIP URIs parse; names are unique; ro
 trunks and limits refer to tenants that exist; every VIP has an rtpengine socket; the same
 network or domain in two tenants (or two trunks) is ambiguous; two routes with the same
 tenant, domain and prefix are ambiguous; limits are not negative; Retry-After goes with 503.
+an ng socket is on a loopback or private IP address (ng has no authentication);
 floods: at least 1 request per window, a window of 1-60 s, a ban of 1 s to a day, exempt
 networks are CIDRs, no empty scanner User-Agent. Every problem is reported, not only the first.
 """
@@ -112,6 +113,9 @@ def check(spec: PolicySpec) -> list[Problem]:
         for j, sock in enumerate(vip.rtpengine):
             if not NG_SOCKET.match(sock):
                 c.add(("vips", i, "rtpengine", j), f"not an ng socket (udp:HOST:PORT): {sock!r}")
+            elif not ng_host_private(sock):
+                c.add(("vips", i, "rtpengine", j), f"{sock}: ng has no authentication: its "
+                      "socket must be on a loopback or private IP address")  # fmt: skip
     if not spec.vips:
         c.add(("vips",), "at least one VIP is required")
 
@@ -196,6 +200,16 @@ def check(spec: PolicySpec) -> list[Problem]:
         if not agent.strip():
             c.add(("floods", "scanner_user_agents", i), "an empty User-Agent would match all")
     return c.problems
+
+
+def ng_host_private(socket_spec: str) -> bool:
+    """'udp:10.0.0.1:2223' -> its host is a loopback or private IP address (not a name)."""
+    host = socket_spec.split(":", 1)[1].rsplit(":", 1)[0].strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_private and not ip.is_unspecified
 
 
 def _limit(scope: str, key: str, spec: LimitSpec | None) -> Limit | None:

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -95,6 +96,17 @@ def drill_policy() -> str:
     }, sort_keys=False)  # fmt: skip
 
 
+REDIS_PASSWORD_FILE = "redis.pass"  # beside cluster.yaml, as an operator keeps it
+
+
+def write_password(path: Path) -> None:
+    """A fresh Redis password, mode 600 from the start (render refuses a wider mode)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32) + "\n")
+
+
 def fence_device(node: DrillNode) -> dict[str, object]:
     """The lab's power switch for a node: its namespace (pcmk_host_map gives the agent plug=)."""
     return {"fence": {"agent": FENCE_AGENT.name,
@@ -116,7 +128,8 @@ def cluster_yaml(nodes: list[DrillNode], profile: str, qdevice: bool = False,
                   | (fence_device(n) if fencing else {}) for n in nodes],
         "vips": [{"address": n.vip, "prefer": n.name, "port_min": 20000 + i * span,
                   "port_max": 20000 + (i + 1) * span - 1} for i, n in enumerate(nodes)],
-        "redis": {"vip": REDIS_VIP}, "netmask": 24, "kemi_ha_root": str(REPO_ROOT),
+        "redis": {"vip": REDIS_VIP, "password_file": REDIS_PASSWORD_FILE}, "netmask": 24,
+        "kemi_ha_root": str(REPO_ROOT),
     }, sort_keys=False)  # fmt: skip
 
 
@@ -141,6 +154,7 @@ def drill_cluster(work: Path, profile: str, size: int = 2, links: int = 1,
     work.chmod(0o755)  # the redis user (ocf:heartbeat:redis runs it) reads its config here
     (work / "policy-base.yaml").write_text(drill_policy())
     (work / "cluster.yaml").write_text(cluster_yaml(nodes, profile, qdevice, fencing))
+    write_password(work / REDIS_PASSWORD_FILE)
     rendered = work / "rendered"
     render(work / "cluster.yaml", rendered)
     lab = Lab(
@@ -594,7 +608,8 @@ def rejoin(setup: DrillSetup, node: DrillNode, calls: int, observed: list[str]) 
                f"dialogs resynced to {node.name}")  # fmt: skip
 
     def replica() -> bool:
-        out = ha.run(["redis-cli", "info", "replication"]).stdout
+        out = ha.run(["sh", "-c", "REDISCLI_AUTH=$(cat /etc/kemi-ha/redis.pass) "
+                      "redis-cli info replication"]).stdout  # fmt: skip
         return "role:slave" in out and "master_link_status:up" in out
 
     wait_until(replica, 30, f"Redis on {node.name} replicating the master")

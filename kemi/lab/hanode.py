@@ -99,7 +99,9 @@ def install_node(rendered: Path, name: str, base: Path, agents: dict[str, Path],
             out = dest / src.name if target.endswith("/") else dest
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, out)
-            out.chmod(0o644)
+            out.chmod(src.stat().st_mode & 0o777)  # render's mode: 600/640 where the password is
+            if src.name == "redis.conf":  # ocf:heartbeat:redis starts redis-server as redis
+                shutil.chown(out, group="redis")
             installed.append(out)
     for key, agent in agents.items():  # /usr/lib/ocf/resource.d/<provider>/<type>
         target = base / "ocf" / key

@@ -8,15 +8,26 @@ OUTDIR/
   <node>/corosync.conf        the chosen profile; corosync-tuned.conf and corosync-default.conf
   <node>/sysctl-kemi-ha.conf  ip_nonlocal_bind (listen on VIPs held by the other node)
   <node>/redis.conf           one Redis per node; the ocf:heartbeat:redis agent sets replicaof;
-                              keyspace events on (hot standby), a DB per (VIP, node)
+                              keyspace events on (hot standby), a DB per (VIP, node); binds
+                              loopback, the node's address and the Redis VIP only; protected
+                              mode; requirepass/masterauth from redis.password_file (mode 640:
+                              it holds the password, install it root:redis)
+  <node>/redis.pass           the Redis password (mode 600) for rtpengine's agent and kemi-ha
   <node>/kemi-ha-node.cfg     Kamailio's node include (kamailio.cfg itself is never edited)
-  <node>/rtpengine-<vip>.env  this node's rtpengine options per VIP (own DB, subscribed DBs)
+  <node>/rtpengine-<vip>.env  this node's rtpengine options per VIP (own DB, subscribed DBs), with
+                              no password: the Redis URLs with it are in rtpengine-<vip>.conf
+  <node>/rtpengine-<vip>.conf rtpengine's config file: the Redis URLs, PW@HOST:PORT/DB (mode 600)
+
+Files holding the password are written mode 600 (640 for redis.conf): the output directory is as
+secret as the password file itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -25,7 +36,7 @@ import yaml
 
 from kemi import specfile
 from kemi.core.cluster_resources import cluster_resources
-from kemi.core.cluster_spec import ClusterSpec, NodeSpec
+from kemi.core.cluster_spec import REDIS_PASSWORD_NAME, ClusterSpec, NodeSpec
 from kemi.core.compile import compile_policy
 from kemi.core.node_spec import NodeConfigSpec, check_node
 from kemi.core.pacemaker import to_cib, to_cib_configuration, to_crm
@@ -106,9 +117,48 @@ def check_fencing(spec: ClusterSpec) -> list[Problem]:
     return problems
 
 
+PASSWORD = re.compile(r"[A-Za-z0-9._~-]{16,256}")  # nothing rtpengine's PW@HOST URL splits on
+
+
+def read_password(spec: ClusterSpec, base: Path) -> tuple[str, list[Problem]]:
+    """redis.password_file's password (relative to the cluster file's directory `base`)."""
+    path = Path(spec.redis.password_file)
+    path = path if path.is_absolute() else base / path
+    where = ("redis", "password_file")
+    try:
+        mode = path.stat().st_mode
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        return "", [Problem(where, f"cannot read {path}: {getattr(exc, 'strerror', exc)}")]
+    problems: list[Problem] = []
+    if mode & 0o077:
+        problems.append(Problem(where, f"{path} is readable by others (mode {mode & 0o777:o}): "
+                                "chmod 600 it"))  # fmt: skip
+    password = lines[0].strip() if len(lines) == 1 else ""
+    if not PASSWORD.fullmatch(password):
+        problems.append(Problem(where, f"{path} must hold one line of 16 to 256 characters "
+                                "A-Z a-z 0-9 . _ ~ - (e.g. `openssl rand -hex 32`)"))  # fmt: skip
+    return password, problems
+
+
+def check_private(spec: ClusterSpec) -> list[Problem]:
+    """What must never face the internet: DMQ listens on the node address, Redis on it and on
+    the Redis VIP (rtpengine's ng sockets are rendered on loopback). Public addresses refused."""
+    fields = [(("nodes", i, "address"), n.address) for i, n in enumerate(spec.nodes)]
+    fields += [(("redis", "vip"), spec.redis.vip)]
+    problems: list[Problem] = []
+    for path, address in fields:
+        with contextlib.suppress(ValueError):  # not an address: reported by check_cluster
+            ip = ipaddress.ip_address(address)
+            if not ip.is_private or ip.is_unspecified:
+                problems.append(Problem(path, f"{address} is a public address: DMQ and Redis "
+                                        "listen here, keep them on a private network"))  # fmt: skip
+    return problems
+
+
 def check_cluster(spec: ClusterSpec) -> list[Problem]:
     """Rules a cluster file must meet beyond its types; each problem points at its field."""
-    problems: list[Problem] = check_fencing(spec)
+    problems: list[Problem] = check_fencing(spec) + check_private(spec)
     if len(spec.nodes) < 2:
         problems.append(Problem(("nodes",), "a cluster needs at least two nodes"))
     if not spec.vips:
@@ -242,13 +292,18 @@ def corosync_conf(spec: ClusterSpec, profile: str) -> str:
     )
 
 
-def redis_conf(spec: ClusterSpec) -> str:
+def redis_conf(spec: ClusterSpec, node: NodeSpec, password: str) -> str:
     return (
         "# Rendered by kemi-ha render. One Redis per node; ocf:heartbeat:redis promotes one and\n"
         "# makes the others replicate it (replicaof); the Redis VIP follows the master.\n"
-        "bind 0.0.0.0\n"
+        "# Listens on loopback, this node's address and the Redis VIP (ip_nonlocal_bind: it may\n"
+        "# be on another node) only. Every client authenticates: requirepass is also what\n"
+        "# ocf:heartbeat:redis reads here for its own redis-cli, masterauth what a replica sends.\n"
+        f"bind 127.0.0.1 {node.address} {spec.redis.vip}\n"
         f"port {spec.redis.port}\n"
-        'protected-mode no\nsave ""\nappendonly no\n'
+        "protected-mode yes\n"
+        f"requirepass {password}\nmasterauth {password}\n"
+        'save ""\nappendonly no\n'
         "replica-read-only yes\nreplica-serve-stale-data yes\n"
         "repl-diskless-sync yes\nrepl-diskless-sync-delay 0\nrepl-timeout 5\n"
         "# Hot standby: a DB per (VIP, node) (kemi.core.rtpengine_dbs); every standby rtpengine\n"
@@ -258,11 +313,29 @@ def redis_conf(spec: ClusterSpec) -> str:
     )
 
 
+def rtpengine_urls(spec: ClusterSpec, vip_no: int, node: NodeSpec) -> tuple[str, str]:
+    """`--redis` and `--redis-write` of `node`'s rtpengine for VIP `vip_no`, without password."""
+    own, port = rtpengine_db(vip_no, node.id), spec.redis.port
+    return f"127.0.0.1:{port}/{own}", f"{spec.redis.vip}:{port}/{own}"
+
+
+def rtpengine_conf(spec: ClusterSpec, vip_no: int, node: NodeSpec, password: str) -> str:
+    """rtpengine's config file with the Redis URLs (PW@HOST:PORT/DB): out of its argv, which
+    every local user can read. ocf:kemi-ha:rtpengine writes the same from redis_password_file."""
+    read, write = rtpengine_urls(spec, vip_no, node)
+    return (
+        "# Rendered by kemi-ha render (mode 600: it holds the Redis password).\n"
+        "# rtpengine --config-file=THIS; the other options are in rtpengine-<vip>.env.\n"
+        f"[rtpengine]\nredis = {password}@{read}\nredis-write = {password}@{write}\n"
+    )
+
+
 def rtpengine_env(spec: ClusterSpec, vip_no: int, node: NodeSpec) -> str:
     """The options of `node`'s rtpengine for VIP `vip_no` (what the OCF agent passes)."""
     vip = spec.vips[vip_no - 1]
-    port, ng = spec.redis.port, spec.ng_port_of(vip_no)
+    ng = spec.ng_port_of(vip_no)
     own = rtpengine_db(vip_no, node.id)
+    read, write = rtpengine_urls(spec, vip_no, node)
     subscribed = subscribed_dbs(spec, vip_no, node.name)
     if own in subscribed:  # kemi.core.rtpengine_dbs rules it out; a wrong render must not ship
         raise ValueError(f"{node.name}: rtpengine DB {own} subscribed to by its own instance")
@@ -272,12 +345,14 @@ def rtpengine_env(spec: ClusterSpec, vip_no: int, node: NodeSpec) -> str:
         "# from its parameters (dbs, cli), adding its Redis timeouts.\n"
         f"VIP={vip.address}\nNG_PORT={ng}\nPORT_MIN={vip.port_min}\n"
         f"PORT_MAX={vip.port_max}\nCLI=127.0.0.1:{cli_port(vip_no)}\n"
-        f"REDIS=127.0.0.1:{port}/{own}\nREDIS_WRITE={spec.redis.vip}:{port}/{own}\n"
+        f"REDIS={read}\nREDIS_WRITE={write}\n"
+        f"REDIS_PASSWORD_FILE={spec.redis_password_path}\n"
+        f"CONFIG_FILE={spec.etc_dir}/rtpengine-{vip.address}.conf\n"
         f'SUBSCRIBE_KEYSPACE="{" ".join(map(str, subscribed))}"\n'
+        "# --redis/--redis-write (with the password) come from CONFIG_FILE.\n"
         f'OPTIONS="--table=-1 --interface={vip.address} --listen-ng=127.0.0.1:{ng} '
         f"--listen-cli=127.0.0.1:{cli_port(vip_no)} "
         f"--port-min={vip.port_min} --port-max={vip.port_max} "
-        f"--redis=127.0.0.1:{port}/{own} --redis-write={spec.redis.vip}:{port}/{own} "
         + "".join(f"--subscribe-keyspace={db} " for db in subscribed)
         + '--delete-delay=0"\n'
     )
@@ -306,17 +381,34 @@ def node_yaml(config: NodeConfigSpec) -> str:
     )
 
 
+def load_for_render(cluster_file: Path) -> tuple[ClusterSpec, str]:
+    """The cluster file and its Redis password; every problem as `file:line:col: field: ...`."""
+    found: list[str] = []
+
+    def check(spec: ClusterSpec) -> list[Problem]:
+        password, problems = read_password(spec, cluster_file.parent)
+        found.append(password)
+        return check_cluster(spec) + problems
+
+    spec = specfile.load(ClusterSpec, cluster_file, check)
+    return spec, found[0]
+
+
 def render(cluster_file: Path, outdir: Path) -> list[Path]:
     """Write every file."""
-    spec = load_cluster(cluster_file)
+    spec, password = load_for_render(cluster_file)
     base = (cluster_file.parent / spec.policy).resolve()
     policy_text, policy_spec = cluster_policy(spec, base)
     policy = compile_policy(policy_spec)
     written: list[Path] = []
 
-    def write(path: Path, text: str) -> None:
+    def write(path: Path, text: str, mode: int = 0o644) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # never wider, not once
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        path.chmod(mode)  # whatever the umask
         written.append(path)
 
     write(outdir / "policy.yaml", policy_text)
@@ -330,7 +422,8 @@ def render(cluster_file: Path, outdir: Path) -> list[Path]:
             write(d / f"corosync-{profile}.conf", corosync_conf(spec, profile))
         write(d / "corosync.conf", corosync_conf(spec, spec.corosync_profile))
         write(d / "sysctl-kemi-ha.conf", "net.ipv4.ip_nonlocal_bind = 1\n")
-        write(d / "redis.conf", redis_conf(spec))
+        write(d / "redis.conf", redis_conf(spec, node, password), 0o640)
+        write(d / REDIS_PASSWORD_NAME, password + "\n", 0o600)
         config = node_config(spec, node)
         write(d / "node.yaml", node_yaml(config))
         # What `kemi-ha run --node-config` writes at start, shown here for review: same code.
@@ -338,4 +431,6 @@ def render(cluster_file: Path, outdir: Path) -> list[Path]:
         write(d / "kemi-ha-node.cfg", render_node_cfg(policy, values))
         for i, vip in enumerate(spec.vips, start=1):
             write(d / f"rtpengine-{vip.address}.env", rtpengine_env(spec, i, node))
+            write(d / f"rtpengine-{vip.address}.conf", rtpengine_conf(spec, i, node, password),
+                  0o600)  # fmt: skip
     return written

@@ -218,8 +218,10 @@ class Stack:
                 "no",
                 "--daemonize",
                 "no",
+                # One node alone (make run, the tests): loopback only, no password; a cluster
+                # node's Redis runs under Pacemaker from the rendered, locked redis.conf.
                 "--protected-mode",
-                "no",
+                "yes",
             ],
             self.log_dir / "redis.log",
         )

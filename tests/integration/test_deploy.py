@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +13,11 @@ import pytest
 
 from kemi.cli import main as kemi_ha
 from kemi.lab.net import Host, Lab, lab_ns
+from kemi.ops.netns import in_netns
+from kemi.ops.ng import NgClient
 from kemi.ops.procs import Daemon, wait_until
 from kemi.policyfile import load_policy
+from tests.cluster_files import cluster_file, example
 from tests.pacemaker_shape import cib_shape
 
 pytestmark = pytest.mark.integration
@@ -26,9 +30,11 @@ EXAMPLE_3 = REPO / "deploy" / "cluster.3nodes.example.yaml"
 EXAMPLE_FENCING = REPO / "deploy" / "cluster.fencing.example.yaml"
 
 
-def render_example(example: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def render_example(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example rendered as an operator does, with a password file beside the cluster file."""
     out = tmp_path_factory.mktemp("rendered")
-    assert kemi_ha(["render", str(example), str(out)]) == 0
+    assert kemi_ha(["render", str(example(tmp_path_factory.mktemp("cluster"), source)),
+                    str(out)]) == 0  # fmt: skip
     return out
 
 
@@ -83,9 +89,7 @@ def test_kamailio_parses_every_node_cfg(tmp_path: Path, require_root: None) -> N
     Rendered with the repository as `kemi_ha_root` (a field of the cluster file), so that the
     include's paths (dmq/dmq.cfg, kemi/entry.py) exist here as they do on a node.
     """
-    cluster = tmp_path / "cluster.yaml"
-    cluster.write_text(EXAMPLE_3.read_text().replace("../policies/", f"{REPO}/policies/")
-                       + f"kemi_ha_root: {REPO}\n")  # fmt: skip
+    cluster = cluster_file(tmp_path, EXAMPLE_3.read_text() + f"kemi_ha_root: {REPO}\n")
     out = tmp_path / "out"
     assert kemi_ha(["render", str(cluster), str(out)]) == 0
     for node in ("node1", "node2", "node3"):
@@ -97,20 +101,75 @@ def test_kamailio_parses_every_node_cfg(tmp_path: Path, require_root: None) -> N
         assert "config file ok" in result.stdout + result.stderr
 
 
-def test_redis_starts_with_the_rendered_conf(rendered: Path, tmp_path: Path,
-                                             require_root: None) -> None:  # fmt: skip
-    """redis-server reads the rendered redis.conf (in a namespace: it binds 0.0.0.0:6379)."""
-    with Lab(lab_ns("khtr"), [Host(KHTR_N1, "10.99.1.1")]):
-        daemon = Daemon("redis", ["ip", "netns", "exec", KHTR_N1, "redis-server",
-                                  str(rendered / "node1" / "redis.conf"), "--dir", str(tmp_path)],
-                        tmp_path / "redis.log")  # fmt: skip
-        daemon.start()
+def redis_cli(ns: str, *args: str, password: str = "") -> str:
+    env = os.environ | ({"REDISCLI_AUTH": password} if password else {})
+    result = subprocess.run(["ip", "netns", "exec", ns, "redis-cli", *args], capture_output=True,
+                            text=True, env=env, timeout=10)  # fmt: skip
+    return (result.stdout + result.stderr).strip()
+
+
+def test_rendered_redis_refuses_strangers_and_serves_rtpengine_with_the_password(
+    rendered: Path, tmp_path: Path, require_root: None
+) -> None:
+    """node1's rendered redis.conf in a namespace holding node1's address, the Redis VIP and
+    VIP1: no answer without the password (loopback included), nothing on another address of the
+    node; node1's rtpengine for VIP1 started with the rendered options and config file writes a
+    call into its DB through the Redis VIP with the password."""
+    secret = (rendered / "node1" / "redis.pass").read_text().strip()
+    with Lab(lab_ns("khtr"), [Host(KHTR_N1, "10.99.1.1")]) as lab:
+        for address in ("10.99.1.100", "10.99.1.101", "10.99.1.50"):  # Redis VIP, VIP1, other
+            lab.add_address(KHTR_N1, address)
+        redis = Daemon("redis", ["ip", "netns", "exec", KHTR_N1, "redis-server",
+                                 str(rendered / "node1" / "redis.conf"), "--dir", str(tmp_path)],
+                       tmp_path / "redis.log")  # fmt: skip
+        redis.start()
+        rtpengine: Daemon | None = None
         try:
-            wait_until(lambda: b"PONG" in subprocess.run(
-                ["ip", "netns", "exec", KHTR_N1, "redis-cli", "ping"], capture_output=True,
-            ).stdout, 10, "redis with the rendered conf")  # fmt: skip
+            wait_until(lambda: redis_cli(KHTR_N1, "ping", password=secret) == "PONG", 10,
+                       "redis with the rendered conf")  # fmt: skip
+            for host in ("127.0.0.1", "10.99.1.1", "10.99.1.100"):
+                assert redis_cli(KHTR_N1, "-h", host, "ping").startswith("NOAUTH"), host
+                assert redis_cli(KHTR_N1, "-h", host, "ping", password=secret) == "PONG", host
+            assert "refused" in redis_cli(KHTR_N1, "-h", "10.99.1.50", "ping").lower()
+            assert "WRONGPASS" in redis_cli(KHTR_N1, "ping", password="not-" + secret)
+            env = dict(
+                line.split("=", 1) for line in
+                (rendered / "node1" / "rtpengine-10.99.1.101.env").read_text().splitlines()
+                if "=" in line and not line.startswith("#")
+            )  # fmt: skip
+            conf = rendered / "node1" / "rtpengine-10.99.1.101.conf"
+            options = shlex.split(env["OPTIONS"].strip('"'))
+            argv = ["rtpengine", f"--config-file={conf}", "--foreground", "--log-stderr",
+                    "--log-level=6", f"--pidfile={tmp_path}/rtpengine.pid", *options]  # fmt: skip
+            rtpengine = Daemon("rtpengine", ["ip", "netns", "exec", KHTR_N1, *argv],
+                               tmp_path / "rtpengine.log")  # fmt: skip
+            rtpengine.start()
+            ng_port = int(env["NG_PORT"])
+            with in_netns(KHTR_N1):
+                wait_until(NgClient("127.0.0.1", ng_port).ping, 10, "rtpengine ng")
+                NgClient("127.0.0.1", ng_port).command(
+                    "offer", **{"call-id": "deploy-redis-auth", "from-tag": "a", "sdp": SDP}
+                )
+            own_db = rtpengine_urls_db(env["REDIS_WRITE"])
+            wait_until(lambda: "deploy-redis-auth" in redis_cli(
+                KHTR_N1, "-n", str(own_db), "--scan", password=secret), 10,
+                "the call's key written through the Redis VIP")  # fmt: skip
+            log = (tmp_path / "rtpengine.log").read_text(errors="replace")
+            assert "NOAUTH" not in log and "WRONGPASS" not in log, log[-2000:]
+            assert rtpengine.proc is not None
+            assert secret.encode() not in Path(f"/proc/{rtpengine.proc.pid}/cmdline").read_bytes()
         finally:
-            daemon.stop()
+            if rtpengine is not None:
+                rtpengine.stop()
+            redis.stop()
+
+
+def rtpengine_urls_db(url: str) -> int:
+    return int(url.rsplit("/", 1)[1])
+
+
+SDP = ("v=0\r\no=- 1 1 IN IP4 10.99.1.9\r\ns=-\r\nc=IN IP4 10.99.1.9\r\nt=0 0\r\n"
+       "m=audio 4000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n")  # fmt: skip
 
 
 def test_pacemaker_accepts_the_cib(each_example: Path, tmp_path: Path) -> None:
@@ -165,24 +224,35 @@ def test_crmsh_loads_crm_txt_into_the_same_cib(each_example: Path, tmp_path: Pat
     assert loaded["resources"] and loaded["constraints"]
 
 
+REDIS_16399_PASSWORD = "ocf-tester-password-0123"
+
+
 @pytest.fixture
-def redis_16399(tmp_path: Path, require_root: None) -> Iterator[None]:
+def redis_16399(tmp_path: Path, require_root: None) -> Iterator[Path]:
+    """A Redis with a password on 16399; yields the password file the agent is given."""
+    secret = tmp_path / "redis.pass"
+    secret.write_text(REDIS_16399_PASSWORD + "\n")
+    secret.chmod(0o600)
     daemon = Daemon(
-        "redis", ["redis-server", "--port", "16399", "--save", "", "--dir", str(tmp_path)],
+        "redis", ["redis-server", "--port", "16399", "--save", "", "--dir", str(tmp_path),
+                  "--requirepass", REDIS_16399_PASSWORD],
         tmp_path / "redis.log",
     )  # fmt: skip
     daemon.start()
-    wait_until(lambda: b"PONG" in subprocess.run(["redis-cli", "-p", "16399", "ping"],
-               capture_output=True).stdout, 10, "redis")  # fmt: skip
-    yield
+    wait_until(lambda: b"PONG" in subprocess.run(
+        ["redis-cli", "-p", "16399", "ping"], capture_output=True,
+        env=os.environ | {"REDISCLI_AUTH": REDIS_16399_PASSWORD}).stdout, 10, "redis")  # fmt: skip
+    yield secret
     daemon.stop()
 
 
-def test_rtpengine_ocf_agent_passes_ocf_tester(tmp_path: Path, redis_16399: None) -> None:
-    """start, monitor, promote/demote twice, stop; outside a cluster the node is `uname -n`."""
+def test_rtpengine_ocf_agent_passes_ocf_tester(tmp_path: Path, redis_16399: Path) -> None:
+    """start, monitor, promote/demote twice, stop; outside a cluster the node is `uname -n`.
+    Redis wants a password: the agent reads it from redis_password_file."""
     result = subprocess.run(
         ["ocf-tester", "-n", "rtp", "-o", "vip=127.0.0.1", "-o", "ng_port=17223",
          "-o", "port_min=17300", "-o", "port_max=17399", "-o", "redis=127.0.0.1:16399",
+         "-o", f"redis_password_file={redis_16399}",
          "-o", f"dbs={os.uname().nodename}:17 other:18", "-o", "cli=127.0.0.1:17901",
          "-o", f"rundir={tmp_path}", "-o", f"logdir={tmp_path}",
          str(REPO / "deploy" / "ocf" / "rtpengine")],
@@ -271,7 +341,7 @@ def test_lab_fence_agent_powers_a_namespace_off_and_on(require_root: None) -> No
             wait_until(lambda: subprocess.run(pids, capture_output=True).stdout != b"", 5, "sleep")
 
             def fence(action: str) -> int:
-                stdin = f"action={action}\nplug=khft-1\nnodename=drill1\n"
+                stdin = f"action={action}\nplug={KHFT_1}\nnodename=drill1\n"
                 return subprocess.run([agent], input=stdin, text=True, timeout=10).returncode
 
             assert fence("status") == 0

@@ -33,7 +33,7 @@ def cluster(interfaces: list[str], prefer: list[str], redis_port: int = 6379) ->
     ]  # fmt: skip
     return ClusterSpec(
         cluster_name="t", nodes=nodes, vips=vips, policy="p.yaml",
-        redis=RedisSpec(vip="10.99.1.100", port=redis_port),
+        redis=RedisSpec(vip="10.99.1.100", password_file="redis.pass", port=redis_port),
     )  # fmt: skip
 
 
@@ -99,6 +99,7 @@ def test_each_vip_gets_a_promotable_rtpengine_on_every_node(spec: ClusterSpec) -
             "port_min": str(vip.port_min), "port_max": str(vip.port_max),
             "cli": f"127.0.0.1:{9900 + i}", "redis": f"127.0.0.1:{port}",
             "redis_write": f"10.99.1.100:{port}", "dbs": dbs,
+            "redis_password_file": "/etc/kemi-ha/redis.pass",
             "rundir": "/run/kemi-ha", "logdir": "/var/log/kemi-ha",
         }  # fmt: skip
         clone = cib["clones"][f"rtpengine{i}-clone"]

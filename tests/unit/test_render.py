@@ -17,6 +17,7 @@ from kemi.ops.nodecfg import render_node_cfg
 from kemi.ops.render import corosync_conf, load_cluster, load_node_config, render
 from kemi.ops.stack import StackConfig
 from kemi.policyfile import load_policy
+from tests.cluster_files import cluster_file, example
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "cluster.example.yaml"
@@ -67,25 +68,25 @@ def assert_refused_at_its_line(
 
 def three_nodes(tmp_path: Path) -> Path:
     """The example grown to three nodes and three VIPs (render must not assume two)."""
-    text = EXAMPLE.read_text().replace("../policies/default.yaml", str(REPO / "policies" /
-                                                                      "default.yaml"))  # fmt: skip
-    text = text.replace(
-        "  - {name: node2, id: 2, address: 10.99.1.2, interface: eth0}\n",
-        "  - {name: node2, id: 2, address: 10.99.1.2, interface: eth0}\n"
-        "  - {name: node3, id: 3, address: 10.99.1.3, interface: eth0}\n",
-    ).replace(
-        "  - {address: 10.99.1.102, prefer: node2, port_min: 35000, port_max: 39999}\n",
-        "  - {address: 10.99.1.102, prefer: node2, port_min: 35000, port_max: 39999}\n"
-        "  - {address: 10.99.1.103, prefer: node3, port_min: 40000, port_max: 44999}\n",
+    text = (
+        EXAMPLE.read_text()
+        .replace(
+            "  - {name: node2, id: 2, address: 10.99.1.2, interface: eth0}\n",
+            "  - {name: node2, id: 2, address: 10.99.1.2, interface: eth0}\n"
+            "  - {name: node3, id: 3, address: 10.99.1.3, interface: eth0}\n",
+        )
+        .replace(
+            "  - {address: 10.99.1.102, prefer: node2, port_min: 35000, port_max: 39999}\n",
+            "  - {address: 10.99.1.102, prefer: node2, port_min: 35000, port_max: 39999}\n"
+            "  - {address: 10.99.1.103, prefer: node3, port_min: 40000, port_max: 44999}\n",
+        )
     )
-    path = tmp_path / "cluster3.yaml"
-    path.write_text(text)
-    return path
+    return cluster_file(tmp_path, text, "cluster3.yaml")
 
 
 @pytest.mark.parametrize("size", [2, 3])
 def test_no_rendered_file_holds_a_path_of_the_rendering_machine(tmp_path: Path, size: int) -> None:
-    cluster = EXAMPLE if size == 2 else three_nodes(tmp_path)
+    cluster = example(tmp_path) if size == 2 else three_nodes(tmp_path)
     out = tmp_path / "out"
     written = render(cluster, out)
     assert {p.parent.name for p in written if p.parent != out} == {
@@ -154,7 +155,7 @@ def test_from_node_carries_every_field() -> None:
 def test_bad_node_yaml_is_refused_with_its_line(
     tmp_path: Path, change: tuple[str, str], message: str
 ) -> None:
-    render(EXAMPLE, tmp_path / "out")
+    render(example(tmp_path), tmp_path / "out")
     text = (tmp_path / "out" / "node1" / "node.yaml").read_text()
     assert_refused_at_its_line(text, change, message, tmp_path / "node.yaml", load_node_config)
 
@@ -162,7 +163,7 @@ def test_bad_node_yaml_is_refused_with_its_line(
 def test_the_drill_installs_render_output_unchanged(tmp_path: Path) -> None:
     """docs/ha.md's install steps as the drill runs them: every file byte for byte."""
     out = tmp_path / "out"
-    render(EXAMPLE, out)
+    render(example(tmp_path), out)
     base = tmp_path / "node2"
     agents = {"kemi-ha/kamailio": REPO / "deploy" / "ocf" / "kamailio"}
     installed = install_node(out, "node2", base, agents)
@@ -173,6 +174,7 @@ def test_the_drill_installs_render_output_unchanged(tmp_path: Path) -> None:
         if path.name in ("policy.yaml", "cib.xml"):
             source = out / path.name
         assert path.read_bytes() == source.read_bytes(), path
+        assert path.stat().st_mode & 0o777 == source.stat().st_mode & 0o777, path
     assert (base / "var-lib-pacemaker" / "cib" / "cib.xml").read_bytes() == (
         out / "cib.xml"
     ).read_bytes()
@@ -183,9 +185,9 @@ def test_the_drill_installs_render_output_unchanged(tmp_path: Path) -> None:
 
 
 def test_a_quorum_device_gives_two_nodes_a_majority(tmp_path: Path) -> None:
-    cluster = tmp_path / "cluster.yaml"
-    cluster.write_text(EXAMPLE.read_text().replace("../policies/", f"{REPO}/policies/")
-                       + "quorum_device: {address: 10.99.1.50, tls: false}\n")  # fmt: skip
+    cluster = cluster_file(
+        tmp_path, EXAMPLE.read_text() + "quorum_device: {address: 10.99.1.50, tls: false}\n"
+    )
     out = tmp_path / "out"
     render(cluster, out)
     conf = (out / "node1" / "corosync.conf").read_text()
@@ -198,7 +200,7 @@ def test_a_quorum_device_gives_two_nodes_a_majority(tmp_path: Path) -> None:
     assert "        timeout: 2000\n" in timed.split("device {")[1]
     assert 'name="no-quorum-policy" value="stop"' in (out / "cib.xml").read_text()
     plain = tmp_path / "plain"
-    render(EXAMPLE, plain)
+    render(example(tmp_path), plain)
     assert 'name="no-quorum-policy" value="ignore"' in (plain / "cib.xml").read_text()
     assert "two_node: 1" in (plain / "node1" / "corosync.conf").read_text()
 
@@ -240,9 +242,8 @@ def test_the_drills_fencing_is_rendered_like_any_fence_agent(tmp_path: Path) -> 
     install_node puts the agent where the node sees /usr/sbin."""
     nodes = DrillNode.build(2)
     (tmp_path / "policy-base.yaml").write_text(drill_policy())
-    (tmp_path / "cluster.yaml").write_text(cluster_yaml(nodes, "tuned", fencing=True))
     out = tmp_path / "out"
-    render(tmp_path / "cluster.yaml", out)
+    render(cluster_file(tmp_path, cluster_yaml(nodes, "tuned", fencing=True)), out)
     cib = (out / "cib.xml").read_text()
     assert 'name="stonith-enabled" value="true"' in cib
     for n in nodes:
