@@ -8,6 +8,7 @@ node's JSON-RPC.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -190,6 +191,12 @@ def test_e_operator_bans_on_one_node_apply_on_every_node(
     assert kemi_ha(["ban", "list", "--run-dir", run_b]) == 0
     out = capsys.readouterr().out
     assert OPERATOR_BANNED in out, out
+    assert kemi_ha(["status", "--run-dir", run_b, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [b["source"] for b in status["bans"]] == [OPERATOR_BANNED]
+    assert 50 <= status["bans"][0]["left_s"] <= 60
+    assert kemi_ha(["status", "--run-dir", run_b]) == 0
+    assert f"bans (cluster-wide): 1\n  {OPERATOR_BANNED}" in capsys.readouterr().out
     assert kemi_ha(["ban", "remove", OPERATOR_BANNED, "--run-dir", run_b]) == 0
     wait_for(lambda: OPERATOR_BANNED not in banned(cluster.a), what="the ban lifted on node A")
     assert options(cluster, VIP1, OPERATOR_BANNED) == "SIP/2.0 200 OK"

@@ -30,3 +30,22 @@ def test_status_without_a_node_is_a_clear_error(
 ) -> None:
     assert main(["status", "--run-dir", str(tmp_path)]) == 1
     assert "no running node" in capsys.readouterr().err
+
+
+def test_ban_without_a_node_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ban", "list", "--run-dir", str(tmp_path)]) == 1
+    assert "no running node" in capsys.readouterr().err
+
+
+def test_bans_on_one_screen() -> None:
+    from kemi.core.floods import Ban
+    from kemi.ops.bans import BanError, check_source, render_bans
+
+    assert render_bans([]) == "no bans in force"
+    text = render_bans([Ban("203.0.113.9", 1_800_000_000, 42)])
+    assert "203.0.113.9" in text and "2027-01-15 08:00:00" in text and "42s" in text
+    assert check_source("2001:db8::0:1") == "2001:db8::1"
+    with pytest.raises(BanError, match="not an IP address"):
+        check_source("example.net")
