@@ -77,6 +77,7 @@ api-list: deps venv
 bench: deps venv
 	$(PY) bench/decide_bench.py
 	$(PY) bench/dmq_lag.py 100
+	$(PY) bench/flood_setup.py
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) *.egg-info .pytest_cache .ruff_cache

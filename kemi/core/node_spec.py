@@ -58,6 +58,11 @@ def check_node(spec: NodeConfigSpec) -> list[Problem]:
         except ValueError:
             problems.append(Problem((name,), f"not an IP address: {getattr(spec, name)!r}"))
     with contextlib.suppress(ValueError):
+        node = ipaddress.ip_address(spec.node_address)
+        if not node.is_private or node.is_unspecified:
+            problems.append(Problem(("node_address",), "DMQ listens here: it must be a loopback "
+                                    "or private address"))  # fmt: skip
+    with contextlib.suppress(ValueError):
         http = ipaddress.ip_address(spec.http_address)
         if not (http.is_loopback or http.is_private) or http.is_unspecified:
             problems.append(Problem(("http_address",), "management HTTP must stay on a "
