@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kemi.core.structure import SpecError
-from kemi.ops.render import load_cluster, render
+from kemi.ops.render import load_cluster, load_node_config, render
 from kemi.policyfile import parse_policy
 from tests.cluster_files import EXAMPLE, cluster_file, example, password
 from tests.unit.test_render import assert_refused_at_its_line
@@ -131,3 +131,12 @@ def test_an_ng_socket_off_private_addresses_is_refused(socket: str) -> None:
     with pytest.raises(SpecError, match="ng has no authentication") as info:
         parse_policy(text, "p.yaml")
     assert info.value.messages[0].startswith("p.yaml:3:")
+
+
+def test_a_node_yaml_with_dmq_on_a_public_address_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    render(example(tmp_path / "in"), out)
+    text = (out / "node1" / "node.yaml").read_text()
+    change = ("node_address: 10.99.1.1", "node_address: 9.9.9.1")
+    assert_refused_at_its_line(text, change, "DMQ listens here", tmp_path / "node.yaml",
+                               load_node_config)  # fmt: skip
