@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ import yaml
 from kemi.lab.hanode import HaNode, install_node, kill_netns
 from kemi.lab.net import Host, Lab, lab_ns, sh
 from kemi.lab.sipp import SippRun, sipp
+from kemi.ops.cluster_status import collect_cluster, render_cluster
 from kemi.ops.netns import in_netns
 from kemi.ops.ng import NgClient, rtp_streams
 from kemi.ops.procs import Daemon, NotReady, wait_until
@@ -279,14 +280,21 @@ class RunResult:
         return [c for c in self.calls if c.vip == self.failed_vip]
 
 
-def log_times(text: str, pattern: re.Pattern[str], after: float) -> float | None:
+def line_time(line: str) -> float | None:
+    """The timestamp of a Corosync/Pacemaker log line (None if it has none)."""
+    m = LOG_TS.match(line)
+    if not m:
+        return None
     year = datetime.now().year
+    return datetime.strptime(f"{year} {m.group(1)}", "%Y %b %d %H:%M:%S.%f").timestamp()
+
+
+def log_times(text: str, pattern: re.Pattern[str], after: float) -> float | None:
     for line in text.splitlines():
-        m = LOG_TS.match(line)
-        if not m or not pattern.search(line):
+        if not pattern.search(line):
             continue
-        ts = datetime.strptime(f"{year} {m.group(1)}", "%Y %b %d %H:%M:%S.%f").timestamp()
-        if ts >= after - 0.05:
+        ts = line_time(line)
+        if ts is not None and ts >= after - 0.05:
             return ts
     return None
 
@@ -392,6 +400,8 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         observed.append(f"{victim.name} corosync links: {link_status(setup, victim)}")
         observed.append(f"VIP holders with link 0 cut: {vip_holders(setup)}")
         cut_peers(setup, victim, cut=False)
+        observed.append(f"Corosync membership changes while link 0 was cut: "
+                        f"{membership_changes(setup, t_fail)}")  # fmt: skip
     else:
         # Power off the victim: its links first (no goodbye on the wire), then every process.
         setup.lab.links(victim.netns, up=False)
@@ -571,10 +581,15 @@ def quorum_state(setup: DrillSetup) -> str:
 
 
 def link_status(setup: DrillSetup, node: DrillNode) -> str:
-    """corosync-cfgtool -s on the node, one line per link."""
-    out = setup.ha[node.name].run(["corosync-cfgtool", "-s"]).stdout
-    return " | ".join(" ".join(ln.split()) for ln in out.splitlines()
-                      if "LINK" in ln or "nodeid" in ln)  # fmt: skip
+    """The link lines `kemi-ha status` prints on the node (from corosync-cfgtool -s)."""
+    ha = setup.ha[node.name]
+
+    def run(argv: Sequence[str]) -> tuple[int, str, str]:
+        done = ha.run(list(argv))
+        return done.returncode, done.stdout, done.stderr
+
+    lines = render_cluster(collect_cluster(run))
+    return " | ".join(line.strip() for line in lines if line.strip().startswith("link"))
 
 
 def rejoin(setup: DrillSetup, node: DrillNode, calls: int, observed: list[str]) -> None:
@@ -601,6 +616,19 @@ def rejoin(setup: DrillSetup, node: DrillNode, calls: int, observed: list[str]) 
     master = ha.promoted("redis-clone") or "?"
     observed.append(f"{node.name} back: {calls} dialogs resynced over DMQ, its Redis a synced "
                     f"replica, Redis master on {master}")  # fmt: skip
+
+
+def membership_changes(setup: DrillSetup, since: float) -> int:
+    """How many new memberships any node's Corosync formed after `since` (a lost link must
+    cause none: knet carries on over the other link)."""
+    pattern = re.compile(r"A new membership .* was formed")
+    count = 0
+    for node in setup.nodes:
+        log = setup.work / node.name / "log-corosync" / "corosync.log"
+        for line in log.read_text(errors="replace").splitlines():
+            ts = line_time(line) if pattern.search(line) else None
+            count += ts is not None and ts >= since
+    return count
 
 
 def failover_timeline(setup: DrillSetup, survivors: list[DrillNode], vip_no: int,

@@ -82,6 +82,20 @@ def test_a_link_cut_leaves_every_vip_on_one_node_only(require_root: None) -> Non
     assert any("0 ms after the first 3 s" in line for line in result.observed), text
 
 
+def test_losing_one_of_two_corosync_links_moves_nothing(require_root: None) -> None:
+    """one-link-lost: link 0 between the nodes cut, link 1 up (knet active mode): no new
+    membership, no VIP moves, `kemi-ha status` shows the link down, calls lose at most a packet
+    or two (bound loose for a loaded CI box)."""
+    result, text = one_run("one-link-lost", links=2)
+    assert result.dropped == 0, text
+    assert "Corosync membership changes while link 0 was cut: 0" in result.observed, text
+    assert "VIP holders with link 0 cut: {'vip1': 'drill1', 'vip2': 'drill2'}" in result.observed
+    links = next(line for line in result.observed if "corosync links" in line)
+    assert "link 0" in links and "node 2 disconnected" in links, text
+    assert "link 1" in links and "node 2 connected" in links, text
+    assert max(c.gap_ms for c in result.calls) < 200, text
+
+
 def test_a_powered_off_node_is_fenced_before_its_vip_moves(require_root: None) -> None:
     """fenced: fence devices in the cluster file (the lab's fence_kemiha_netns); the survivor's
     Pacemaker fences the powered-off node, then moves its VIP; `kemi-ha status`'s cluster
@@ -107,7 +121,7 @@ def test_a_powered_off_node_is_fenced_before_its_vip_moves(require_root: None) -
     assert any("VIP1 started after the fence" in line for line in result.observed), text
 
 
-def one_run(scenario: str, calls: int = 6, **cluster: bool) -> tuple[RunResult, str]:
+def one_run(scenario: str, calls: int = 6, **cluster: int) -> tuple[RunResult, str]:
     """One run of `scenario` on a fresh two-node cluster; its result and report."""
     work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-test-"))  # readable by the redis user
     try:
