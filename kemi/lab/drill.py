@@ -15,6 +15,7 @@ Run r powers off drill<((r - 1) mod N) + 1>, so REPEAT=N powers off each node on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -807,29 +808,52 @@ def distribution(medians: list[float]) -> str:
     )
 
 
-def drill(nodes: int = 2, calls: int = 10, profile: str = "tuned", repeat: int = 1,
-          keep: bool = False, scenario: str = "power-off", links: int = 1,
-          qdevice: bool = False, transient: int = 0) -> int:  # fmt: skip
-    """Run the drill `repeat` times; print the report, the JSON path and the summary line last."""
-    if profile not in COROSYNC_PROFILES:
-        raise ValueError(f"unknown profile {profile!r}")
-    if scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
-    if scenario == "one-link-lost":
-        links = max(links, 2)  # a second Corosync link to lose the first one to
-    if scenario == "link-cut":
-        qdevice = True  # without an arbiter both halves keep every VIP: nothing to measure
-    fencing = scenario == "fenced"
+@dataclass(frozen=True)
+class DrillCase:
+    """One `make drill` invocation: what to inflict on which cluster, how often."""
+
+    scenario: str = "power-off"
+    nodes: int = 2
+    calls: int = 10
+    repeat: int = 1
+    profile: str = "tuned"
+    links: int = 1
+    qdevice: bool = False
+    transient: int = 0
+
+    def checked(self) -> DrillCase:
+        """The case with what its scenario implies, or ValueError on an unknown name."""
+        if self.profile not in COROSYNC_PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}")
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {self.scenario!r}: one of {', '.join(SCENARIOS)}")
+        links = max(self.links, 2) if self.scenario == "one-link-lost" else self.links
+        # Without an arbiter both halves of a cut keep every VIP: nothing to measure.
+        qdevice = self.qdevice or self.scenario == "link-cut"
+        return dataclasses.replace(self, links=links, qdevice=qdevice)
+
+
+def run_case(case: DrillCase, keep: bool = False) -> list[RunResult]:
+    """Every run of `case`, each on a freshly installed cluster."""
+    case = case.checked()
     results: list[RunResult] = []
-    for run_no in range(1, repeat + 1):
+    for run_no in range(1, case.repeat + 1):
         work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-"))
-        with drill_cluster(work, profile, nodes, links, qdevice, fencing) as setup:
-            results.append(run_once(setup, calls, run_no, scenario=scenario, transient=transient))
+        with drill_cluster(work, case.profile, case.nodes, case.links, case.qdevice,
+                           case.scenario == "fenced") as setup:  # fmt: skip
+            results.append(run_once(setup, case.calls, run_no, scenario=case.scenario,
+                                    transient=case.transient))  # fmt: skip
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"drill: run {run_no} kept in {work}")
-    text, summary = report(results, calls, profile, scenario)
+    return results
+
+
+def drill(case: DrillCase, keep: bool = False) -> int:
+    """Run the drill; print the report, the JSON path and the summary line last."""
+    results = run_case(case, keep)
+    text, summary = report(results, case.calls, case.profile, case.scenario)
     print(text)
     name = "kemi-ha-drill-result" + ("" if PREFIX == "khad" else f"-{PREFIX}") + ".json"
     out = Path(tempfile.gettempdir()) / name
