@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         "--transient",
         type=int,
         default=0,
-        help="also this many calls ringing, answered-not-ACKed and being cancelled "
+        help="also this many calls of each transient kind (ringing, answered-not-ACKed, "
+        "being cancelled, hold re-INVITE before/during the outage, BYE during it) "
         "on the powered-off node's VIP at the fault",
     )
     dr.add_argument("--keep", action="store_true", help="keep the work directory (logs, pcap)")

@@ -82,6 +82,12 @@ TRANSIENT = (
     ("ringing", "71", "uas_ring_answer.xml", 2500, "uac.xml", 4000),  # answered after the fault
     ("late_ack", "72", "uas.xml", 0, "uac_late_ack.xml", 4000),  # 200 before, ACK after it
     ("cancelled", "73", "uas_ring.xml", 0, "uac_cancel_late.xml", 2000),  # CANCEL after it
+    # established, then a hold re-INVITE relayed before the fault, answered 2.5 s later
+    ("hold", "74", "uas_hold.xml", 2500, "uac_hold.xml", 500),
+    # established, then a hold re-INVITE sent during the outage (retransmitted)
+    ("hold_outage", "75", "uas_hold.xml", 0, "uac_hold.xml", 1200),
+    # established, then the BYE sent during the outage (retransmitted)
+    ("bye_outage", "76", "uas.xml", 0, "uac.xml", 1100),
 )
 
 

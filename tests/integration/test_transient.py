@@ -197,11 +197,17 @@ def test_b_ringing_call_is_answered_after_the_takeover(cluster: Cluster) -> None
     ringing(cluster)
     power_off_a_and_take_vip1(cluster)
     confirmed_on_b_with_media(cluster)
+    completed_through_b(cluster, caller, uas, "takeover reply 200 INVITE: answer")
+
+
+def completed_through_b(cluster: Cluster, caller: SippRun, uas: SippRun,
+                        logged: str | None = None) -> None:  # fmt: skip
+    """Both UAs saw their whole flow succeed, B kept nothing and raised nothing."""
     assert_ok(caller, 40)
     assert_ok(uas, 10)
     nothing_left_on_b(cluster)
     log = log_of(cluster.b)
-    assert "takeover reply 200 INVITE: answer" in log
+    assert logged is None or logged in log
     assert "exception in" not in log
 
 
@@ -226,10 +232,7 @@ def test_c_answered_call_is_acked_after_the_takeover(cluster: Cluster) -> None:
              state=lambda: f"A {states(cluster.a)} B {states(cluster.b)}")  # fmt: skip
     power_off_a_and_take_vip1(cluster)
     confirmed_on_b_with_media(cluster)
-    assert_ok(caller, 40)
-    assert_ok(uas, 10)
-    nothing_left_on_b(cluster)
-    assert "takeover reply 200 INVITE: answer" in log_of(cluster.b)
+    completed_through_b(cluster, caller, uas, "takeover reply 200 INVITE: answer")
 
 
 def established_on_both(cluster: Cluster) -> None:
@@ -253,10 +256,7 @@ def test_d_hold_reinvite_sent_during_the_outage(cluster: Cluster) -> None:
     established_on_both(cluster)
     power_off_a_and_take_vip1(cluster, outage_s=2.5)  # the re-INVITE goes out at ~1.5 s
     confirmed_on_b_with_media(cluster)
-    assert_ok(caller, 40)
-    assert_ok(uas, 10)
-    nothing_left_on_b(cluster)
-    assert "exception in" not in log_of(cluster.b)
+    completed_through_b(cluster, caller, uas)
 
 
 def test_e_hold_reinvite_answered_after_the_takeover(cluster: Cluster) -> None:
@@ -271,12 +271,7 @@ def test_e_hold_reinvite_answered_after_the_takeover(cluster: Cluster) -> None:
              state=lambda: str(caller_cseq(cluster.a)))  # fmt: skip
     power_off_a_and_take_vip1(cluster)
     confirmed_on_b_with_media(cluster)
-    assert_ok(caller, 40)
-    assert_ok(uas, 10)
-    nothing_left_on_b(cluster)
-    log = log_of(cluster.b)
-    assert "takeover reply 200 INVITE: answer" in log
-    assert "exception in" not in log
+    completed_through_b(cluster, caller, uas, "takeover reply 200 INVITE: answer")
 
 
 def test_f_bye_sent_during_the_outage(cluster: Cluster) -> None:
@@ -287,7 +282,4 @@ def test_f_bye_sent_during_the_outage(cluster: Cluster) -> None:
     caller = cluster.uac(VIP1, calls=1, duration_ms=1000)
     established_on_both(cluster)
     power_off_a_and_take_vip1(cluster, outage_s=2.0)  # the BYE goes out at ~1 s
-    assert_ok(caller, 40)
-    assert_ok(uas, 10)
-    nothing_left_on_b(cluster)
-    assert "exception in" not in log_of(cluster.b)
+    completed_through_b(cluster, caller, uas)
