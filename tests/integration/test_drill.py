@@ -3,7 +3,8 @@ call drops, whatever its state.
 
 Power-off: 20 established calls with RTP both ways at 50 packets/s, plus 2 calls of each
 transient kind at the fault (ringing, answered-not-ACKed, being cancelled, hold re-INVITE
-answered after it, hold re-INVITE and BYE sent during the outage). Then failback and link-cut (quorum device).
+answered after it, hold re-INVITE and BYE sent during the outage). Then failback, one lost
+Corosync link of two, link-cut (quorum device) and fenced.
 The figures belong to `make drill` and docs/ha.md; the bounds here are loose on purpose.
 """
 
