@@ -7,10 +7,15 @@ one Redis per node without replication, so what Redis replication does in a real
 drill's promotable Redis) is done by the test: VIP1's Redis DB is copied from A to B (DUMP +
 RESTORE) just before the power-off. After each test A comes back with VIP1.
 
-Known harness limit, measured: once VIP1 has been on B and left it again (the revival of A),
-some of B's workers fail to send ng commands to VIP1's rtpengine when B takes VIP1 a second
-time (`can't send command "delete"`, then "no available proxies"): the CANCEL test, whose
-only rtpengine command on B is that delete, runs first.
+Calls established before the fault then cross it: a re-INVITE (hold) sent during the outage,
+a re-INVITE relayed by A and answered after it, a BYE sent during the outage.
+
+B's rtpengine for VIP1 is started after VIP1 arrives (its ng socket is on VIP1), where a
+cluster has a hot standby ready before: SIP to VIP1 is held back meanwhile (iptables in B).
+Without that hold, a re-INVITE in that window failed its ng command and Kamailio's rtpengine
+module disabled the relay for RTPENGINE_DISABLE_TOUT in that worker ("no available proxies"),
+likely also the cause of the failures on a second takeover noted here before: with the hold,
+the six takeovers of this module pass in a row.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 import pytest
 
 from kemi.lab.cluster import CLIENT, UAS_PORT, VIP1, Cluster, node_ns, start_cluster
-from kemi.lab.net import lab_ns
+from kemi.lab.net import lab_ns, sh
 from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.stack import Stack
 from tests.integration.calls import assert_ok, packets_of, wait_for
@@ -104,9 +109,10 @@ def packets(node: Stack, call_id: str) -> int:
         return packets_of(node, 0, call_id)
 
 
-def power_off_a_and_take_vip1(cluster: Cluster) -> float:
-    """Copy VIP1's Redis DB to B (Redis replication's job), power A off, VIP1 and its
-    rtpengine up on B (cold restore from Redis). Returns the time of the power-off."""
+def power_off_a_and_take_vip1(cluster: Cluster, outage_s: float = 0.0) -> float:
+    """Copy VIP1's Redis DB to B (Redis replication's job), power A off, and `outage_s` later
+    VIP1 and its rtpengine up on B (cold restore from Redis). Returns the time of the
+    power-off."""
     a, b = cluster.a, cluster.b
     vip1 = a.policy.vips[0]
     with a.net():
@@ -119,8 +125,16 @@ def power_off_a_and_take_vip1(cluster: Cluster) -> float:
     cluster.lab.link(NS_A, up=False)
     a.kill_all()
     killed = time.monotonic()
-    cluster.lab.add_address(NS_B, VIP1)
-    b.start_rtpengine(vip1)
+    time.sleep(outage_s)  # what reaches VIP1 meanwhile is lost: UAs retransmit
+    # In a cluster B's hot-standby rtpengine is ready before VIP1 arrives; here it is started
+    # after (its ng socket is on VIP1): SIP to VIP1 waits until it answers.
+    rule = ["INPUT", "-d", VIP1, "-p", "udp", "--dport", "5060", "-j", "DROP"]
+    sh("ip", "netns", "exec", NS_B, "iptables", "-I", *rule)
+    try:
+        cluster.lab.add_address(NS_B, VIP1)
+        b.start_rtpengine(vip1)
+    finally:
+        sh("ip", "netns", "exec", NS_B, "iptables", "-D", *rule)
     assert saved, "VIP1's rtpengine had no session in Redis before the power-off"
     return killed
 
@@ -183,11 +197,17 @@ def test_b_ringing_call_is_answered_after_the_takeover(cluster: Cluster) -> None
     ringing(cluster)
     power_off_a_and_take_vip1(cluster)
     confirmed_on_b_with_media(cluster)
+    completed_through_b(cluster, caller, uas, "takeover reply 200 INVITE: answer")
+
+
+def completed_through_b(cluster: Cluster, caller: SippRun, uas: SippRun,
+                        logged: str | None = None) -> None:  # fmt: skip
+    """Both UAs saw their whole flow succeed, B kept nothing and raised nothing."""
     assert_ok(caller, 40)
     assert_ok(uas, 10)
     nothing_left_on_b(cluster)
     log = log_of(cluster.b)
-    assert "takeover reply 200 INVITE: answer" in log
+    assert logged is None or logged in log
     assert "exception in" not in log
 
 
@@ -212,7 +232,54 @@ def test_c_answered_call_is_acked_after_the_takeover(cluster: Cluster) -> None:
              state=lambda: f"A {states(cluster.a)} B {states(cluster.b)}")  # fmt: skip
     power_off_a_and_take_vip1(cluster)
     confirmed_on_b_with_media(cluster)
-    assert_ok(caller, 40)
-    assert_ok(uas, 10)
-    nothing_left_on_b(cluster)
-    assert "takeover reply 200 INVITE: answer" in log_of(cluster.b)
+    completed_through_b(cluster, caller, uas, "takeover reply 200 INVITE: answer")
+
+
+def established_on_both(cluster: Cluster) -> None:
+    """The call confirmed on A and its copy confirmed on B (DMQ)."""
+    wait_for(lambda: states(cluster.a) == [4] and states(cluster.b) == [4], timeout=5,
+             what="an established call on A, replicated to B",
+             state=lambda: f"A {states(cluster.a)} B {states(cluster.b)}")  # fmt: skip
+
+
+def caller_cseq(node: Stack) -> list[str]:
+    return [str(d["caller"]["cseq"]) for d in dialogs(node) if int(d["state"]) != 5]
+
+
+def test_d_hold_reinvite_sent_during_the_outage(cluster: Cluster) -> None:
+    """Established via A; A dies; the caller's re-INVITE (a=sendonly) is sent while VIP1 is
+    nowhere (lost, retransmitted) and reaches B once B holds VIP1: B offers it on VIP1's
+    rtpengine with the call's flags, relays it, the callee's 200 is answered there, the ACK
+    and later the BYE follow; RTP crosses B's rtpengine."""
+    uas = callee(cluster, "uas_hold.xml")
+    caller = cluster.uac(VIP1, calls=1, duration_ms=1500, scenario="uac_hold.xml")
+    established_on_both(cluster)
+    power_off_a_and_take_vip1(cluster, outage_s=2.5)  # the re-INVITE goes out at ~1.5 s
+    confirmed_on_b_with_media(cluster)
+    completed_through_b(cluster, caller, uas)
+
+
+def test_e_hold_reinvite_answered_after_the_takeover(cluster: Cluster) -> None:
+    """Established via A; A relays the caller's re-INVITE, then dies before the callee answers
+    it (3 s later): the callee's 200 (retransmitted) reaches B with no transaction, is answered
+    on VIP1's rtpengine (the offer came with the Redis copy) and forwarded by Via; the caller's
+    ACK and BYE go through B; RTP crosses B's rtpengine."""
+    uas = callee(cluster, "uas_hold.xml", pause_ms=3000)
+    caller = cluster.uac(VIP1, calls=1, duration_ms=500, scenario="uac_hold.xml")
+    established_on_both(cluster)
+    wait_for(lambda: caller_cseq(cluster.a) == ["2"], timeout=5, what="the re-INVITE relayed by A",
+             state=lambda: str(caller_cseq(cluster.a)))  # fmt: skip
+    power_off_a_and_take_vip1(cluster)
+    confirmed_on_b_with_media(cluster)
+    completed_through_b(cluster, caller, uas, "takeover reply 200 INVITE: answer")
+
+
+def test_f_bye_sent_during_the_outage(cluster: Cluster) -> None:
+    """Established via A; A dies; the caller's BYE is sent while VIP1 is nowhere and
+    retransmitted: B ends the call (rtpengine delete, dialog, channel), the callee answers
+    200 and the caller gets it."""
+    uas = callee(cluster, "uas.xml")
+    caller = cluster.uac(VIP1, calls=1, duration_ms=1000)
+    established_on_both(cluster)
+    power_off_a_and_take_vip1(cluster, outage_s=2.0)  # the BYE goes out at ~1 s
+    completed_through_b(cluster, caller, uas)
