@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from kemi.core.nat import NAT_OFF, Nat
 
 V = TypeVar("V")
 
@@ -124,3 +126,6 @@ class Policy:
     dmq_peers: tuple[str, ...]
     dmq_peer_hosts: frozenset[str]
     sdp_limits: SdpLimits = SdpLimits()
+    nat: Mapping[str | None, Nat] = field(default_factory=lambda: {None: NAT_OFF})  # by tenant
+    # (VIP address, tenant) -> flags for a sender behind NAT (kemi.core.nat rule 4)
+    nat_media_flags: Mapping[tuple[str, str | None], str] = field(default_factory=dict)

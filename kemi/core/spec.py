@@ -51,6 +51,24 @@ class MediaSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class NatSpec:
+    """NAT traversal for endpoints behind NAT (phones, PBXs): their Contact and their media."""
+
+    mode: Literal["off", "detect", "force"] = doc(
+        "off: no NAT handling; detect: a sender is behind NAT when nathelper's nat_uac_test "
+        "says so (requests 19: private Contact, Via address or port not the source; replies "
+        "1: private Contact); force: every sender of the call is treated as behind NAT",
+        "off",
+    )
+    contact: Literal["alias", "rewrite"] = doc(
+        "how a NATed sender's Contact is fixed: alias (set_contact_alias; in-dialog requests "
+        "to it are sent back to the address and port it came from, handle_ruri_alias) or "
+        "rewrite (fix_nated_contact: the Contact becomes the source address; UDP only)",
+        "alias",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LimitSpec:
     """A channel limit: concurrent calls counted cluster-wide from replicated dialogs."""
 
@@ -87,6 +105,7 @@ class TenantSpec:
     sources: list[str] = doc("source networks (CIDR) of this tenant's calls", factory=list)
     domains: list[str] = doc("request domains (R-URI host) of this tenant", factory=list)
     media: MediaSpec | None = doc("rtpengine flags overriding the VIP's for this tenant")
+    nat: NatSpec | None = doc("NAT traversal for this tenant's calls (default: the policy's `nat`)")
     limit: LimitSpec | None = doc("this tenant's channel limit")
 
 
@@ -127,3 +146,5 @@ class PolicySpec:
     )
     dmq_peers: list[str] = doc("SIP URIs of the other nodes' DMQ listeners", factory=list)
     sdp: SdpSpec = doc("bounds on SDP bodies sent to rtpengine (488 beyond)", factory=SdpSpec)
+    nat: NatSpec = doc("NAT traversal for calls of no tenant, and of tenants without `nat`",
+                       factory=NatSpec)  # fmt: skip

@@ -75,6 +75,13 @@ HAPPY: dict[str, Any] = {
     "jsonrpcs.exec": 1,
     "forward": 1,
     "set_drop": None,
+    "force_rport": True,
+    "isdsturiset": False,
+    "siputils.is_first_hop": 1,
+    "nathelper.nat_uac_test": -1,
+    "nathelper.set_contact_alias": 1,
+    "nathelper.fix_nated_contact": 1,
+    "nathelper.handle_ruri_alias": 2,
 }
 SDP_BODY = (
     "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
@@ -86,7 +93,9 @@ PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0
        "$avp(kha_counted)": None, "$avp(kha_late)": None, "$rb": SDP_BODY,
        "$hdr(Authorization)": None, "$dlg(state)": "4", "$dlg_var(kha_late)": None,
        "$dlg_var(kha_prof)": None, "$ft": "ftag-1", "$tt": "ttag-1",
-       "$jsonrpl(code)": "200"}  # fmt: skip
+       "$jsonrpl(code)": "200", "$nh(u)": "sip:gw1:5060", "$fs": None,
+       "$dlg_var(kha_nat)": None, "$dlg_var(kha_nmflags)": None, "$avp(kha_nat)": None,
+       "$avp(kha_nmflags)": None}  # fmt: skip
 
 
 def make(**returns: Any) -> tuple[Router, FakeKSR]:
