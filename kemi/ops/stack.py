@@ -352,6 +352,12 @@ class Stack:
             self._wait(
                 daemon, lambda: self.rpc.call("core.uptime") is not None, 20, kamailio_failure
             )
+        # The TCP/TLS processes are forked last, after the UDP workers answer: started means
+        # all of them (a caller over TCP, and a test comparing PIDs, would otherwise race).
+        self._wait(daemon, self.tcp_main_started, 20, kamailio_failure)
+
+    def tcp_main_started(self) -> bool:
+        return any(p.get("DSC") == "tcp main process" for p in self.rpc.call("core.psx") or [])
 
     def check_tls_pair(self) -> None:
         """The TLS listeners' files: generated when the node names none, else they must exist
