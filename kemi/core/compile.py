@@ -182,13 +182,13 @@ def check(spec: PolicySpec) -> list[Problem]:
 
 def check_nat(c: _Checker, spec: PolicySpec) -> None:
     """A call handled as behind NAT must not get rtpengine flags that undo the NAT flags
-    (kemi.core.nat rule 4): checked for every (VIP, tenant) pair whose NAT is not off."""
+    (kemi.core.nat rule 4): checked for every (VIP, tenant) pair whose NAT mode is not never."""
     parties: list[tuple[Path, MediaSpec | None, NatSpec]] = [(("nat",), None, spec.nat)]
     parties += [(("tenants", i, "nat"), t.media, t.nat or spec.nat)
                 for i, t in enumerate(spec.tenants)]  # fmt: skip
     reported: set[Path] = set()
     for nat_path, tenant_media, nat in parties:
-        if nat.mode == "off":
+        if nat.mode == "never":
             continue
         layers = [(("vips", i, "media", "extra"), v.media) for i, v in enumerate(spec.vips)]
         layers.append(((*nat_path[:-1], "media", "extra"), tenant_media))

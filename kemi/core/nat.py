@@ -3,9 +3,9 @@
 Rules (Kamailio's default configuration, its NATDETECT and NATMANAGE routes, chosen per tenant
 by the policy's `nat`):
 1. every request gets `force_rport()`: replies go back to the address and port it came from;
-2. a sender is behind NAT when the call's mode is `force`, or `detect` and nathelper's
-   `nat_uac_test` says so (REQUEST_TESTS for requests, REPLY_TESTS for replies; mode `off`:
-   never);
+2. a sender is behind NAT when the call's mode is `always`, or `detect` and nathelper's
+   `nat_uac_test` says so (REQUEST_TESTS for requests, REPLY_TESTS for replies; `never`:
+   never). (Not off/force: YAML reads a bare off as false.)
 3. the Contact of a sender behind NAT, and of any sender over a connection (TCP, TLS: a new
    connection towards it would not reach it), is fixed only when that sender is the first hop
    (one Via: the Contact is its own): an alias (`set_contact_alias`) that WITHINDLG turns back
@@ -43,7 +43,7 @@ class ContactFix(Enum):
 class Nat:
     """The NAT handling of a call, chosen by its tenant; kept in the dialog as `encoded`."""
 
-    mode: str = "off"  # off | detect | force
+    mode: str = "never"  # never | detect | always
     contact: str = "alias"  # alias | rewrite
 
     @property
@@ -57,17 +57,18 @@ class Nat:
 
 
 NAT_OFF = Nat()
-_MODES = {f"{m}/{c}": Nat(m, c) for m in ("off", "detect", "force") for c in ("alias", "rewrite")}
+MODES, CONTACT_FIXES = ("never", "detect", "always"), ("alias", "rewrite")  # as in NatSpec
+_MODES = {f"{m}/{c}": Nat(m, c) for m in MODES for c in CONTACT_FIXES}
 
 
 def decode(text: str) -> Nat:
-    """A dialog's `encoded` value back (anything else, e.g. a dialog of an older policy: off)."""
+    """A dialog's `encoded` value back (anything else, e.g. a dialog of an older policy: never)."""
     return _MODES.get(text, NAT_OFF)
 
 
 def behind_nat(nat: Nat, detected: bool) -> bool:
     """Rule 2; `detected` is nat_uac_test's answer (False when it was not asked)."""
-    return nat.mode == "force" or (nat.mode == "detect" and detected)
+    return nat.mode == "always" or (nat.mode == "detect" and detected)
 
 
 def contact_fix(nat: Nat, nated: bool, transport: str) -> ContactFix:

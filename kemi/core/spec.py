@@ -54,11 +54,11 @@ class MediaSpec:
 class NatSpec:
     """NAT traversal for endpoints behind NAT (phones, PBXs): their Contact and their media."""
 
-    mode: Literal["off", "detect", "force"] = doc(
-        "off: no NAT handling; detect: a sender is behind NAT when nathelper's nat_uac_test "
+    mode: Literal["never", "detect", "always"] = doc(
+        "never: no NAT handling; detect: a sender is behind NAT when nathelper's nat_uac_test "
         "says so (requests 19: private Contact, Via address or port not the source; replies "
-        "1: private Contact); force: every sender of the call is treated as behind NAT",
-        "off",
+        "1: private Contact); always: every sender of the call is treated as behind NAT",
+        "never",
     )
     contact: Literal["alias", "rewrite"] = doc(
         "how a NATed sender's Contact is fixed: alias (set_contact_alias; in-dialog requests "
