@@ -51,6 +51,11 @@ class Nat:
         return f"{self.mode}/{self.contact}"
 
     @property
+    def enabled(self) -> bool:
+        """Anything to keep in the dialog (mode never: nothing, the default)."""
+        return self.mode != "never"
+
+    @property
     def needs_test(self) -> bool:
         """Only `detect` asks nathelper (one call per message)."""
         return self.mode == "detect"

@@ -249,7 +249,7 @@ class Router:
             self.confirm_dialog()
         call_nat = nat.decode(self.pv.text(DLG_NAT))
         nated = self.route_natmanage(call_nat, nat.REQUEST_TESTS)
-        if call_nat is not nat.NAT_OFF:
+        if call_nat.enabled:
             ksr.pv.sets(AVP_NAT, call_nat.encoded)  # for the replies (MANAGE_REPLY)
             ksr.pv.sets(AVP_NAT_FLAGS, self.pv.text(DLG_NAT_FLAGS))
         vip = self.use_rtp_set(policy)
@@ -352,7 +352,7 @@ class Router:
         self.count_channel(decision)
         ksr.rr.record_route()
         ksr.pv.sets(DLG_MEDIA_FLAGS, decision.media_flags)
-        if decision.nat is not nat.NAT_OFF:
+        if decision.nat.enabled:
             for name, value in ((DLG_NAT, decision.nat.encoded), (AVP_NAT, decision.nat.encoded),
                                 (DLG_NAT_FLAGS, decision.nat_media_flags),
                                 (AVP_NAT_FLAGS, decision.nat_media_flags)):  # fmt: skip

@@ -825,3 +825,10 @@ def test_reply_of_a_natted_party_is_answered_with_nat_flags_and_aliased(
     assert ksr.called("nathelper.nat_uac_test", 1)
     assert ksr.called("rtpengine.rtpengine_answer", flags)
     assert ksr.called("nathelper.set_contact_alias") is (detected > 0)
+
+
+def test_a_call_without_nat_handling_keeps_nothing_of_it_in_the_dialog() -> None:
+    router, ksr = make()
+    router.ksr_request_route(None)
+    assert routes.DLG_NAT not in ksr.pvs or ksr.pvs[routes.DLG_NAT] is None
+    assert routes.AVP_NAT not in ksr.pvs or ksr.pvs[routes.AVP_NAT] is None
