@@ -419,16 +419,19 @@ class Router:
         different one than the request's gives two Record-Routes). In a dialog, loose_route()
         has already chosen the socket when the Route set held both of ours: it stays."""
         ksr = self.ksr
-        pv = self.pv
-        if not (in_dialog and pv.text("$fs")):
-            transport = nat.uri_transport(pv.text("$nh(u)"))
-            socket = nat.send_socket(transport, pv.text("$Ri"), self.ports)
-            if socket is not None:
-                ksr.corex.set_send_socket(socket)
+        if not (in_dialog and self.pv.text("$fs")):
+            self.send_from_vip(self.pv.text("$nh(u)"))
         if ok(ksr.tm.t_relay()):
             return True
         ksr.sl.sl_reply_error()
         return False
+
+    def send_from_vip(self, next_hop: str) -> None:
+        """Send from the VIP the message came in on, with the transport of `next_hop`."""
+        transport = nat.uri_transport(next_hop)
+        socket = nat.send_socket(transport, self.pv.text("$Ri"), self.ports)
+        if socket is not None:
+            self.ksr.corex.set_send_socket(socket)
 
     # ----- replies, branches, failures -------------------------------------------------
 
@@ -527,7 +530,7 @@ class Router:
             log.info("orphan %s not forwarded: %s", pv.text("$rm"), decision.why)
             return
         ksr.setdsturi(decision.route.destinations[0])
-        ksr.corex.set_send_socket(f"{pv.text('$pr')}:{pv.text('$Ri')}:{pv.text('$Rp')}")
+        self.send_from_vip(decision.route.destinations[0])
         log.info("orphan %s forwarded statelessly to %s", pv.text("$rm"),
                  decision.route.destinations[0])  # fmt: skip
         if not ok(ksr.forward()):

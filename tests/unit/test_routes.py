@@ -654,6 +654,7 @@ def test_failed_confirmation_is_logged_and_the_ack_still_relayed() -> None:
 def test_orphan_cancel_is_forwarded_statelessly_to_the_routed_destination() -> None:
     router, ksr = make(is_CANCEL=True, is_INVITE=False)
     ksr.pvs["$rm"] = "CANCEL"
+    ksr.pvs["$pr"] = "tcp"  # it came over TCP: it leaves with the destination's transport
     router.ksr_request_route(None)
     assert ksr.called("setdsturi", "sip:gw1:5060")
     assert ksr.called("corex.set_send_socket", "udp:10.0.0.2:5060")
