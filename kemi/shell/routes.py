@@ -293,9 +293,9 @@ class Router:
                 done = ksr.nathelper.set_contact_alias()
             else:
                 done = ksr.nathelper.fix_nated_contact()
-            if not ok(done):
-                log.warning("contact %s failed for %s:%s", fix.value, self.pv.text("$si"),
-                            self.pv.text("$sp"))  # fmt: skip
+            if not ok(done):  # e.g. a BYE without Contact: nothing to fix, as in Kamailio's cfg
+                log.debug("no contact %s for %s %s", fix.value, self.pv.text("$rm"),
+                          self.pv.text("$si"))  # fmt: skip
         return nated
 
     def route_dlguri(self) -> None:
