@@ -10,7 +10,7 @@ RUN_DIR ?= run
 APT_PACKAGES := kamailio kamailio-python3-modules kamailio-extra-modules kamailio-redis-modules \
 	rtpengine-daemon redis-server sip-tester python3-venv iproute2 procps iputils-arping \
 	pacemaker corosync crmsh resource-agents libxml2-utils tshark rtpengine-utils iptables \
-	corosync-qdevice corosync-qnetd fence-agents
+	corosync-qdevice corosync-qnetd fence-agents kamailio-tls-modules openssl
 PYTEST_ARGS ?=
 
 .PHONY: run test unit integration lint deps venv api-list schema bench drill drill-all clean

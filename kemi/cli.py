@@ -54,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_dir=Path(args.run_dir),
         policy_path=Path(args.policy),
         sip_port=args.sip_port,
+        tls_port=args.tls_port,
         redis_port=args.redis_port,
         children=args.children,
     )
@@ -103,13 +104,15 @@ def banner(stack: Stack) -> str:
     for vip in stack.policy.vips:
         low, high = cfg.rtp_ports(vip)
         lines.append(
-            f"  VIP{vip.set_id} sip:{vip.address}:{cfg.sip_port}  -> rtpengine set {vip.set_id}"
+            f"  VIP{vip.set_id} sip:{vip.address}:{cfg.sip_port} (UDP, TCP), TLS port "
+            f"{cfg.tls_port}  -> rtpengine set {vip.set_id}"
             f" ng {vip.rtpengine[0]} RTP {low}-{high} Redis db {cfg.redis_db(vip)}"
         )
     routes = [r for table in stack.policy.routes.values() for r in table.values()]
     lines += [
         *(f"  route {r.name}: {', '.join(r.destinations)}" for r in routes),
         f"  run dir (node cfg, RPC fifo): {stack.run_dir}, logs: {stack.log_dir}",
+        f"  TLS certificate: {cfg.tls_pair[0]} (self-signed unless the node names one)",
         "",
         "Place a call (README, 'Test call'), from the repository root in a second shell:",
         "  sipp -sf tests/sipp/uas.xml -i 127.0.0.1 -p 5080 -mi 127.0.0.1 -mp 6000"
@@ -130,6 +133,7 @@ def cmd_api_list(args: argparse.Namespace) -> int:
             run_dir=Path(tmp),
             policy_path=policy,
             sip_port=25060,
+            tls_port=25061,
             redis_port=26379,
             rtp_port_base=45000,
             cli_port_base=29900,
@@ -283,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", default="run", help="runtime files and logs (default: ./run)")
     run.add_argument("--policy", default=str(DEFAULT_POLICY), help="policy YAML")
     run.add_argument("--sip-port", type=int, default=5060)
+    run.add_argument("--tls-port", type=int, default=5061)
     run.add_argument("--redis-port", type=int, default=6379)
     run.add_argument("--children", type=int, default=4, help="Kamailio UDP workers per VIP")
     run.add_argument("--node-config", help="a node.yaml rendered by `kemi-ha render`")

@@ -13,6 +13,7 @@ from pathlib import Path
 import KSR  # type: ignore[import-not-found]  # provided by app_python3 inside Kamailio
 
 from kemi.core.floods import BAN_TABLE
+from kemi.core.nat import listen_ports
 from kemi.ops.httptoken import read_token
 from kemi.ops.ng import NgClient, NgError
 from kemi.ops.rpc import KamailioRpc
@@ -26,6 +27,7 @@ POLICY_ENV = "KEMI_HA_POLICY"
 RUN_DIR_ENV = "KEMI_HA_RUN_DIR"
 NODE_ADDRESS_ENV = "KEMI_HA_NODE_ADDRESS"
 DMQ_ENV = "KEMI_HA_DMQ"  # "1" when the policy names DMQ peers (the dmq module is loaded)
+SIP_PORT_ENV, TLS_PORT_ENV = "KEMI_HA_SIP_PORT", "KEMI_HA_TLS_PORT"  # the VIPs' SIP ports
 
 
 def mod_init() -> Router:
@@ -54,6 +56,9 @@ def mod_init() -> Router:
         rtpengine_alive=ng_alive,
         http_token=http_token(run_dir),
         ban_dump=lambda: list(rpc.call("htable.dump", BAN_TABLE) or []),
+        ports=listen_ports(
+            int(os.environ.get(SIP_PORT_ENV, "5060")), int(os.environ.get(TLS_PORT_ENV, "5061"))
+        ),
     )
 
 

@@ -75,6 +75,22 @@ class RedisSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSpec:
+    """The certificate of the SIP over TLS listeners on every VIP (the same on every node: a
+    client reconnecting after a failover must meet the same identity)."""
+
+    certificate: str = doc(
+        "PEM certificate (with its chain) as installed on every node; its names should cover "
+        "the VIPs' DNS names",
+        "/etc/kemi-ha/tls/kemi-ha.crt",
+    )
+    private_key: str = doc(
+        "PEM private key of the certificate on every node (root, mode 600)",
+        "/etc/kemi-ha/tls/kemi-ha.key",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class QuorumDeviceSpec:
     """A Corosync quorum device (corosync-qnetd on a third host): the tie-breaker that lets
     exactly one partition of a two-node cluster keep quorum when the nodes lose each other."""
@@ -107,7 +123,10 @@ class ClusterSpec:
         "base policy (routes, tenants, limits); VIPs and DMQ peers come from here"
     )
     netmask: int = doc("prefix length of the VIPs", 24)
-    sip_port: int = doc("SIP port on every VIP", 5060)
+    sip_port: int = doc("SIP port on every VIP (UDP and TCP)", 5060)
+    tls_port: int = doc("SIP over TLS port on every VIP", 5061)
+    tls: TlsSpec = doc("certificate and key of the TLS listeners (docs/security.md)",
+                       factory=TlsSpec)  # fmt: skip
     dmq_port: int = doc("DMQ port on every node address", 5090)
     corosync_profile: Literal["tuned", "default"] = doc(
         "profile in corosync.conf (both are rendered)", "tuned"

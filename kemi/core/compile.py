@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 
 from kemi.core.floods import BAN_MAX_S, compile_guard, host_network
+from kemi.core.nat import CONFLICTING_FLAGS, Nat, with_nat_flags
 from kemi.core.policy import (
     CidrTable,
     Limit,
@@ -27,8 +28,8 @@ from kemi.core.policy import (
     Trunk,
     Vip,
 )
-from kemi.core.spec import LimitSpec, MediaSpec, PolicySpec
-from kemi.core.structure import Path, Problem
+from kemi.core.spec import LimitSpec, MediaSpec, NatSpec, PolicySpec
+from kemi.core.structure import Path, Problem, dotted
 
 SIP_URI = re.compile(r"^sips?:([^@\s;:]+@)?[A-Za-z0-9.\-\[\]:]+(:\d{1,5})?(;[^\s]*)?$")
 NG_SOCKET = re.compile(r"^udp6?:[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -171,6 +172,7 @@ def check(spec: PolicySpec) -> list[Problem]:
         route_keys[key] = route.name
     if not spec.routes:
         c.add(("routes",), "at least one route is required")
+    check_nat(c, spec)
     c.limit(("global_limit",), spec.global_limit)
     for i, peer in enumerate(spec.trusted_peers):
         c.cidr(("trusted_peers", i), peer)
@@ -212,6 +214,30 @@ def ng_host_private(socket_spec: str) -> bool:
     return ip.is_private and not ip.is_unspecified
 
 
+def check_nat(c: _Checker, spec: PolicySpec) -> None:
+    """A call handled as behind NAT must not get rtpengine flags that undo the NAT flags
+    (kemi.core.nat rule 4): checked for every (VIP, tenant) pair whose NAT mode is not never."""
+    parties: list[tuple[Path, MediaSpec | None, NatSpec]] = [(("nat",), None, spec.nat)]
+    parties += [(("tenants", i, "nat"), t.media, t.nat or spec.nat)
+                for i, t in enumerate(spec.tenants)]  # fmt: skip
+    reported: set[Path] = set()
+    for nat_path, tenant_media, nat in parties:
+        if nat.mode == "never":
+            continue
+        layers = [(("vips", i, "media", "extra"), v.media) for i, v in enumerate(spec.vips)]
+        layers.append(((*nat_path[:-1], "media", "extra"), tenant_media))
+        for where, media in layers:
+            bad = sorted(set(media.extra or []) & CONFLICTING_FLAGS) if media else []
+            if bad and where not in reported:
+                reported.add(where)
+                c.add(where, f"{', '.join(bad)} would undo NAT traversal "
+                      f"({dotted(nat_path)}.mode is {nat.mode})")  # fmt: skip
+
+
+def _nat(spec: NatSpec) -> Nat:
+    return Nat(spec.mode, spec.contact)
+
+
 def _limit(scope: str, key: str, spec: LimitSpec | None) -> Limit | None:
     if spec is None:
         return None
@@ -233,6 +259,7 @@ def compile_policy(spec: PolicySpec) -> Policy:
         flags[(vip.address, None)] = vip.media_flags
         for t in spec.tenants:
             flags[(vip.address, t.name)] = media_flags(DEFAULT_VIP_MEDIA, vip_media, t.media)
+    nat_flags = {key: with_nat_flags(value) for key, value in flags.items()}
     routes: dict[RouteKey, dict[str, Route]] = {}
     for r in spec.routes:
         key = (r.tenant, r.domain.lower() if r.domain else None)
@@ -273,6 +300,8 @@ def compile_policy(spec: PolicySpec) -> Policy:
         dmq_peer_hosts=peer_hosts,
         sdp_limits=SdpLimits(spec.sdp.max_streams, spec.sdp.max_bytes),
         floods=floods,
+        nat={None: _nat(spec.nat)} | {t.name: _nat(t.nat or spec.nat) for t in spec.tenants},
+        nat_media_flags=nat_flags,
     )
 
 

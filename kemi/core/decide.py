@@ -6,7 +6,8 @@ An initial INVITE is decided in this order (decide_invite):
 3. trunk by source network, tenant by trunk, source network or request domain;
 4. route: most specific (tenant+domain, tenant, domain, any), then longest R-URI user prefix
    -> none matches: 404;
-5. limits that apply (global, tenant, trunk), media flags for (VIP, tenant).
+5. limits that apply (global, tenant, trunk), media flags for (VIP, tenant), with and without
+   NAT, and the tenant's NAT handling (kemi.core.nat).
 After a failed branch, RFC 3261 16.7: 408 and 5xx try the next destination; 6xx and other
 4xx are final.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from kemi.core.nat import NAT_OFF, Nat
 from kemi.core.policy import Limit, Policy, Route, RouteKey, Tenant, Trunk, Vip
 
 
@@ -45,6 +47,11 @@ class Admit:
     route: Route
     media_flags: str
     limits: tuple[Limit, ...]
+    nat: Nat = NAT_OFF  # the tenant's NAT handling (kemi.core.nat)
+    nat_media_flags: str = ""  # media_flags for a sender behind NAT
+
+    def flags_for(self, behind_nat: bool) -> str:
+        return self.nat_media_flags if behind_nat else self.media_flags
 
 
 def vip_for(policy: Policy, local_address: str) -> Vip | None:
@@ -97,8 +104,11 @@ def decide_invite(policy: Policy, facts: InviteFacts) -> Admit | Reject:
     route = route_for(policy, tenant_name, facts.ruri_user, facts.ruri_domain)
     if route is None:
         return Reject(404, "No Route", why="no_route")
-    flags = policy.media_flags[(vip.address, tenant_name)]
-    return Admit(vip, tenant, trunk, route, flags, limits_for(policy, tenant, trunk))
+    key = (vip.address, tenant_name)
+    return Admit(
+        vip, tenant, trunk, route, policy.media_flags[key], limits_for(policy, tenant, trunk),
+        policy.nat[tenant_name], policy.nat_media_flags[key],
+    )  # fmt: skip
 
 
 def over_limit(limits: tuple[Limit, ...], counts: Mapping[Limit, int]) -> Reject | None:

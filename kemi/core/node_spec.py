@@ -28,7 +28,13 @@ class NodeConfigSpec:
     policy: str = required("the policy file (VIPs, routes, limits, DMQ peers)")
     run_dir: str = doc("runtime files: node cfg, RPC FIFO, control socket", "/run/kemi-ha")
     log_dir: str = doc("log files of what this node runs (Kamailio, ...)", "/var/log/kemi-ha")
-    sip_port: int = doc("SIP port on every VIP", 5060)
+    sip_port: int = doc("SIP port on every VIP (UDP and TCP)", 5060)
+    tls_port: int = doc("SIP over TLS port on every VIP", 5061)
+    tls_certificate: str | None = doc(
+        "PEM certificate of the TLS listeners (with its chain); unset: a self-signed pair is "
+        "generated in run_dir/tls (tests, make run)"
+    )
+    tls_private_key: str | None = doc("PEM private key of tls_certificate (mode 600)")
     dmq_port: int = doc("DMQ port on the node address", 5090)
     http_address: str = doc(
         "management HTTP (metrics, policy reload): keep it private", "127.0.0.1"
@@ -67,7 +73,16 @@ def check_node(spec: NodeConfigSpec) -> list[Problem]:
         if not (http.is_loopback or http.is_private) or http.is_unspecified:
             problems.append(Problem(("http_address",), "management HTTP must stay on a "
                                     "loopback or private address"))  # fmt: skip
-    for name in ("sip_port", "dmq_port", "http_port"):
+    if (spec.tls_certificate is None) != (spec.tls_private_key is None):
+        problems.append(Problem(("tls_private_key",), "tls_certificate and tls_private_key "
+                                "go together"))  # fmt: skip
+    for name in ("tls_certificate", "tls_private_key"):
+        value = getattr(spec, name)
+        if value is not None and not value.startswith("/"):
+            problems.append(Problem((name,), "must be an absolute path"))
+    if spec.tls_port == spec.sip_port:
+        problems.append(Problem(("tls_port",), "must differ from sip_port (TCP listens there)"))
+    for name in ("sip_port", "tls_port", "dmq_port", "http_port"):
         if not 1 <= getattr(spec, name) <= 65535:
             problems.append(Problem((name,), "must be a port (1..65535)"))
     if not spec.components:

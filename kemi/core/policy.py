@@ -13,8 +13,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from kemi.core.nat import NAT_OFF, Nat
 
 V = TypeVar("V")
 
@@ -140,3 +142,6 @@ class Policy:
     dmq_peer_hosts: frozenset[str]
     sdp_limits: SdpLimits = SdpLimits()
     floods: FloodGuard = FloodGuard()
+    nat: Mapping[str | None, Nat] = field(default_factory=lambda: {None: NAT_OFF})  # by tenant
+    # (VIP address, tenant) -> flags for a sender behind NAT (kemi.core.nat rule 4)
+    nat_media_flags: Mapping[tuple[str, str | None], str] = field(default_factory=dict)

@@ -51,6 +51,24 @@ class MediaSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class NatSpec:
+    """NAT traversal for endpoints behind NAT (phones, PBXs): their Contact and their media."""
+
+    mode: Literal["never", "detect", "always"] = doc(
+        "never: no NAT handling; detect: a sender is behind NAT when nathelper's nat_uac_test "
+        "says so (requests 19: private Contact, Via address or port not the source; replies "
+        "1: private Contact); always: every sender of the call is treated as behind NAT",
+        "never",
+    )
+    contact: Literal["alias", "rewrite"] = doc(
+        "how a NATed sender's Contact is fixed: alias (set_contact_alias; in-dialog requests "
+        "to it are sent back to the address and port it came from, handle_ruri_alias) or "
+        "rewrite (fix_nated_contact: the Contact becomes the source address; UDP only)",
+        "alias",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LimitSpec:
     """A channel limit: concurrent calls counted cluster-wide from replicated dialogs."""
 
@@ -129,6 +147,7 @@ class TenantSpec:
     sources: list[str] = doc("source networks (CIDR) of this tenant's calls", factory=list)
     domains: list[str] = doc("request domains (R-URI host) of this tenant", factory=list)
     media: MediaSpec | None = doc("rtpengine flags overriding the VIP's for this tenant")
+    nat: NatSpec | None = doc("NAT traversal for this tenant's calls (default: the policy's `nat`)")
     limit: LimitSpec | None = doc("this tenant's channel limit")
 
 
@@ -172,3 +191,5 @@ class PolicySpec:
     floods: FloodSpec = doc(
         "flood and scanner bans, shared by every node (docs/security.md)", factory=FloodSpec
     )
+    nat: NatSpec = doc("NAT traversal for calls of no tenant, and of tenants without `nat`",
+                       factory=NatSpec)  # fmt: skip

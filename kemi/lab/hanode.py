@@ -21,6 +21,8 @@ from pathlib import Path
 
 from kemi.lab.net import sh
 from kemi.ops.procs import Daemon, wait_until
+from kemi.ops.render import load_node_config
+from kemi.ops.tlscert import ensure_self_signed
 
 OCF_ROOT = Path("/usr/lib/ocf/resource.d")
 
@@ -103,6 +105,7 @@ def install_node(rendered: Path, name: str, base: Path, agents: dict[str, Path],
             if src.name == "redis.conf":  # ocf:heartbeat:redis starts redis-server as redis
                 shutil.chown(out, group="redis")
             installed.append(out)
+    install_tls_pair(rendered / name / "node.yaml", base)
     for key, agent in agents.items():  # /usr/lib/ocf/resource.d/<provider>/<type>
         target = base / "ocf" / key
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +117,20 @@ def install_node(rendered: Path, name: str, base: Path, agents: dict[str, Path],
         shutil.copyfile(agent, target)
         target.chmod(0o755)
     return installed
+
+
+def install_tls_pair(node_yaml: Path, base: Path) -> None:
+    """What an operator installs besides render's output (docs/security.md): the certificate
+    and key node.yaml names, here a self-signed pair made where the node will see it."""
+    node = load_node_config(node_yaml)
+    paths = [node.tls_certificate, node.tls_private_key]
+    lab_paths = []
+    for path in paths:
+        prefix = next((p for p in MOUNTS if path and path.startswith(p)), None)
+        if path is None or prefix is None:
+            raise ValueError(f"{node_yaml}: TLS file {path} is outside what the lab mounts")
+        lab_paths.append(base / MOUNTS[prefix] / path.removeprefix(prefix))
+    ensure_self_signed(lab_paths[0], lab_paths[1])
 
 
 class HaNode:

@@ -93,6 +93,25 @@ class Lab:
     def __exit__(self, *exc: object) -> None:
         self.destroy()
 
+    # ----- hosts behind NAT -------------------------------------------------------------
+
+    def add_behind_nat(self, name: str, address: str, router: str, router_address: str) -> None:
+        """A host `name` on a private network of its own (`address`/24, iface eth0) whose
+        only way out is `router` (a host of the lab, `router_address` on its iface lan0),
+        which masquerades it behind its own address on the switch: a phone behind a NAT box."""
+        self._add_ns(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        sh("ip", "link", "add", "eth0", "netns", name, "type", "veth",
+           "peer", "name", "lan0", "netns", router)  # fmt: skip
+        for ns, iface, addr in ((name, "eth0", address), (router, "lan0", router_address)):
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", iface)
+            sh("ip", "-n", ns, "link", "set", iface, "up")
+        sh("ip", "-n", name, "route", "add", "default", "via", router_address)
+        sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        out = self.hosts[router].iface
+        sh("ip", "netns", "exec", router, "iptables", "-t", "nat", "-A", "POSTROUTING",
+           "-s", f"{address}/32", "-o", out, "-j", "MASQUERADE")  # fmt: skip
+
     # ----- VIPs and failures -------------------------------------------------------------
 
     def add_address(self, host: str, address: str) -> None:

@@ -30,6 +30,9 @@ class NodeValues:
     nodes_max: int = 16  # h_id_step: room for this many nodes
     dialog_timeout_s: int = 43200
     rtpengine_disable_tout_s: int = 2
+    tls_port: int = 5061
+    tls_certificate: Path = Path("/etc/kemi-ha/tls/kemi-ha.crt")  # PEM, as the node sees it
+    tls_private_key: Path = Path("/etc/kemi-ha/tls/kemi-ha.key")
 
     @property
     def dmq_enabled(self) -> bool:
@@ -66,6 +69,20 @@ def dmq_lines(node: NodeValues) -> list[str]:
     ]
 
 
+def listen_lines(policy: Policy, node: NodeValues) -> list[str]:
+    """UDP, TCP and TLS on every VIP: a client may use any of them, and a call may change
+    transport between its legs (rr's double Record-Route, kamailio.cfg)."""
+    return [
+        line
+        for vip in policy.vips
+        for line in (
+            f"listen=udp:{vip.address}:{node.sip_port}",
+            f"listen=tcp:{vip.address}:{node.sip_port}",
+            f"listen=tls:{vip.address}:{node.tls_port}",
+        )
+    ]
+
+
 def render_node_cfg(policy: Policy, node: NodeValues) -> str:
     run = node.run_dir
     lines = [
@@ -78,9 +95,11 @@ def render_node_cfg(policy: Policy, node: NodeValues) -> str:
         f'#!define JSONRPC_FIFO "{run}/kamailio-rpc.fifo"',
         f'#!define JSONRPC_REPLY_DIR "{run}/"',
         f'#!define KEMI_SCRIPT "{node.kemi_root / "kemi" / "entry.py"}"',
+        f'#!define TLS_CERTIFICATE "{node.tls_certificate}"',
+        f'#!define TLS_PRIVATE_KEY "{node.tls_private_key}"',
         "",
         "# Listen on every VIP of the cluster (ip_nonlocal_bind where a VIP is not local).",
-        *(f"listen=udp:{vip.address}:{node.sip_port}" for vip in policy.vips),
+        *listen_lines(policy, node),
         "# Management HTTP (xhttp): metrics, policy reload. Keep it on a private address.",
         f"listen=tcp:{node.http_address}:{node.http_port}",
         "",

@@ -197,6 +197,11 @@ def check_cluster(spec: ClusterSpec) -> list[Problem]:
     for i, port in enumerate(ports):
         if port in ports[:i]:
             problems.append(Problem(("vips", i, "ng_port"), f"ng port {port} used by two VIPs"))
+    for name in ("certificate", "private_key"):
+        if not getattr(spec.tls, name).startswith("/"):
+            problems.append(Problem(("tls", name), "must be an absolute path (on the nodes)"))
+    if spec.tls_port == spec.sip_port:
+        problems.append(Problem(("tls_port",), "must differ from sip_port (TCP listens there)"))
     names = {n.name for n in spec.nodes}
     for i, vip in enumerate(spec.vips):
         if vip.prefer not in names:
@@ -367,6 +372,9 @@ def node_config(spec: ClusterSpec, node: NodeSpec) -> NodeConfigSpec:
         run_dir=spec.run_dir,
         log_dir=spec.log_dir,
         sip_port=spec.sip_port,
+        tls_port=spec.tls_port,
+        tls_certificate=spec.tls.certificate,
+        tls_private_key=spec.tls.private_key,
         dmq_port=spec.dmq_port,
         components=["kamailio"],
         ready_check="rpc",  # the other nodes hold some of the VIPs

@@ -32,6 +32,7 @@ from kemi.ops.ng import NgClient
 from kemi.ops.nodecfg import NODE_CFG_NAME, NodeValues, render_node_cfg
 from kemi.ops.procs import Daemon, NotReady, StartError, wait_until
 from kemi.ops.rpc import KamailioRpc
+from kemi.ops.tlscert import ensure_self_signed, self_signed_paths
 from kemi.policyfile import load_policy
 
 REPO_ROOT = Path(kemi.__file__).resolve().parent.parent
@@ -54,6 +55,10 @@ class StackConfig:
     log_dir: Path | None = None  # None: the run directory
     node_id: int = 1
     sip_port: int = 5060
+    tls_port: int = 5061
+    # PEM files as the node sees them; None: a self-signed pair in the run dir (make run, tests)
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
     redis_host: str = "127.0.0.1"
     redis_port: int = 6379
     rtp_port_base: int = 30000
@@ -85,6 +90,9 @@ class StackConfig:
             node_id=node.node_id,
             node_address=node.node_address,
             sip_port=node.sip_port,
+            tls_port=node.tls_port,
+            tls_certificate=Path(node.tls_certificate) if node.tls_certificate else None,
+            tls_private_key=Path(node.tls_private_key) if node.tls_private_key else None,
             dmq_port=node.dmq_port,
             http_address=node.http_address,
             http_port=node.http_port,
@@ -108,7 +116,17 @@ class StackConfig:
             node_address=self.node_address,
             dmq_port=self.dmq_port,
             dmq_peers=policy.dmq_peers,
+            tls_port=self.tls_port,
+            tls_certificate=self.tls_pair[0],
+            tls_private_key=self.tls_pair[1],
         )
+
+    @property
+    def tls_pair(self) -> tuple[Path, Path]:
+        """The certificate and key of the TLS listeners (self-signed in the run dir if unset)."""
+        if self.tls_certificate is not None and self.tls_private_key is not None:
+            return self.tls_certificate, self.tls_private_key
+        return self_signed_paths(self.run_dir)
 
     def redis_db(self, vip: Vip) -> int:
         return vip.set_id
@@ -277,6 +295,8 @@ class Stack:
         env["KEMI_HA_RUN_DIR"] = str(self.run_dir)
         env["KEMI_HA_NODE_ADDRESS"] = self.config.node_address
         env["KEMI_HA_DMQ"] = "1" if self.dmq_enabled else "0"
+        env["KEMI_HA_SIP_PORT"] = str(self.config.sip_port)
+        env["KEMI_HA_TLS_PORT"] = str(self.config.tls_port)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         env.update(self.config.extra_env)
         return env
@@ -286,6 +306,7 @@ class Stack:
         node = cfg.node_values(self.policy)
         self.write_node_info()
         ensure_token(self.run_dir)  # management HTTP: state changes need it (mode 600)
+        self.check_tls_pair()
         (self.run_dir / NODE_CFG_NAME).write_text(render_node_cfg(self.policy, node))
         # Prometheus multiprocess files: emptied at every start (stale PIDs would add up).
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
@@ -333,6 +354,26 @@ class Stack:
             self._wait(
                 daemon, lambda: self.rpc.call("core.uptime") is not None, 20, kamailio_failure
             )
+        # The TCP/TLS processes are forked last, after the UDP workers answer: started means
+        # all of them (a caller over TCP, and a test comparing PIDs, would otherwise race).
+        self._wait(daemon, self.tcp_main_started, 20, kamailio_failure)
+
+    def tcp_main_started(self) -> bool:
+        return any(p.get("DSC") == "tcp main process" for p in self.rpc.call("core.psx") or [])
+
+    def check_tls_pair(self) -> None:
+        """The TLS listeners' files: generated when the node names none, else they must exist
+        (Kamailio's tls module would refuse to start, less clearly)."""
+        cert, key = self.config.tls_pair
+        if self.config.tls_certificate is None or self.config.tls_private_key is None:
+            ensure_self_signed(cert, key)
+            return
+        missing = [str(p) for p in (cert, key) if not p.is_file()]
+        if missing:
+            raise StartError(
+                f"TLS certificate/key missing: {', '.join(missing)} "
+                "(node.yaml tls_certificate/tls_private_key; docs/security.md)"
+            )
 
     @property
     def dmq_enabled(self) -> bool:
@@ -357,6 +398,7 @@ class Stack:
             "policy_version_at_start": self.policy.version,
             "vips": [v.address for v in self.policy.vips],
             "sip_port": self.config.sip_port,
+            "tls_port": self.config.tls_port,
         }
         (self.run_dir / NODE_INFO).write_text(json.dumps(info, indent=1) + "\n")
 

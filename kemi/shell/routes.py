@@ -3,19 +3,26 @@
 Route order follows Kamailio's etc/kamailio.cfg so it reads at a glance:
 
     request_route: (KDMQ first) -> FLOODS (bans, scanners, rate per source: kemi.core.floods)
-                   -> REQINIT -> CANCEL -> WITHINDLG (known dialogs only, else 481)
+                   -> REQINIT -> NATDETECT (force_rport) -> CANCEL
+                   -> WITHINDLG (known dialogs only, else 481; NATMANAGE, DLGURI)
                    -> (ACK absorbed) -> OPTIONS to us
-                   -> INVITE (SDP bounds, dialog, record-route, rtpengine offer) -> RELAY
+                   -> INVITE (SDP bounds, NATMANAGE, dialog, record-route, rtpengine offer)
+                   -> RELAY (from the VIP it came in on, with the next hop's transport)
     reply_route: replies without a transaction pass only for a known dialog (else dropped);
                  those (a dead node's transactions, after a takeover) go to TAKEOVER_REPLY:
                  rtpengine answer/offer on the VIP's set, or the end of the call, then the
                  core forwards them by Via (kemi.core.takeover)
-    onreply (MANAGE_REPLY): SDP of 1xx/2xx -> rtpengine answer, or offer when the request had
-                            none (late offer: the answer then comes in the ACK)
+    onreply (MANAGE_REPLY): NATMANAGE of the replying party, SDP of 1xx/2xx -> rtpengine
+                            answer, or offer when the request had none (late offer: the
+                            answer then comes in the ACK)
     branch (MANAGE_BRANCH), failure (MANAGE_FAILURE): failover or rtpengine delete
 
 Every PV is read through kemi.shell.pv (any bytes; not UTF-8 -> Garbled, refused 400 where the
 grammar allows no such bytes); every SDP goes through kemi.core.sdp before rtpengine (488).
+
+NAT traversal and TCP/TLS connection reuse follow kemi.core.nat (the call's tenant chooses
+the NAT handling, kept in the dialog); a call whose legs use different transports gets rr's
+double Record-Route, and in-dialog requests leave from the socket loose_route() chose.
 
 The rtpengine set is chosen from the VIP the message arrived on and set again in every
 callback: Kamailio keeps that choice for one message only. Each ksr_* entry is guarded: an
@@ -34,8 +41,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from kemi.core import decide, floods, takeover
+from kemi.core import decide, floods, nat, takeover
 from kemi.core.decide import Admit, InviteFacts, Reject
+from kemi.core.nat import Nat
 from kemi.core.policy import Limit, Policy, Vip
 from kemi.core.sdp import sdp_refusal
 from kemi.shell import metrics
@@ -63,6 +71,10 @@ DLG_MEDIA_FLAGS = "$dlg_var(kha_mflags)"  # for re-INVITEs/UPDATEs of the dialog
 DLG_LATE = "$dlg_var(kha_late)"  # "1": the initial INVITE had no SDP (for an orphan 2xx)
 DLG_PROFILES = "$dlg_var(kha_prof)"  # valued profiles of the call (to free an orphan's channels)
 DLG_STATE = "$dlg(state)"
+DLG_NAT = "$dlg_var(kha_nat)"  # the call's NAT handling (Nat.encoded); unset: off
+DLG_NAT_FLAGS = "$dlg_var(kha_nmflags)"  # media flags for a sender behind NAT
+AVP_NAT = "$avp(kha_nat)"  # the same two for MANAGE_REPLY of this transaction
+AVP_NAT_FLAGS = "$avp(kha_nmflags)"
 RPC_CODE = "$jsonrpl(code)"
 
 MAX_FORWARDS = 10
@@ -109,8 +121,11 @@ class Router:
         rtpengine_alive: Callable[[str], bool] = lambda socket_spec: False,
         http_token: str = "",
         ban_dump: Callable[[], list[dict[str, Any]]] = list,
+        ports: dict[str, int] | None = None,
     ) -> None:
         self.ksr = ksr
+        # SIP port per transport on every VIP: RELAY picks the socket of the next hop's one.
+        self.ports = ports if ports is not None else nat.listen_ports(5060, 5061)
         self.pv = Pv(ksr)
         # Without a token no state-changing HTTP request is accepted at all.
         self.http_authorization = f"Bearer {http_token}".encode() if http_token else b""
@@ -145,6 +160,7 @@ class Router:
             return 1
         if not self.route_reqinit():
             return 1
+        ksr.force_rport()  # NATDETECT: replies go where the request came from (RFC 3581)
         if ksr.is_CANCEL():
             self.route_cancel(policy)
             return 1
@@ -275,6 +291,11 @@ class Router:
         metrics.INDIALOG.labels(method if method in INDIALOG_METHODS else "other").inc()
         if ksr.is_ACK() and takeover.ack_confirms(self.pv.number(DLG_STATE)):
             self.confirm_dialog()
+        call_nat = nat.decode(self.pv.text(DLG_NAT))
+        nated = self.route_natmanage(call_nat, nat.REQUEST_TESTS)
+        if call_nat.enabled:
+            ksr.pv.sets(AVP_NAT, call_nat.encoded)  # for the replies (MANAGE_REPLY)
+            ksr.pv.sets(AVP_NAT_FLAGS, self.pv.text(DLG_NAT_FLAGS))
         vip = self.use_rtp_set(policy)
         has_sdp = ok(ksr.textops.has_body_type(SDP))
         if ksr.is_BYE():
@@ -285,8 +306,8 @@ class Router:
                 log.info("in-dialog %s refused: %s", method, refused.why)
                 ksr.sl.sl_send_reply(refused.code, refused.reason)
                 return
-            flags = self.dialog_media_flags(vip)
-            ksr.pv.sets(AVP_MEDIA_FLAGS, flags)
+            ksr.pv.sets(AVP_MEDIA_FLAGS, self.dialog_media_flags(vip))
+            flags = self.dialog_media_flags(vip, nated)
             if vip is not None and not self.rtp_command(
                 vip, "offer", ksr.rtpengine.rtpengine_offer, flags
             ):
@@ -296,12 +317,37 @@ class Router:
             # late offer: the SDP answer is in the ACK
             if sdp_refusal(self.pv.text("$rb"), policy.sdp_limits) is None:
                 self.rtp_command(vip, "answer", ksr.rtpengine.rtpengine_answer,
-                                 self.dialog_media_flags(vip))  # fmt: skip
+                                 self.dialog_media_flags(vip, nated))  # fmt: skip
         elif ksr.is_INVITE():
             ksr.pv.seti(AVP_LATE, 1)  # re-INVITE without SDP: the 2xx offers
             ksr.pv.sets(AVP_MEDIA_FLAGS, self.dialog_media_flags(vip))
             ksr.tm.t_on_reply(MANAGE_REPLY)
-        self.route_relay()
+        self.route_dlguri()
+        self.route_relay(in_dialog=True)
+
+    def route_natmanage(self, call_nat: Nat, tests: int) -> bool:
+        """NATMANAGE for the sender of this message (kemi.core.nat): is it behind NAT (asks
+        nathelper only in `detect` mode), and its Contact fixed when it is the first hop."""
+        ksr = self.ksr
+        detected = call_nat.needs_test and ok(ksr.nathelper.nat_uac_test(tests))
+        nated = nat.behind_nat(call_nat, detected)
+        fix = nat.contact_fix(call_nat, nated, self.pv.text("$pr"))
+        if fix is not nat.ContactFix.NONE and ok(ksr.siputils.is_first_hop()):
+            if fix is nat.ContactFix.ALIAS:
+                done = ksr.nathelper.set_contact_alias()
+            else:
+                done = ksr.nathelper.fix_nated_contact()
+            if not ok(done):  # e.g. a BYE without Contact: nothing to fix, as in Kamailio's cfg
+                log.debug("no contact %s for %s %s", fix.value, self.pv.text("$rm"),
+                          self.pv.text("$si"))  # fmt: skip
+        return nated
+
+    def route_dlguri(self) -> None:
+        """DLGURI: a Request-URI carrying our Contact alias goes back to the address, port
+        and transport (connection) its owner used; a destination already set stays."""
+        ksr = self.ksr
+        if not ok(ksr.isdsturiset()):
+            ksr.nathelper.handle_ruri_alias()
 
     def route_invite(self, policy: Policy) -> None:
         """Initial INVITE: decide, then media first (nothing to undo if it fails), dialog, RR."""
@@ -329,7 +375,8 @@ class Router:
                                             self.limit_key(decision, refused)).inc()  # fmt: skip
             self.send_reject(refused, facts.local_address)
             return
-        flags = decision.media_flags
+        nated = self.route_natmanage(decision.nat, nat.REQUEST_TESTS)
+        flags = decision.flags_for(nated)
         late = not ok(ksr.textops.has_body_type(SDP))
         if late:
             ksr.pv.seti(AVP_LATE, 1)  # late offer: the 2xx carries it, the ACK the answer
@@ -348,7 +395,12 @@ class Router:
         ksr.dialog.dlg_manage()
         self.count_channel(decision)
         ksr.rr.record_route()
-        ksr.pv.sets(DLG_MEDIA_FLAGS, flags)
+        ksr.pv.sets(DLG_MEDIA_FLAGS, decision.media_flags)
+        if decision.nat.enabled:
+            for name, value in ((DLG_NAT, decision.nat.encoded), (AVP_NAT, decision.nat.encoded),
+                                (DLG_NAT_FLAGS, decision.nat_media_flags),
+                                (AVP_NAT_FLAGS, decision.nat_media_flags)):  # fmt: skip
+                ksr.pv.sets(name, value)
         if late:
             ksr.pv.sets(DLG_LATE, "1")
         profiles = takeover.profile_entries(
@@ -357,7 +409,7 @@ class Router:
         )
         if profiles:
             ksr.pv.sets(DLG_PROFILES, profiles)
-        ksr.pv.sets(AVP_MEDIA_FLAGS, flags)
+        ksr.pv.sets(AVP_MEDIA_FLAGS, decision.media_flags)
         ksr.pv.sets(AVP_VIP, vip.address)
         ksr.pv.sets(AVP_DESTINATIONS, " ".join(decision.route.destinations))
         ksr.pv.seti(AVP_TRIED, 0)
@@ -406,15 +458,24 @@ class Router:
         ksr.tm.t_on_reply(MANAGE_REPLY)
         ksr.tm.t_on_failure(MANAGE_FAILURE)
 
-    def route_relay(self) -> bool:
-        """RELAY: out of the VIP the request came in on, so Record-Route stays single."""
+    def route_relay(self, in_dialog: bool = False) -> bool:
+        """RELAY: out of the VIP the request came in on, with the next hop's transport (a
+        different one than the request's gives two Record-Routes). In a dialog, loose_route()
+        has already chosen the socket when the Route set held both of ours: it stays."""
         ksr = self.ksr
-        pv = self.pv
-        ksr.corex.set_send_socket(f"{pv.text('$pr')}:{pv.text('$Ri')}:{pv.text('$Rp')}")
+        if not (in_dialog and self.pv.text("$fs")):
+            self.send_from_vip(self.pv.text("$nh(u)"))
         if ok(ksr.tm.t_relay()):
             return True
         ksr.sl.sl_reply_error()
         return False
+
+    def send_from_vip(self, next_hop: str) -> None:
+        """Send from the VIP the message came in on, with the transport of `next_hop`."""
+        transport = nat.uri_transport(next_hop)
+        socket = nat.send_socket(transport, self.pv.text("$Ri"), self.ports)
+        if socket is not None:
+            self.ksr.corex.set_send_socket(socket)
 
     # ----- replies, branches, failures -------------------------------------------------
 
@@ -513,7 +574,7 @@ class Router:
             log.info("orphan %s not forwarded: %s", pv.text("$rm"), decision.why)
             return
         ksr.setdsturi(decision.route.destinations[0])
-        ksr.corex.set_send_socket(f"{pv.text('$pr')}:{pv.text('$Ri')}:{pv.text('$Rp')}")
+        self.send_from_vip(decision.route.destinations[0])
         log.info("orphan %s forwarded statelessly to %s", pv.text("$rm"),
                  decision.route.destinations[0])  # fmt: skip
         if not ok(ksr.forward()):
@@ -529,14 +590,18 @@ class Router:
         status = ksr.pv.geti("$rs")
         if 200 <= status < 300:
             self.count_final(status)
-        if vip is None or not 100 < status < 300 or not ok(ksr.textops.has_body_type(SDP)):
+        if not 100 < status < 300:
+            return 1
+        nated = self.route_natmanage(nat.decode(self.pv.text(AVP_NAT)), nat.REPLY_TESTS)
+        if vip is None or not ok(ksr.textops.has_body_type(SDP)):
             return 1
         if sdp_refusal(self.pv.text("$rb"), policy.sdp_limits) is not None:
             # Relayed as it is, its media would bypass the relay: drop it (the callee resends).
             log.warning("reply %d with an SDP rtpengine must not see dropped", status)
             ksr.set_drop()
             return 1
-        flags = self.pv.text(AVP_MEDIA_FLAGS) or vip.media_flags
+        flags = ((nated and self.pv.text(AVP_NAT_FLAGS)) or self.pv.text(AVP_MEDIA_FLAGS)
+                 or vip.media_flags)  # fmt: skip
         if self.pv.text(AVP_LATE):
             command, call = "offer", ksr.rtpengine.rtpengine_offer
         else:
@@ -707,9 +772,10 @@ class Router:
         ksr.pv.seti(AVP_COUNTED, 1)
         metrics.INVITES.labels(vip, metrics.code_class(status)).inc()
 
-    def dialog_media_flags(self, vip: Vip | None) -> str:
-        """The flags chosen at the initial INVITE (tenant-specific), kept as a dialog var."""
-        flags = self.pv.text(DLG_MEDIA_FLAGS)
+    def dialog_media_flags(self, vip: Vip | None, nated: bool = False) -> str:
+        """The flags chosen at the initial INVITE (tenant-specific), kept as dialog vars: for
+        a sender behind NAT (`nated`) or not."""
+        flags = (nated and self.pv.text(DLG_NAT_FLAGS)) or self.pv.text(DLG_MEDIA_FLAGS)
         if flags:
             return flags
         return vip.media_flags if vip is not None else ""

@@ -18,11 +18,17 @@ STARTED: list[SippRun] = []  # stopped after every test (conftest), even when it
 
 
 def start_uas(
-    log_dir: Path, scenario: str = "uas.xml", calls: int | None = 1, port: int = UAS_PORT
+    log_dir: Path,
+    scenario: str = "uas.xml",
+    calls: int | None = 1,
+    port: int = UAS_PORT,
+    *extra: str,
 ) -> SippRun:
-    """A callee; `calls=None` serves until stopped and writes its counters every second."""
+    """A callee; `calls=None` serves until stopped and writes its counters every second;
+    `extra`: more SIPp arguments (e.g. -t t1 for TCP)."""
     limit = ["-m", str(calls)] if calls else ["-trace_stat", "-fd", "1", "-stf", f"uas-{port}.csv"]
-    run = sipp(f"uas-{port}", scenario, log_dir, "127.0.0.1", port, port + 2, "-rtp_echo", *limit)
+    run = sipp(f"uas-{port}", scenario, log_dir, "127.0.0.1", port, port + 2, "-rtp_echo",
+               *limit, *extra)  # fmt: skip
     STARTED.append(run)
     return run
 
@@ -33,11 +39,14 @@ def start_uac(
     call_id: str,
     scenario: str = "uac.xml",
     duration_ms: int = 2000,
+    *extra: str,
+    service: str = "1000",
 ) -> SippRun:
+    """One call from 127.0.0.1 to `service` at `vip`; `extra`: more SIPp arguments."""
     port, media = free_port_pair()
     run = sipp(
-        f"uac-{call_id}", scenario, log_dir, "127.0.0.1", port, media,
-        "-s", "1000", "-m", "1", "-d", str(duration_ms), "-cid_str", call_id,
+        f"uac-{call_id}", scenario, log_dir, "127.0.0.1", port, media, *extra,
+        "-s", service, "-m", "1", "-d", str(duration_ms), "-cid_str", call_id,
         "-timeout", "60", "-timeout_error", "-recv_timeout", "10000",
         target=f"{vip}:{SIP_PORT}",
     )  # fmt: skip

@@ -21,6 +21,7 @@ VIP1, VIP2 = "127.0.0.1", "127.0.0.2"
 # can run on the same machine at the same time without sharing a port.
 SHIFT = int(os.environ.get("KEMI_HA_TEST_PORT_SHIFT", "0"))
 SIP_PORT = 15060 + SHIFT
+TLS_PORT = 15061 + SHIFT
 UAS_PORT = 15080 + SHIFT
 NG_PORT = 12223 + SHIFT
 REDIS_PORT = 16379 + SHIFT
@@ -67,12 +68,13 @@ def require_root() -> None:
         pytest.fail("integration tests run real daemons and need root (make test as root)")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Stack]:
-    config = loopback_config(
-        tmp_path_factory.mktemp("run"),
-        TEST_POLICY,
+def stack_config(run_dir: Path, policy_text: str = TEST_POLICY) -> StackConfig:
+    """The loopback stack of the integration tests (test ports), with `policy_text`."""
+    return loopback_config(
+        run_dir,
+        policy_text,
         sip_port=SIP_PORT,
+        tls_port=TLS_PORT,
         redis_port=REDIS_PORT,
         rtp_port_base=22000 + SHIFT,
         cli_port_base=19900 + SHIFT,
@@ -80,7 +82,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Itera
         dmq_port=15070 + SHIFT,
         children=4,
     )
-    with Stack(config) as running:
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Stack]:
+    with Stack(stack_config(tmp_path_factory.mktemp("run"))) as running:
         yield running
 
 

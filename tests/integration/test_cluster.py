@@ -19,6 +19,7 @@ from kemi.cli import main as kemi_ha
 from kemi.lab.cluster import (
     A_ADDR,
     B_ADDR,
+    CLIENT,
     DMQ_PORT,
     NS_A,
     NS_B,
@@ -34,6 +35,7 @@ from kemi.lab.net import lab_ns
 from kemi.ops.netns import in_netns
 from kemi.ops.stack import Stack
 from tests.integration.calls import assert_ok, send_raw, wait_for
+from tests.integration.streamuac import StreamUac
 
 pytestmark = pytest.mark.integration
 
@@ -101,6 +103,37 @@ def test_b_bye_through_the_other_node_ends_the_call(cluster: Cluster) -> None:
     finally:
         cluster.move_vip(VIP1, NS_B, NS_A)
     uas.stop()
+
+
+@pytest.mark.parametrize(("transport", "port"), [("tcp", 5060), ("tls", 5061)])
+def test_b2_call_over_a_connection_continues_through_the_other_node(
+    cluster: Cluster, transport: str, port: int
+) -> None:
+    """A call set up over TCP (TLS) through A on VIP1; VIP1 moved to B by hand. The caller
+    finds its connection gone (RFC 5626 CRLF keepalive: B resets it), connects again to VIP1,
+    now B, and its BYE, with the Route set of both sockets, ends the call through B (the
+    dialog was replicated over DMQ): the callee's 200 (a proxy answers no BYE itself) reaches
+    the caller over its new connection, and both nodes free the call."""
+    cluster.uas()
+    caller = StreamUac(CLIENT, (VIP1, port), transport, netns=cluster.client_ns)
+    caller.connect()
+    try:
+        assert caller.invite().status == 200
+        assert len(caller.routes) == 2, caller.routes  # TCP/TLS in, UDP to the callee
+        wait_for(lambda: ongoing(cluster.a) == ongoing(cluster.b) == 1, timeout=10,
+                 what="the call on both nodes", state=lambda: counts(cluster))  # fmt: skip
+        assert caller.alive()
+        cluster.move_vip(VIP1, NS_A, NS_B)
+        try:
+            assert not caller.alive(), "the connection to A survived the VIP's move"
+            caller.connect()
+            assert caller.bye().status == 200
+            wait_for(lambda: every(cluster, 0), timeout=10, what="slots freed on A and B",
+                     state=lambda: counts(cluster))  # fmt: skip
+        finally:
+            cluster.move_vip(VIP1, NS_B, NS_A)
+    finally:
+        caller.close()
 
 
 def test_dmq_peers_in_metrics_and_status(

@@ -23,7 +23,7 @@ from tests.integration.conftest import VIP1, VIP2, loopback_config, two_vip_poli
 
 pytestmark = pytest.mark.integration
 
-SIP_PORT = 25260
+SIP_PORT, TLS_PORT = 25260, 25261
 NG_PORT = 22323
 
 
@@ -66,6 +66,7 @@ def foreign_stack(
         tmp_path / "run",
         two_vip_policy(NG_PORT, uas_port=25280, version="foreign-python-1"),
         sip_port=SIP_PORT,
+        tls_port=TLS_PORT,
         redis_port=26479,
         rtp_port_base=46000,
         cli_port_base=29990,

@@ -37,7 +37,8 @@ def node_yaml(tmp_path: Path, require_root: None) -> Iterator[Path]:
     node = tmp_path / "node.yaml"
     node.write_text(
         f"node_id: 1\nnode_address: 127.0.0.1\npolicy: {tmp_path}/policy.yaml\n"
-        f"run_dir: {tmp_path}/run\nlog_dir: {tmp_path}/log\nsip_port: 35060\ndmq_port: 35090\n"
+        f"run_dir: {tmp_path}/run\nlog_dir: {tmp_path}/log\nsip_port: 35060\ntls_port: 35061\n"
+        "dmq_port: 35090\n"
         "http_port: 38090\ncomponents: [redis, rtpengine, kamailio]\nready_check: options\n"
         "children: 2\n"
     )

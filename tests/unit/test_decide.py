@@ -126,3 +126,11 @@ def test_over_limit_picks_the_first_exhausted_limit_with_its_code() -> None:
     assert over_limit(d.limits, {glob: 199, tenant: 10, trunk: 29}) is None
     refused = over_limit(d.limits, {glob: 10, tenant: 60, trunk: 30})
     assert refused == Reject(503, "Metro Channels Busy", 30, why="limit_tenant")
+
+
+def test_example_phones_tenant_has_nat_detection() -> None:
+    decision = decide_invite(EXAMPLE, InviteFacts(VIP_A, "100.64.20.7", "5551234", "x"))
+    assert isinstance(decision, Admit) and decision.tenant and decision.tenant.name == "phones"
+    assert (decision.nat.mode, decision.nat.contact) == ("detect", "alias")
+    assert "SIP-source-address" in decision.flags_for(True)
+    assert "SIP-source-address" not in decision.flags_for(False)

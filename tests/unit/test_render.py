@@ -59,6 +59,8 @@ def test_two_links_carry_every_packet_on_both() -> None:
         (("vip: 10.99.1.100", "vip: 10.99.1.101"), "must differ"),
         (("address: 10.99.1.2,", "address: 10.99.1.x,"), "not an IP address"),
         (("cluster_name: kemi-ha", "cluster_nam: kemi-ha"), "unknown key"),
+        (("netmask: 24", "tls_port: 5060"), "must differ from sip_port"),
+        (("netmask: 24", "tls: {certificate: cert.pem}"), "must be an absolute path"),
     ],
 )
 def test_bad_cluster_files_are_refused(
@@ -142,7 +144,8 @@ def test_node_yaml_round_trips_into_the_launcher(tmp_path: Path) -> None:
 def test_from_node_carries_every_field() -> None:
     """A field added to the node model but not to the launcher would be silently ignored."""
     node = NodeConfigSpec(node_id=7, node_address="10.1.1.7", policy="/p.yaml", run_dir="/r",
-                          log_dir="/l", sip_port=5062, dmq_port=5092, http_address="10.1.1.7",
+                          log_dir="/l", sip_port=5062, tls_port=5063, tls_certificate="/c.pem",
+                          tls_private_key="/k.pem", dmq_port=5092, http_address="10.1.1.7",
                           http_port=8092, components=["redis", "kamailio"],
                           ready_check="options", children=2, shm_mb=512, pkg_mb=32)  # fmt: skip
     config = StackConfig.from_node(node)
@@ -164,6 +167,8 @@ def test_from_node_carries_every_field() -> None:
         (("node_address: 10.99.1.1", "node_address: node1"), "not an IP address"),
         (("- kamailio", "- asterisk"), "must be one of redis, rtpengine, kamailio"),
         (("ready_check: rpc", "ready_chek: rpc"), "unknown key"),
+        (("tls_port: 5061", "tls_port: 5060"), "must differ from sip_port"),
+        (("tls_certificate: /etc", "tls_certificate: etc"), "must be an absolute path"),
     ],
 )
 def test_bad_node_yaml_is_refused_with_its_line(
@@ -193,6 +198,10 @@ def test_the_drill_installs_render_output_unchanged(tmp_path: Path) -> None:
         out / "cib.xml"
     ).read_bytes()
     assert (base / "etc-corosync" / "corosync.conf").is_file()
+    # The operator's part (docs/security.md): the certificate node.yaml names, self-signed here.
+    key = base / "etc-kemi-ha" / "tls" / "kemi-ha.key"
+    assert (base / "etc-kemi-ha" / "tls" / "kemi-ha.crt").is_file()
+    assert key.stat().st_mode & 0o777 == 0o600
     assert (base / "ocf" / "kemi-ha" / "kamailio").read_bytes() == agents[
         "kemi-ha/kamailio"
     ].read_bytes()
@@ -269,3 +278,25 @@ def test_the_drills_fencing_is_rendered_like_any_fence_agent(tmp_path: Path) -> 
     plain = tmp_path / "plain.yaml"
     plain.write_text(cluster_yaml(nodes, "tuned"))
     assert "fence" not in plain.read_text()
+
+
+def test_every_vip_listens_on_udp_tcp_and_tls_with_the_clusters_certificate(
+    tmp_path: Path,
+) -> None:
+    """The cluster's certificate paths go to node.yaml and kemi-ha-node.cfg; every VIP gets a
+    UDP, a TCP and a TLS listener on every node."""
+    tls = "tls_port: 5071\ntls: {certificate: /srv/pki/sip.crt, private_key: /srv/pki/sip.key}\n"
+    cluster = cluster_file(tmp_path, EXAMPLE.read_text() + tls)
+    out = tmp_path / "out"
+    render(cluster, out)
+    for node in ("node1", "node2"):
+        config = load_node_config(out / node / "node.yaml")
+        assert (config.tls_port, config.tls_certificate, config.tls_private_key) == (
+            5071, "/srv/pki/sip.crt", "/srv/pki/sip.key")  # fmt: skip
+        cfg = (out / node / "kemi-ha-node.cfg").read_text()
+        assert '#!define TLS_CERTIFICATE "/srv/pki/sip.crt"' in cfg
+        assert '#!define TLS_PRIVATE_KEY "/srv/pki/sip.key"' in cfg
+        listens = [ln for ln in cfg.splitlines() if ln.startswith("listen=") and "10.99.1.10" in ln]
+        sockets = (("udp", 5060), ("tcp", 5060), ("tls", 5071))
+        assert listens == [f"listen={proto}:10.99.1.{v}:{port}" for v in (101, 102)
+                           for proto, port in sockets]  # fmt: skip

@@ -78,6 +78,13 @@ HAPPY: dict[str, Any] = {
     "htable.sht_get": None,  # no ban
     "htable.sht_inc": 1,  # first request of its window
     "htable.sht_setxi": 0,  # what 5.6.3 answers when it set the item
+    "force_rport": True,
+    "isdsturiset": False,
+    "siputils.is_first_hop": 1,
+    "nathelper.nat_uac_test": -1,
+    "nathelper.set_contact_alias": 1,
+    "nathelper.fix_nated_contact": 1,
+    "nathelper.handle_ruri_alias": 2,
 }
 SDP_BODY = (
     "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
@@ -89,7 +96,9 @@ PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0
        "$avp(kha_counted)": None, "$avp(kha_late)": None, "$rb": SDP_BODY,
        "$hdr(Authorization)": None, "$dlg(state)": "4", "$dlg_var(kha_late)": None,
        "$dlg_var(kha_prof)": None, "$ft": "ftag-1", "$tt": "ttag-1",
-       "$jsonrpl(code)": "200", "$ua": "PBX/1.0"}  # fmt: skip
+       "$jsonrpl(code)": "200", "$ua": "PBX/1.0", "$nh(u)": "sip:gw1:5060", "$fs": None,
+       "$dlg_var(kha_nat)": None, "$dlg_var(kha_nmflags)": None, "$avp(kha_nat)": None,
+       "$avp(kha_nmflags)": None}  # fmt: skip
 
 
 def make(**returns: Any) -> tuple[Router, FakeKSR]:
@@ -648,6 +657,7 @@ def test_failed_confirmation_is_logged_and_the_ack_still_relayed() -> None:
 def test_orphan_cancel_is_forwarded_statelessly_to_the_routed_destination() -> None:
     router, ksr = make(is_CANCEL=True, is_INVITE=False)
     ksr.pvs["$rm"] = "CANCEL"
+    ksr.pvs["$pr"] = "tcp"  # it came over TCP: it leaves with the destination's transport
     router.ksr_request_route(None)
     assert ksr.called("setdsturi", "sip:gw1:5060")
     assert ksr.called("corex.set_send_socket", "udp:10.0.0.2:5060")
@@ -682,3 +692,147 @@ def test_initial_invite_keeps_late_offer_and_profiles_in_the_dialog() -> None:
     router.ksr_request_route(None)
     assert ksr.pvs[routes.DLG_LATE] == "1"
     assert ksr.pvs[routes.DLG_PROFILES] == "kha_tenant=acme"
+
+
+# ----- NAT traversal and transports (issue 17) ------------------------------------------
+
+NAT_POLICY = parse_policy(
+    POLICY_TEXT
+    + 'tenants:\n  - name: phones\n    sources: ["192.0.2.0/28"]\n    nat: {mode: detect}\n'
+    + '  - name: pbx\n    sources: ["192.0.2.16/28"]\n    nat: {mode: always, contact: rewrite}\n'
+)
+
+
+def make_nat(source: str = "192.0.2.9", **returns: Any) -> tuple[Router, FakeKSR]:
+    router, ksr = make(**returns)
+    router._policy = lambda: NAT_POLICY
+    ksr.pvs["$si"] = source
+    return router, ksr
+
+
+def test_every_request_gets_rport_forced() -> None:
+    router, ksr = make(**{"is_INVITE": False, "is_OPTIONS": True, "is_myself_ruri": True})
+    router.ksr_request_route(None)
+    assert ksr.called("force_rport")
+
+
+def test_natted_caller_gets_a_contact_alias_and_nat_media_flags() -> None:
+    router, ksr = make_nat(**{"nathelper.nat_uac_test": 1})
+    router.ksr_request_route(None)
+    assert ksr.called("nathelper.nat_uac_test", 19)
+    assert ksr.called("nathelper.set_contact_alias")
+    nat_flags = "replace-origin ICE=remove SIP-source-address symmetric replace-session-connection"
+    assert ksr.called("rtpengine.rtpengine_offer", nat_flags)
+    assert ksr.pvs[routes.DLG_NAT] == "detect/alias"
+    assert ksr.pvs[routes.DLG_NAT_FLAGS] == nat_flags
+    assert ksr.pvs[routes.DLG_MEDIA_FLAGS] == "replace-origin ICE=remove"  # the other party's
+
+
+def test_caller_not_natted_keeps_its_contact_and_the_plain_flags() -> None:
+    router, ksr = make_nat()
+    router.ksr_request_route(None)
+    assert ksr.called("nathelper.nat_uac_test", 19)
+    assert not ksr.called("nathelper.set_contact_alias")
+    assert ksr.called("rtpengine.rtpengine_offer", "replace-origin ICE=remove")
+
+
+def test_a_contact_is_fixed_only_by_its_first_hop() -> None:
+    router, ksr = make_nat(**{"nathelper.nat_uac_test": 1, "siputils.is_first_hop": -1})
+    router.ksr_request_route(None)
+    assert not ksr.called("nathelper.set_contact_alias")
+
+
+def test_always_mode_rewrites_the_contact_without_asking_nathelper() -> None:
+    router, ksr = make_nat("192.0.2.20")
+    router.ksr_request_route(None)
+    assert not ksr.called("nathelper.nat_uac_test")
+    assert ksr.called("nathelper.fix_nated_contact")
+    assert not ksr.called("nathelper.set_contact_alias")
+
+
+def test_never_mode_asks_nothing_over_udp_but_a_tcp_caller_gets_an_alias() -> None:
+    router, ksr = make()
+    router.ksr_request_route(None)
+    assert not ksr.called("nathelper.nat_uac_test")
+    assert not ksr.called("nathelper.set_contact_alias")
+    assert not ksr.called("siputils.is_first_hop")
+    router, ksr = make()
+    ksr.pvs["$pr"] = "tcp"
+    router.ksr_request_route(None)
+    assert not ksr.called("nathelper.nat_uac_test")
+    assert ksr.called("nathelper.set_contact_alias")
+
+
+@pytest.mark.parametrize(
+    ("next_hop", "socket"),
+    [("sip:gw1:5060", "udp:10.0.0.2:5060"), ("sip:gw1:5060;transport=tcp", "tcp:10.0.0.2:5060"),
+     ("sip:gw1;transport=tls", "tls:10.0.0.2:5061"), ("sips:gw1", "tls:10.0.0.2:5061")],
+)  # fmt: skip
+def test_relay_leaves_the_vip_with_the_next_hops_transport(next_hop: str, socket: str) -> None:
+    router, ksr = make()
+    ksr.pvs["$pr"] = "tls"  # whatever it came in on: a leg change gets two Record-Routes
+    ksr.pvs["$nh(u)"] = next_hop
+    router.ksr_request_route(None)
+    assert [c.args for c in ksr.calls if c.name == "corex.set_send_socket"] == [(socket,)]
+
+
+def in_dialog(**returns: Any) -> tuple[Router, FakeKSR]:
+    return make_nat(**{"siputils.has_totag": 1, "is_INVITE": False, "is_BYE": True, **returns})
+
+
+def test_in_dialog_socket_chosen_by_loose_route_stays() -> None:
+    router, ksr = in_dialog()
+    ksr.pvs["$fs"] = "tcp:10.0.0.2:5060"  # the second of our two Route headers
+    router.ksr_request_route(None)
+    assert not ksr.called("corex.set_send_socket")
+    assert ksr.called("tm.t_relay")
+
+
+def test_in_dialog_request_to_an_aliased_contact_goes_back_through_it() -> None:
+    router, ksr = in_dialog()
+    router.ksr_request_route(None)
+    names = ksr.names()
+    assert names.index("rr.loose_route") < names.index("nathelper.handle_ruri_alias")
+    assert names.index("nathelper.handle_ruri_alias") < names.index("tm.t_relay")
+    router, ksr = in_dialog(isdsturiset=True)  # a destination is set already: it stays
+    router.ksr_request_route(None)
+    assert not ksr.called("nathelper.handle_ruri_alias")
+
+
+def test_in_dialog_offer_of_a_natted_sender_uses_the_dialogs_nat_flags() -> None:
+    router, ksr = in_dialog(**{"is_INVITE": True, "is_BYE": False, "nathelper.nat_uac_test": 1})
+    ksr.pvs.update({routes.DLG_NAT: "detect/alias", routes.DLG_NAT_FLAGS: "nat-flags",
+                    routes.DLG_MEDIA_FLAGS: "plain-flags"})  # fmt: skip
+    router.ksr_request_route(None)
+    assert ksr.called("rtpengine.rtpengine_offer", "nat-flags")
+    assert ksr.called("nathelper.set_contact_alias")
+    assert ksr.pvs[routes.AVP_MEDIA_FLAGS] == "plain-flags"  # the answerer's own test decides
+    assert ksr.pvs[routes.AVP_NAT] == "detect/alias"
+
+
+def test_in_dialog_offer_of_a_dialog_without_nat_never_asks_nathelper() -> None:
+    router, ksr = in_dialog(**{"is_INVITE": True, "is_BYE": False})
+    ksr.pvs[routes.DLG_MEDIA_FLAGS] = "plain-flags"
+    router.ksr_request_route(None)
+    assert not ksr.called("nathelper.nat_uac_test")
+    assert ksr.called("rtpengine.rtpengine_offer", "plain-flags")
+
+
+@pytest.mark.parametrize(("detected", "flags"), [(1, "nat-flags"), (-1, "plain-flags")])
+def test_reply_of_a_natted_party_is_answered_with_nat_flags_and_aliased(
+    detected: int, flags: str
+) -> None:
+    router, ksr = make(**{"nathelper.nat_uac_test": detected})
+    ksr.pvs.update({"$rs": 200, routes.AVP_NAT: "detect/alias", routes.AVP_NAT_FLAGS: "nat-flags",
+                    routes.AVP_MEDIA_FLAGS: "plain-flags"})  # fmt: skip
+    router.ksr_onreply_manage(None)
+    assert ksr.called("nathelper.nat_uac_test", 1)
+    assert ksr.called("rtpengine.rtpengine_answer", flags)
+    assert ksr.called("nathelper.set_contact_alias") is (detected > 0)
+
+
+def test_a_call_without_nat_handling_keeps_nothing_of_it_in_the_dialog() -> None:
+    router, ksr = make()
+    router.ksr_request_route(None)
+    assert routes.DLG_NAT not in ksr.pvs or ksr.pvs[routes.DLG_NAT] is None
+    assert routes.AVP_NAT not in ksr.pvs or ksr.pvs[routes.AVP_NAT] is None
