@@ -3,10 +3,13 @@
 An initial INVITE is decided in this order (decide_invite):
 1. the VIP it arrived on must be a policy VIP (its rtpengine set serves the media) -> else 500;
 2. the source must be a trusted peer or a trunk -> else 403;
-3. trunk by source network, tenant by trunk, source network or request domain;
+3. trunk by source network, tenant by trunk, source network or request domain; the trunk's
+   number rewrite (kemi.core.numbers) applies to the R-URI user before the route lookup;
 4. route: most specific (tenant+domain, tenant, domain, any), then longest R-URI user prefix
-   -> none matches: 404;
+   -> none matches: 404; the route's rewrite applies after it;
 5. limits that apply (global, tenant, trunk), media flags for (VIP, tenant).
+A route with a gateway set is then dispatched by the shell (kemi.core.dispatch: no gateway
+up -> 503 with Retry-After).
 After a failed branch, RFC 3261 16.7: 408 and 5xx try the next destination; 6xx and other
 4xx are final.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from kemi.core.numbers import Rewrite, rewrite_user
 from kemi.core.policy import Limit, Policy, Route, RouteKey, Tenant, Trunk, Vip
 
 
@@ -45,6 +49,8 @@ class Admit:
     route: Route
     media_flags: str
     limits: tuple[Limit, ...]
+    ruri_user: str = ""  # the R-URI user to relay (after the trunk's and route's rewrites)
+    identity: tuple[Rewrite, ...] = ()  # rewrites that touch P-Asserted-Identity / Diversion
 
 
 def vip_for(policy: Policy, local_address: str) -> Vip | None:
@@ -94,11 +100,21 @@ def decide_invite(policy: Policy, facts: InviteFacts) -> Admit | Reject:
     if trunk is None and policy.trusted.lookup(facts.source) is None:
         return Reject(403, "Forbidden", why="untrusted_source")
     tenant_name = tenant.name if tenant else None
-    route = route_for(policy, tenant_name, facts.ruri_user, facts.ruri_domain)
+    user = facts.ruri_user
+    inbound = trunk.rewrite if trunk is not None else None
+    if inbound is not None:
+        user = rewrite_user(user, inbound)
+    route = route_for(policy, tenant_name, user, facts.ruri_domain)
     if route is None:
         return Reject(404, "No Route", why="no_route")
+    if route.rewrite is not None:
+        user = rewrite_user(user, route.rewrite)
+    identity = ()
+    if inbound is not None or route.rewrite is not None:
+        identity = tuple(r for r in (inbound, route.rewrite) if r is not None and r.touches_headers)
     flags = policy.media_flags[(vip.address, tenant_name)]
-    return Admit(vip, tenant, trunk, route, flags, limits_for(policy, tenant, trunk))
+    limits = limits_for(policy, tenant, trunk)
+    return Admit(vip, tenant, trunk, route, flags, limits, user, identity)
 
 
 def over_limit(limits: tuple[Limit, ...], counts: Mapping[Limit, int]) -> Reject | None:

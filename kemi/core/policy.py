@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from kemi.core.numbers import Rewrite
 
 V = TypeVar("V")
 
@@ -55,14 +57,57 @@ class Trunk:
     name: str
     tenant: str | None
     limit: Limit | None
+    rewrite: Rewrite | None = None  # applied before the route lookup
+
+
+@dataclass(frozen=True, slots=True)
+class DsSet:
+    """One dispatcher set: the gateways of one priority of a gateway set (dispatcher.list)."""
+
+    set_id: int
+    gateway_set: str
+    priority: int
+    gateways: tuple[tuple[str, int], ...]  # (SIP URI, weight as the algorithm reads it)
+
+
+ALGORITHMS = {"weight": 9, "relative-weight": 11}  # dispatcher algorithm numbers
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySet:
+    """A policy gateway set: its dispatcher sets, highest priority first."""
+
+    name: str
+    levels: tuple[int, ...]  # dispatcher set ids
+    algorithm: int  # 9 or 11
+    retry_after: int
+    first_uri: str  # the first gateway of the highest priority (orphan forwards)
+
+
+@dataclass(frozen=True, slots=True)
+class Probing:
+    """dispatcher's OPTIONS probing, rendered as modparams into kemi-ha-node.cfg."""
+
+    interval: int = 10
+    threshold: int = 3
+    recover: int = 1
+    reply_codes: str = "code=404;code=405;code=488;code=501"  # ds_ping_reply_codes
+    from_uri: str = "sip:kemi-ha@localhost"
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where initial INVITEs go: destinations in failover order."""
+    """Where initial INVITEs go: destinations in failover order, or a gateway set."""
 
     name: str
     destinations: tuple[str, ...]
+    gateway_set: GatewaySet | None = None
+    rewrite: Rewrite | None = None  # applied after the lookup
+
+    @property
+    def first_hop(self) -> str:
+        """Where a stateless forward of this route goes (no dispatcher state for it)."""
+        return self.gateway_set.first_uri if self.gateway_set else self.destinations[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,3 +169,6 @@ class Policy:
     dmq_peers: tuple[str, ...]
     dmq_peer_hosts: frozenset[str]
     sdp_limits: SdpLimits = SdpLimits()
+    gateway_sets: Mapping[str, GatewaySet] = field(default_factory=dict)
+    dispatcher_sets: tuple[DsSet, ...] = ()
+    probing: Probing = Probing()
