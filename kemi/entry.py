@@ -14,10 +14,12 @@ import KSR  # type: ignore[import-not-found]  # provided by app_python3 inside K
 
 from kemi.ops.httptoken import read_token
 from kemi.ops.ng import NgClient, NgError
+from kemi.ops.nodecfg import DISPATCHER_LIST_NAME
 from kemi.ops.rpc import KamailioRpc
 from kemi.policyfile import load_policy
 from kemi.shell import log as kamailio_log
 from kemi.shell import metrics
+from kemi.shell.gateways import GatewayList
 from kemi.shell.policy_holder import PolicyHolder
 from kemi.shell.routes import Router
 
@@ -34,6 +36,7 @@ def mod_init() -> Router:
     # Scrape-time reads of what KEMI does not export go through our own JSON-RPC FIFO,
     # served by Kamailio's jsonrpcs process (never the worker asking).
     rpc = KamailioRpc(run_dir / "kamailio-rpc.fifo", run_dir, timeout=1.0)
+    gateways = GatewayList(KSR, run_dir / DISPATCHER_LIST_NAME, lambda: rpc.call("dispatcher.list"))
     holder = PolicyHolder(
         KSR,
         policy_path,
@@ -43,6 +46,7 @@ def mod_init() -> Router:
         on_reload=lambda accepted: metrics.POLICY_RELOADS.labels(
             "accepted" if accepted else "refused"
         ).inc(),
+        publish=gateways.publish,
     )
     return Router(
         KSR,
@@ -52,6 +56,7 @@ def mod_init() -> Router:
         dmq_nodes=lambda: list(rpc.call("dmq.list_nodes")),
         rtpengine_alive=ng_alive,
         http_token=http_token(run_dir),
+        gateway_listing=lambda: rpc.call("dispatcher.list"),
     )
 
 

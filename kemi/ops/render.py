@@ -10,6 +10,7 @@ OUTDIR/
   <node>/redis.conf           one Redis per node; the ocf:heartbeat:redis agent sets replicaof;
                               keyspace events on (hot standby), a DB per (VIP, node)
   <node>/kemi-ha-node.cfg     Kamailio's node include (kamailio.cfg itself is never edited)
+  <node>/dispatcher.list      the gateways (dispatcher sets) `kemi-ha run` writes at start
   <node>/rtpengine-<vip>.env  this node's rtpengine options per VIP (own DB, subscribed DBs)
 """
 
@@ -32,7 +33,7 @@ from kemi.core.pacemaker import to_cib, to_cib_configuration, to_crm
 from kemi.core.rtpengine_dbs import cli_port, redis_databases, rtpengine_db, subscribed_dbs
 from kemi.core.spec import PolicySpec, VipSpec
 from kemi.core.structure import Problem
-from kemi.ops.nodecfg import render_node_cfg
+from kemi.ops.nodecfg import DISPATCHER_LIST_NAME, render_dispatcher_list, render_node_cfg
 from kemi.ops.stack import StackConfig
 from kemi.policyfile import parse_spec
 
@@ -336,6 +337,7 @@ def render(cluster_file: Path, outdir: Path) -> list[Path]:
         # What `kemi-ha run --node-config` writes at start, shown here for review: same code.
         values = StackConfig.from_node(config, Path(spec.kemi_ha_root)).node_values(policy)
         write(d / "kemi-ha-node.cfg", render_node_cfg(policy, values))
+        write(d / DISPATCHER_LIST_NAME, render_dispatcher_list(policy))
         for i, vip in enumerate(spec.vips, start=1):
             write(d / f"rtpengine-{vip.address}.env", rtpengine_env(spec, i, node))
     return written

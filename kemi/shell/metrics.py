@@ -50,6 +50,16 @@ TAKEOVER_DIALOGS = Counter(
     "Dialogs confirmed or ended by RPC for a dead node's calls, by result",
     ["what", "result"],
 )
+NO_GATEWAY = Counter(
+    "kemi_ha_no_gateway_total",
+    "Initial INVITEs answered 503 because no gateway of their set was up",
+    ["gateway_set"],
+)
+GATEWAY_MARKED_DOWN = Counter(
+    "kemi_ha_gateway_marked_down_total",
+    "Gateways marked down by a call that got no answer (408), per set",
+    ["gateway_set"],
+)
 POLICY_RELOADS = Counter(
     "kemi_ha_policy_reloads_total", "Policy reloads asked, by result", ["result"]
 )

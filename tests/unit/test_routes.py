@@ -25,7 +25,17 @@ vips:
 routes:
   - name: default
     destinations: ["sip:gw1:5060", "sip:gw2:5060"]
+  - name: carriers
+    prefix: "9"
+    gateway_set: carriers
+    rewrite: {strip: 1, e164: true, country_code: "49", pai: normalise, diversion: remove}
 trusted_peers: ["192.0.2.0/24"]
+gateway_sets:
+  - name: carriers
+    gateways:
+      - {uri: "sip:carrier-a:5060", priority: 10, weight: 60}
+      - {uri: "sip:carrier-b:5060", priority: 10, weight: 40}
+      - {uri: "sip:backup:5060", priority: 1}
 """
 POLICY = parse_policy(POLICY_TEXT)
 
@@ -75,6 +85,12 @@ HAPPY: dict[str, Any] = {
     "jsonrpcs.exec": 1,
     "forward": 1,
     "set_drop": None,
+    "dispatcher.ds_select_dst": 1,
+    "dispatcher.ds_next_dst": 1,
+    "dispatcher.ds_mark_dst_state": 1,
+    "hdr.remove": 1,
+    "hdr.insert": 1,
+    "textops.remove_hf_idx": 1,
 }
 SDP_BODY = (
     "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
@@ -86,7 +102,8 @@ PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0
        "$avp(kha_counted)": None, "$avp(kha_late)": None, "$rb": SDP_BODY,
        "$hdr(Authorization)": None, "$dlg(state)": "4", "$dlg_var(kha_late)": None,
        "$dlg_var(kha_prof)": None, "$ft": "ftag-1", "$tt": "ttag-1",
-       "$jsonrpl(code)": "200"}  # fmt: skip
+       "$jsonrpl(code)": "200", "$avp(kha_gws)": None, "$avp(kha_level)": None,
+       "$hdr(P-Asserted-Identity)": None, "$hdr(Diversion)": None}  # fmt: skip
 
 
 def make(**returns: Any) -> tuple[Router, FakeKSR]:
