@@ -141,6 +141,8 @@ class _Checker:
                 self.add((*where, "priority"), f"must not be negative (got {gw.priority})")
         if gws.retry_after < 0:
             self.add((*path, "retry_after"), "must not be negative")
+        if gws.timeout_ms is not None and not 100 <= gws.timeout_ms <= 60000:
+            self.add((*path, "timeout_ms"), f"must be 100-60000 (got {gws.timeout_ms})")
 
     def probing(self, spec: ProbingSpec) -> None:
         for name in ("interval", "threshold", "recover"):
@@ -304,7 +306,9 @@ def gateway_sets(
             ds_sets.append(DsSet(set_id, gws.name, priority, uris))
             levels.append(set_id)
         first = ds_sets[levels[0] - 1].gateways[0][0]
-        sets[gws.name] = GatewaySet(gws.name, tuple(levels), algorithm, gws.retry_after, first)
+        sets[gws.name] = GatewaySet(
+            gws.name, tuple(levels), algorithm, gws.retry_after, first, gws.timeout_ms or 0
+        )
     return sets, tuple(ds_sets)
 
 

@@ -82,6 +82,7 @@ class GatewaySet:
     algorithm: int  # 9 or 11
     retry_after: int
     first_uri: str  # the first gateway of the highest priority (orphan forwards)
+    timeout_ms: int = 0  # tm fr_timer of the branches to this set; 0: the global one
 
 
 @dataclass(frozen=True, slots=True)

@@ -150,6 +150,10 @@ class GatewaySetSpec:
         "relative-weight",
     )
     retry_after: int = doc("seconds in the Retry-After of the 503 when no gateway is up", 30)
+    timeout_ms: int | None = doc(
+        "no reply at all from a gateway within this: next gateway, and it is marked down "
+        "(tm fr_timer of this set's branches; null: kamailio.cfg's 4000)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -303,6 +303,8 @@ class Router:
                                         why="no_gateway"), vip.address)  # fmt: skip
                 return
             level = found
+            if gateways.timeout_ms:
+                ksr.tm.t_set_fr(0, gateways.timeout_ms)  # this transaction's branches only
         self.route_rewrite(decision, facts.ruri_user)
         flags = decision.media_flags
         late = not ok(ksr.textops.has_body_type(SDP))

@@ -4,6 +4,8 @@ rewriting, the DISPATCH/REWRITE steps and the gateway failover against the stric
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,8 +14,11 @@ from kemi.core import dispatch
 from kemi.core.compile import percentages
 from kemi.core.decide import Admit, InviteFacts, decide_invite
 from kemi.core.numbers import Rewrite, header_action, rewrite_header, rewrite_user
+from kemi.ops.status import render_gateways
 from kemi.policyfile import parse_policy
 from kemi.shell import routes
+from kemi.shell.gateways import GatewayList
+from tests.fakes.ksr import FakeKSR
 from tests.unit.test_policy_validation import errors_of
 from tests.unit.test_routes import POLICY, make
 
@@ -57,6 +62,8 @@ gateway_sets:
          "p.yaml:15:5: gateway_sets[1].gateways: a gateway set needs at least one gateway"),
         (GW.replace("algorithm", "x") + "    algorithm: round-robin\n",
          "p.yaml:14:5: gateway_sets[0].algorithm: must be one of relative-weight, weight"),
+        (GW.replace("gateways:", "timeout_ms: 50\n    gateways:", 1),
+         "p.yaml:10:5: gateway_sets[0].timeout_ms: must be 100-60000 (got 50)"),
         (GW + "probing: {interval: 0}\n", "p.yaml:14:11: probing.interval: must be at least 1 (got 0)"),
         (GW + "probing: {reply_codes: ['404', '4x']}\n",
          "p.yaml:14:32: probing.reply_codes[1]: a code like '404' or a class like '4xx' (got '4x')"),
@@ -222,6 +229,7 @@ def test_invite_to_a_gateway_set_is_dispatched_rewritten_then_relayed() -> None:
     carriers = POLICY.gateway_sets["carriers"]
     assert ksr.called("dispatcher.ds_select_dst", carriers.levels[0], 11)
     assert not ksr.called("setdsturi")  # dispatcher set $du
+    assert ksr.called("tm.t_set_fr", 0, 800)  # the set's own branch timeout
     assert ksr.pvs["$rU"] == "+49301234"
     assert ksr.called("textops.remove_hf_idx", "P-Asserted-Identity", 0)
     assert ksr.called("hdr.insert", "P-Asserted-Identity: <sip:+49301@pbx>\r\n")
@@ -276,3 +284,65 @@ def test_last_priority_spent_or_final_answer_ends_with_media_deleted() -> None:
     for ksr in (failure(500, level=1, **{"dispatcher.ds_next_dst": -1}), failure(486)):
         assert not ksr.called("tm.t_relay")
         assert ksr.called("rtpengine.rtpengine_delete0")
+
+
+# ----- reload: the dispatcher list follows the policy -------------------------------------
+
+
+def test_reload_writes_the_list_keeps_down_gateways_down_and_reloads_dispatcher(
+    tmp_path: Path,
+) -> None:
+    ksr = FakeKSR(returns={"dispatcher.ds_reload": 1})
+    path = tmp_path / "dispatcher.list"
+    old = parse_policy(GW)
+    new = parse_policy(GW.replace("weight: 25", "weight: 40"))
+    assert GatewayList(ksr, path, lambda: LISTING).publish(old, new) is None
+    assert "1 sip:10.9.0.2:5060 9 10 weight=40;rweight=40" in path.read_text()
+    assert ksr.names() == ["dispatcher.ds_reload"]
+    # the same list again: nothing to reload
+    assert GatewayList(ksr, path, lambda: LISTING).publish(new, new) is None
+    assert ksr.names() == ["dispatcher.ds_reload"]
+
+
+def test_a_list_dispatcher_refuses_is_put_back_and_the_reload_refused(tmp_path: Path) -> None:
+    ksr = FakeKSR(returns={"dispatcher.ds_reload": -1})
+    path = tmp_path / "dispatcher.list"
+    path.write_text("# the list in force\n")
+    problem = GatewayList(ksr, path, dict).publish(POLICY, parse_policy(GW))
+    assert problem is not None and "refused the gateway list" in problem
+    assert path.read_text() == "# the list in force\n"
+    router, _ = make()
+    router.policies.publish = lambda old, new: "dispatcher refused"
+    router.policies.policy_path = tmp_path / "p.yaml"
+    router.policies.policy_path.write_text(GW)
+    assert router.policies.reload() == (False, ["dispatcher refused"])
+    assert router.policies.current() is POLICY
+
+
+# ----- status and metrics ----------------------------------------------------------------
+
+
+def test_scrape_shows_every_gateway_and_gateways_up_per_set() -> None:
+    router, _ = make()
+    router.policies.policy = parse_policy(GW)
+    router.gateway_listing = lambda: LISTING
+    gauges = {g.name: g for g in router.scrape_state()}
+    up = dict(gauges["kemi_ha_gateway_up"].samples)
+    assert up[("carriers", "10", "sip:10.9.0.2:5060")] == 0.0
+    assert up[("carriers", "0", "sip:10.9.0.3:5060")] == 1.0
+    assert gauges["kemi_ha_gateway_set_up"].samples == [(("carriers",), 2.0)]
+    assert gauges["kemi_ha_gateway_latency_seconds"].samples == [
+        (("carriers", "10", "sip:10.9.0.1:5060"), 0.0015)
+    ]
+    router.gateway_listing = lambda: 1 / 0  # RPC down: the scrape still answers, 0 up
+    gauges = {g.name: g for g in router.scrape_state()}
+    assert gauges["kemi_ha_gateway_set_up"].samples == [(("carriers",), 0.0)]
+
+
+def test_status_lists_gateways_and_sets_with_none_up() -> None:
+    states = dispatch.gateway_states(parse_policy(GW), LISTING)
+    lines = render_gateways([dataclasses.asdict(g) for g in states], [])
+    assert lines[2].split() == ["sip:10.9.0.1:5060", "(carriers,", "10)", "up", "P", "1.5ms"]
+    assert lines[3].split()[-3:] == ["down", "P", "-"]
+    assert lines[-1] == "gateway sets with no gateway up: none"
+    assert render_gateways([], []) == []

@@ -32,6 +32,7 @@ routes:
 trusted_peers: ["192.0.2.0/24"]
 gateway_sets:
   - name: carriers
+    timeout_ms: 800
     gateways:
       - {uri: "sip:carrier-a:5060", priority: 10, weight: 60}
       - {uri: "sip:carrier-b:5060", priority: 10, weight: 40}
@@ -91,6 +92,7 @@ HAPPY: dict[str, Any] = {
     "hdr.remove": 1,
     "hdr.insert": 1,
     "textops.remove_hf_idx": 1,
+    "tm.t_set_fr": 1,
 }
 SDP_BODY = (
     "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
