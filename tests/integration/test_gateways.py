@@ -157,6 +157,7 @@ class Silent:
         self.sock.bind(("127.0.0.1", port))
         self.sock.settimeout(0.2)
         self.seen: list[tuple[float, str, str]] = []  # (time, method, Call-ID)
+        self.texts: list[str] = []  # whole INVITEs (Recording)
         self.running = True
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
@@ -245,6 +246,69 @@ def test_dead_gateway_is_skipped_then_gets_calls_again(
     got = calls_through(gateways, log_dir, calls=60, rate=20)
     print(f"60 calls after its return: INVITEs per gateway {got}")
     assert got[0] > 0, got
+
+
+class Recording(Silent):
+    """A gateway that answers probes (OPTIONS 200) and refuses calls (INVITE 486), keeping
+    every INVITE it got as text: what the proxy rewrote is read there."""
+
+    def run(self) -> None:
+        while self.running:
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            text = data.decode(errors="replace")
+            method = text.split(" ", 1)[0]
+            if method == "INVITE":
+                self.texts.append(text)
+            if method in ("OPTIONS", "INVITE"):
+                code = "200 OK" if method == "OPTIONS" else "486 Busy Here"
+                self.sock.sendto(answer(text, code).encode(), peer)
+
+
+def answer(request: str, status: str) -> str:
+    head = request.split("\r\n\r\n", 1)[0].split("\r\n")[1:]
+    keep = [h for h in head if h.split(":", 1)[0].lower() in ("via", "from", "call-id", "cseq")]
+    to = next(h for h in head if h.lower().startswith("to:"))
+    return "\r\n".join([f"SIP/2.0 {status}", *keep, f"{to};tag=gw", "Content-Length: 0", "", ""])
+
+
+def test_numbers_are_rewritten_on_the_way_to_the_gateway(stack: Stack) -> None:
+    """Route rewrite (strip the access code, E.164, no '+', a carrier prefix), P-Asserted-
+    Identity normalised, Diversion removed: as the gateway receives the INVITE."""
+    port = GW_PORTS[2] + 5
+    gateway = Recording(port)
+    try:
+        text = gateway_policy((f"sip:127.0.0.1:{port}",), "gw-rewrite").replace(
+            "    gateway_set: carriers\n",
+            "    gateway_set: carriers\n    rewrite: {strip: 1, e164: true, country_code: '49',"
+            " plus: strip, prefix: '77#', pai: normalise, diversion: remove}\n",
+        )
+        reload(stack, text)
+        wait_for(lambda: set(states(stack).values()) == {"up"}, 10, "the gateway probed up")
+        request = invite_text(
+            VIP1,
+            P_Asserted_Identity='"Desk" <sip:0301234@pbx.example;user=phone>',
+            Diversion="<sip:0309999@pbx.example>;reason=unconditional",
+        ).replace("INVITE sip:1000@", "INVITE sip:903012345@")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(5)
+            sock.sendto(request.replace("LPORT", str(sock.getsockname()[1])).encode(),
+                        (VIP1, SIP_PORT))  # fmt: skip
+            final = ""
+            while not final.startswith("SIP/2.0 486"):
+                final = sock.recv(65535).decode(errors="replace")
+        (received,) = gateway.texts
+    finally:
+        gateway.close()
+        reload(stack, gateway_policy())
+    assert received.startswith("INVITE sip:77#493012345@"), received.split("\r\n")[0]
+    assert '\r\nP-Asserted-Identity: "Desk" <sip:49301234@pbx.example;user=phone>\r\n' in (
+        received
+    ), received
+    assert "Diversion:" not in received, received
 
 
 def test_every_gateway_down_is_503_with_retry_after_at_once(
