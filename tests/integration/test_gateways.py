@@ -41,10 +41,12 @@ INTERVAL_S, THRESHOLD = 1, 2  # TEST_POLICY's probing
 RETRY_AFTER = 17
 
 
-def gateway_policy(uris: tuple[str, ...] = URIS, version: str = "gw-1") -> str:
+def gateway_policy(
+    uris: tuple[str, ...] = URIS, version: str = "gw-1", priorities: tuple[int, ...] = (0, 0, 0)
+) -> str:
     gateways = "".join(
-        f"      - {{uri: '{uri}', weight: {weight}}}\n"
-        for uri, weight in zip(uris, WEIGHTS, strict=False)
+        f"      - {{uri: '{uri}', weight: {weight}, priority: {priority}}}\n"
+        for uri, weight, priority in zip(uris, WEIGHTS, priorities, strict=False)
     )
     text = TEST_POLICY.replace("version: test-1", f"version: {version}")
     text = text.replace("  - name: default\n", "  - name: carriers\n    gateway_set: carriers\n")
@@ -122,6 +124,7 @@ def counts(gws: Gateways) -> list[int]:
 
 def calls_through(gws: Gateways, log_dir: Path, calls: int, rate: int) -> list[int]:
     """INVITEs each gateway received for `calls` calls (all of them must succeed)."""
+    time.sleep(1.2)  # the counters of earlier calls are written (every second)
     before = counts(gws)
     assert_ok(start_load(log_dir, VIP1, rate=rate, calls=calls, duration_ms=200), 180)
     time.sleep(2.2)  # the gateways write their counters every second
@@ -246,6 +249,41 @@ def test_dead_gateway_is_skipped_then_gets_calls_again(
     got = calls_through(gateways, log_dir, calls=60, rate=20)
     print(f"60 calls after its return: INVITEs per gateway {got}")
     assert got[0] > 0, got
+
+
+def test_a_lower_priority_takes_the_calls_only_while_the_higher_one_is_down(
+    stack: Stack, gateways: Gateways, log_dir: Path
+) -> None:
+    """G1 alone at priority 10, G2 and G3 at 1: every call to G1; G1 killed under load: the
+    calls that meet it move to priority 1 from the failure route (ds_select_dst there), then
+    new calls go there directly; G1 back: every call to G1 again."""
+    high, high_uri = GW_PORTS[0], URIS[0]
+    reload(stack, gateway_policy(version="gw-prio", priorities=(10, 1, 1)))
+    try:
+        wait_for(lambda: set(states(stack).values()) == {"up"}, 10, "every gateway up")
+        assert calls_through(gateways, log_dir, calls=20, rate=20) == [20, 0, 0]
+        load, rtt = load_with_rtt(log_dir, rate=10, calls=60)
+        time.sleep(2)
+        gateways.kill(high)
+        killed = time.time()
+        silent = Silent(high)
+        try:
+            load.wait(120)
+        finally:
+            silent.close()
+        setup = setup_times_s(rtt)
+        assert len(setup) == 60, "every call answered, by priority 1 when priority 10 is dead"
+        moved = [t for t in setup if t > 0.5]
+        last = max((times[0] for times in silent.invites().values()), default=killed)
+        print(f"\npriority 10 killed: {len(silent.invites())} calls met it and moved to priority"
+              f" 1 after {max(moved, default=0):.2f} s at most; the last new one "
+              f"{last - killed:.2f} s after the kill")  # fmt: skip
+        assert max(moved, default=0) < BRANCH_TIMEOUT_S + 0.5
+        gateways.start(high)
+        wait_for(lambda: states(stack)[high_uri] == "up", 10, "priority 10 up again")
+        assert calls_through(gateways, log_dir, calls=20, rate=20) == [20, 0, 0]
+    finally:
+        reload(stack, gateway_policy())
 
 
 class Recording(Silent):
