@@ -209,22 +209,31 @@ def setup_times_s(path: Path) -> list[float]:
     return [float(line.split(";")[column]) / 1000 for line in lines[1:] if line.strip()]
 
 
+def kill_under_load(
+    stack: Stack, gateways: Gateways, log_dir: Path, port: int, calls: int, after_s: float
+) -> tuple[list[float], Silent, float, float]:
+    """`calls` calls at 10 cps; `after_s` into them the gateway on `port` is killed and a silent
+    socket takes its port. Every call's setup time, that socket (closed), when the gateway was
+    killed and when this node's dispatcher showed it down."""
+    load, rtt = load_with_rtt(log_dir, rate=10, calls=calls)
+    time.sleep(after_s)
+    gateways.kill(port)
+    killed = time.time()
+    silent = Silent(port)
+    try:
+        down_at = wait_for(lambda: states(stack)[f"sip:127.0.0.1:{port}"] == "down"
+                           and time.time(), 15, "the dead gateway marked down")  # fmt: skip
+        load.wait(180)  # the calls up on the dead gateway when it died fail at their BYE
+    finally:
+        silent.close()
+    return setup_times_s(rtt), silent, killed, down_at
+
+
 def test_dead_gateway_is_skipped_then_gets_calls_again(
     stack: Stack, gateways: Gateways, log_dir: Path
 ) -> None:
     dead_port, dead_uri = GW_PORTS[0], URIS[0]
-    load, rtt = load_with_rtt(log_dir, rate=10, calls=200)
-    time.sleep(3)
-    gateways.kill(dead_port)
-    killed = time.time()
-    silent = Silent(dead_port)
-    try:
-        down_at = wait_for(lambda: states(stack)[dead_uri] == "down" and time.time(), 15,
-                           "the dead gateway marked down")  # fmt: skip
-        load.wait(180)  # the calls up on the dead gateway when it died fail at their BYE
-    finally:
-        silent.close()
-    setup = setup_times_s(rtt)
+    setup, silent, killed, down_at = kill_under_load(stack, gateways, log_dir, dead_port, 200, 3)
     assert len(setup) == 200, "every call must be answered (by another gateway if need be)"
     invites = silent.invites()
     last = max((times[0] for times in invites.values()), default=killed)
@@ -262,16 +271,7 @@ def test_a_lower_priority_takes_the_calls_only_while_the_higher_one_is_down(
     try:
         wait_for(lambda: set(states(stack).values()) == {"up"}, 10, "every gateway up")
         assert calls_through(gateways, log_dir, calls=20, rate=20) == [20, 0, 0]
-        load, rtt = load_with_rtt(log_dir, rate=10, calls=60)
-        time.sleep(2)
-        gateways.kill(high)
-        killed = time.time()
-        silent = Silent(high)
-        try:
-            load.wait(120)
-        finally:
-            silent.close()
-        setup = setup_times_s(rtt)
+        setup, silent, killed, _ = kill_under_load(stack, gateways, log_dir, high, 60, 2)
         assert len(setup) == 60, "every call answered, by priority 1 when priority 10 is dead"
         moved = [t for t in setup if t > 0.5]
         last = max((times[0] for times in silent.invites().values()), default=killed)
