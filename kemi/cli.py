@@ -161,7 +161,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
             continue
         routes = sum(map(len, policy.routes.values()))
         print(f"{path}: ok (version {policy.version}, {len(policy.vips)} VIPs, "
-              f"{len(policy.tenants)} tenants, {routes} routes)")  # fmt: skip
+              f"{len(policy.tenants)} tenants, {routes} routes, "
+              f"{len(policy.gateway_sets)} gateway sets)")  # fmt: skip
     return 1 if failed else 0
 
 

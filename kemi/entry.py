@@ -16,10 +16,12 @@ from kemi.core.floods import BAN_TABLE
 from kemi.core.nat import listen_ports
 from kemi.ops.httptoken import read_token
 from kemi.ops.ng import NgClient, NgError
+from kemi.ops.nodecfg import DISPATCHER_LIST_NAME
 from kemi.ops.rpc import KamailioRpc
 from kemi.policyfile import load_policy
 from kemi.shell import log as kamailio_log
 from kemi.shell import metrics
+from kemi.shell.gateways import GatewayList
 from kemi.shell.policy_holder import PolicyHolder
 from kemi.shell.routes import Router
 
@@ -37,6 +39,7 @@ def mod_init() -> Router:
     # Scrape-time reads of what KEMI does not export go through our own JSON-RPC FIFO,
     # served by Kamailio's jsonrpcs process (never the worker asking).
     rpc = KamailioRpc(run_dir / "kamailio-rpc.fifo", run_dir, timeout=1.0)
+    gateways = GatewayList(KSR, run_dir / DISPATCHER_LIST_NAME, lambda: rpc.call("dispatcher.list"))
     holder = PolicyHolder(
         KSR,
         policy_path,
@@ -46,6 +49,7 @@ def mod_init() -> Router:
         on_reload=lambda accepted: metrics.POLICY_RELOADS.labels(
             "accepted" if accepted else "refused"
         ).inc(),
+        publish=gateways.publish,
     )
     return Router(
         KSR,
@@ -59,6 +63,7 @@ def mod_init() -> Router:
         ports=listen_ports(
             int(os.environ.get(SIP_PORT_ENV, "5060")), int(os.environ.get(TLS_PORT_ENV, "5061"))
         ),
+        gateway_listing=lambda: rpc.call("dispatcher.list"),
     )
 
 

@@ -3,10 +3,13 @@
 Checks: addresses, CIDRs (no host bits) and SIP URIs parse; names are unique; routes,
 trunks and limits refer to tenants that exist; every VIP has an rtpengine socket; the same
 network or domain in two tenants (or two trunks) is ambiguous; two routes with the same
-tenant, domain and prefix are ambiguous; limits are not negative; Retry-After goes with 503.
+tenant, domain and prefix are ambiguous; limits are not negative; Retry-After goes with 503;
 an ng socket is on a loopback or private IP address (ng has no authentication);
 floods: at least 1 request per window, a window of 1-60 s, a ban of 1 s to a day, exempt
-networks are CIDRs, no empty scanner User-Agent. Every problem is reported, not only the first.
+networks are CIDRs, no empty scanner User-Agent; a route has destinations or a gateway set that
+exists (not both); gateway sets hold gateways with SIP URIs, weights 1-100 and priorities >= 0;
+rewrites have digit prefixes and a country code when they normalise to E.164; probing values
+are positive. Every problem is reported, not only the first.
 """
 
 from __future__ import annotations
@@ -17,10 +20,15 @@ from collections.abc import Iterable
 
 from kemi.core.floods import BAN_MAX_S, compile_guard, host_network
 from kemi.core.nat import CONFLICTING_FLAGS, Nat, with_nat_flags
+from kemi.core.numbers import Rewrite
 from kemi.core.policy import (
+    ALGORITHMS,
     CidrTable,
+    DsSet,
+    GatewaySet,
     Limit,
     Policy,
+    Probing,
     Route,
     RouteKey,
     SdpLimits,
@@ -28,12 +36,23 @@ from kemi.core.policy import (
     Trunk,
     Vip,
 )
-from kemi.core.spec import LimitSpec, MediaSpec, NatSpec, PolicySpec
+from kemi.core.spec import (
+    GatewaySetSpec,
+    LimitSpec,
+    MediaSpec,
+    NatSpec,
+    PolicySpec,
+    ProbingSpec,
+    RewriteSpec,
+)
 from kemi.core.structure import Path, Problem, dotted
 
 SIP_URI = re.compile(r"^sips?:([^@\s;:]+@)?[A-Za-z0-9.\-\[\]:]+(:\d{1,5})?(;[^\s]*)?$")
 NG_SOCKET = re.compile(r"^udp6?:[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 USER_PREFIX = re.compile(r"^[0-9A-Za-z+*#._\-]*$")
+DIGITS = re.compile(r"^[0-9]*$")
+COUNTRY_CODE = re.compile(r"^[1-9][0-9]{0,2}$")
+REPLY_CODE = re.compile(r"^[1-6]([0-9]{2}|xx)$")
 DEFAULT_VIP_MEDIA = MediaSpec(ice="remove", replace=["origin", "session-connection"])
 
 
@@ -97,6 +116,50 @@ class _Checker:
             if spec.code != 503:
                 self.add((*path, "retry_after"), "Retry-After goes with code 503 only")
 
+    def rewrite(self, path: Path, spec: RewriteSpec | None) -> None:
+        if spec is None:
+            return
+        if spec.e164 and (spec.country_code is None or not COUNTRY_CODE.match(spec.country_code)):
+            self.add((*path, "country_code"), "e164 needs a country code of 1-3 digits, e.g. '49'")
+        for name in ("national_prefix", "international_prefix"):
+            if not DIGITS.match(getattr(spec, name)):
+                self.add((*path, name), f"digits only (got {getattr(spec, name)!r})")
+        if spec.strip < 0:
+            self.add((*path, "strip"), "must not be negative")
+        if not USER_PREFIX.match(spec.prefix):
+            self.add((*path, "prefix"), f"not a user prefix: {spec.prefix!r}")
+
+    def gateway_set(self, path: Path, gws: GatewaySetSpec) -> None:
+        if not gws.gateways:
+            self.add((*path, "gateways"), "a gateway set needs at least one gateway")
+        seen: set[str] = set()
+        for j, gw in enumerate(gws.gateways):
+            where = (*path, "gateways", j)
+            if not SIP_URI.match(gw.uri):
+                self.add((*where, "uri"), f"not a SIP URI: {gw.uri!r}")
+            if gw.uri in seen:
+                self.add((*where, "uri"), f"{gw.uri} twice in this set")
+            seen.add(gw.uri)
+            if not 1 <= gw.weight <= 100:
+                self.add((*where, "weight"), f"must be 1-100 (got {gw.weight})")
+            if gw.priority < 0:
+                self.add((*where, "priority"), f"must not be negative (got {gw.priority})")
+        if gws.retry_after < 0:
+            self.add((*path, "retry_after"), "must not be negative")
+        if gws.timeout_ms is not None and not 100 <= gws.timeout_ms <= 60000:
+            self.add((*path, "timeout_ms"), f"must be 100-60000 (got {gws.timeout_ms})")
+
+    def probing(self, spec: ProbingSpec) -> None:
+        for name in ("interval", "threshold", "recover"):
+            if getattr(spec, name) < 1:
+                self.add(("probing", name), f"must be at least 1 (got {getattr(spec, name)})")
+        for i, code in enumerate(spec.reply_codes):
+            if not REPLY_CODE.match(code):
+                self.add(("probing", "reply_codes", i), f"a code like '404' or a class like "
+                         f"'4xx' (got {code!r})")  # fmt: skip
+        if not SIP_URI.match(spec.from_uri):
+            self.add(("probing", "from_uri"), f"not a SIP URI: {spec.from_uri!r}")
+
 
 def check(spec: PolicySpec) -> list[Problem]:
     c = _Checker()
@@ -155,14 +218,27 @@ def check(spec: PolicySpec) -> list[Problem]:
         if trunk.tenant is not None and trunk.tenant not in tenant_names:
             c.add(("trunks", i, "tenant"), f"unknown tenant {trunk.tenant!r}")
         c.limit(("trunks", i, "limit"), trunk.limit)
+        c.rewrite(("trunks", i, "rewrite"), trunk.rewrite)
+    c.unique(("gateway_sets",), (g.name for g in spec.gateway_sets), "gateway set")
+    for i, gws in enumerate(spec.gateway_sets):
+        c.gateway_set(("gateway_sets", i), gws)
+    c.probing(spec.probing)
+    set_names = {g.name for g in spec.gateway_sets}
     route_keys: dict[tuple[str | None, str | None, str], str] = {}
     for i, route in enumerate(spec.routes):
         if route.tenant is not None and route.tenant not in tenant_names:
             c.add(("routes", i, "tenant"), f"unknown tenant {route.tenant!r}")
         if not USER_PREFIX.match(route.prefix):
             c.add(("routes", i, "prefix"), f"not a user prefix: {route.prefix!r}")
-        if not route.destinations:
-            c.add(("routes", i, "destinations"), "a route needs at least one destination")
+        if route.gateway_set is not None:
+            if route.destinations:
+                c.add(("routes", i, "gateway_set"), "give destinations or a gateway_set, not both")
+            if route.gateway_set not in set_names:
+                c.add(("routes", i, "gateway_set"), f"unknown gateway set {route.gateway_set!r}")
+        elif not route.destinations:
+            c.add(("routes", i, "destinations"),
+                  "a route needs at least one destination (or a gateway_set)")  # fmt: skip
+        c.rewrite(("routes", i, "rewrite"), route.rewrite)
         for j, dest in enumerate(route.destinations):
             if not SIP_URI.match(dest):
                 c.add(("routes", i, "destinations", j), f"not a SIP URI: {dest!r}")
@@ -244,12 +320,72 @@ def _limit(scope: str, key: str, spec: LimitSpec | None) -> Limit | None:
     return Limit(scope, key, spec.max, spec.code, spec.reason, spec.retry_after)
 
 
+def _rewrite(spec: RewriteSpec | None) -> Rewrite | None:
+    if spec is None:
+        return None
+    return Rewrite(
+        e164=spec.e164,
+        country_code=spec.country_code or "",
+        national_prefix=spec.national_prefix,
+        international_prefix=spec.international_prefix,
+        strip_plus=spec.plus == "strip",
+        strip=spec.strip,
+        prefix=spec.prefix,
+        pai=spec.pai,
+        diversion=spec.diversion,
+    )
+
+
+def percentages(weights: list[int]) -> list[int]:
+    """Weights as shares of 100 (dispatcher's algorithm 9 fills 100 slots), largest remainder."""
+    total = sum(weights)
+    exact = [w * 100 / total for w in weights]
+    shares = [int(x) for x in exact]
+    order = sorted(range(len(weights)), key=lambda i: exact[i] - shares[i], reverse=True)
+    for i in order[: 100 - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def gateway_sets(
+    specs: list[GatewaySetSpec],
+) -> tuple[dict[str, GatewaySet], tuple[DsSet, ...]]:
+    """One dispatcher set per (gateway set, priority), numbered 1.. in policy order, highest
+    priority first: dispatcher spreads calls by weight within a set, kemi-ha walks the sets."""
+    sets: dict[str, GatewaySet] = {}
+    ds_sets: list[DsSet] = []
+    for gws in specs:
+        algorithm = ALGORITHMS[gws.algorithm]
+        levels: list[int] = []
+        for priority in sorted({g.priority for g in gws.gateways}, reverse=True):
+            members = [g for g in gws.gateways if g.priority == priority]
+            weights = [g.weight for g in members]
+            if algorithm == 9:
+                weights = percentages(weights)
+            set_id = len(ds_sets) + 1
+            uris = tuple(zip((g.uri for g in members), weights, strict=True))
+            ds_sets.append(DsSet(set_id, gws.name, priority, uris))
+            levels.append(set_id)
+        first = ds_sets[levels[0] - 1].gateways[0][0]
+        sets[gws.name] = GatewaySet(
+            gws.name, tuple(levels), algorithm, gws.retry_after, first, gws.timeout_ms or 0
+        )
+    return sets, tuple(ds_sets)
+
+
+def _probing(spec: ProbingSpec) -> Probing:
+    codes = ";".join(f"class={c[0]}" if c.endswith("xx") else f"code={c}" for c in spec.reply_codes)
+    return Probing(spec.interval, spec.threshold, spec.recover, codes, spec.from_uri)
+
+
 def compile_policy(spec: PolicySpec) -> Policy:
     """Build the runtime tables; `spec` must have passed check()."""
     tenants = {t.name: Tenant(t.name, _limit("tenant", t.name, t.limit)) for t in spec.tenants}
     trunks = {
-        t.name: Trunk(t.name, t.tenant, _limit("trunk", t.name, t.limit)) for t in spec.trunks
+        t.name: Trunk(t.name, t.tenant, _limit("trunk", t.name, t.limit), _rewrite(t.rewrite))
+        for t in spec.trunks
     }
+    sets, ds_sets = gateway_sets(spec.gateway_sets)
     vips: list[Vip] = []
     flags: dict[tuple[str, str | None], str] = {}
     for i, v in enumerate(spec.vips, start=1):
@@ -263,7 +399,9 @@ def compile_policy(spec: PolicySpec) -> Policy:
     routes: dict[RouteKey, dict[str, Route]] = {}
     for r in spec.routes:
         key = (r.tenant, r.domain.lower() if r.domain else None)
-        routes.setdefault(key, {})[r.prefix] = Route(r.name, tuple(r.destinations))
+        gws = sets[r.gateway_set] if r.gateway_set is not None else None
+        route = Route(r.name, tuple(r.destinations), gws, _rewrite(r.rewrite))
+        routes.setdefault(key, {})[r.prefix] = route
     lengths = {
         k: tuple(sorted({len(p) for p in table}, reverse=True)) for k, table in routes.items()
     }
@@ -302,6 +440,9 @@ def compile_policy(spec: PolicySpec) -> Policy:
         floods=floods,
         nat={None: _nat(spec.nat)} | {t.name: _nat(t.nat or spec.nat) for t in spec.tenants},
         nat_media_flags=nat_flags,
+        gateway_sets=sets,
+        dispatcher_sets=ds_sets,
+        probing=_probing(spec.probing),
     )
 
 

@@ -3,11 +3,14 @@
 An initial INVITE is decided in this order (decide_invite):
 1. the VIP it arrived on must be a policy VIP (its rtpengine set serves the media) -> else 500;
 2. the source must be a trusted peer or a trunk -> else 403;
-3. trunk by source network, tenant by trunk, source network or request domain;
+3. trunk by source network, tenant by trunk, source network or request domain; the trunk's
+   number rewrite (kemi.core.numbers) applies to the R-URI user before the route lookup;
 4. route: most specific (tenant+domain, tenant, domain, any), then longest R-URI user prefix
-   -> none matches: 404;
+   -> none matches: 404; the route's rewrite applies after it;
 5. limits that apply (global, tenant, trunk), media flags for (VIP, tenant), with and without
    NAT, and the tenant's NAT handling (kemi.core.nat).
+A route with a gateway set is then dispatched by the shell (kemi.core.dispatch: no gateway
+up -> 503 with Retry-After).
 After a failed branch, RFC 3261 16.7: 408 and 5xx try the next destination; 6xx and other
 4xx are final.
 """
@@ -18,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kemi.core.nat import NAT_OFF, Nat
+from kemi.core.numbers import Rewrite, rewrite_user
 from kemi.core.policy import Limit, Policy, Route, RouteKey, Tenant, Trunk, Vip
 
 
@@ -52,6 +56,9 @@ class Admit:
 
     def flags_for(self, behind_nat: bool) -> str:
         return self.nat_media_flags if behind_nat else self.media_flags
+
+    ruri_user: str = ""  # the R-URI user to relay (after the trunk's and route's rewrites)
+    identity: tuple[Rewrite, ...] = ()  # rewrites that touch P-Asserted-Identity / Diversion
 
 
 def vip_for(policy: Policy, local_address: str) -> Vip | None:
@@ -101,13 +108,23 @@ def decide_invite(policy: Policy, facts: InviteFacts) -> Admit | Reject:
     if trunk is None and policy.trusted.lookup(facts.source) is None:
         return Reject(403, "Forbidden", why="untrusted_source")
     tenant_name = tenant.name if tenant else None
-    route = route_for(policy, tenant_name, facts.ruri_user, facts.ruri_domain)
+    user = facts.ruri_user
+    inbound = trunk.rewrite if trunk is not None else None
+    if inbound is not None:
+        user = rewrite_user(user, inbound)
+    route = route_for(policy, tenant_name, user, facts.ruri_domain)
     if route is None:
         return Reject(404, "No Route", why="no_route")
+    if route.rewrite is not None:
+        user = rewrite_user(user, route.rewrite)
+    identity = ()
+    if inbound is not None or route.rewrite is not None:
+        identity = tuple(r for r in (inbound, route.rewrite) if r is not None and r.touches_headers)
     key = (vip.address, tenant_name)
     return Admit(
         vip, tenant, trunk, route, policy.media_flags[key], limits_for(policy, tenant, trunk),
-        policy.nat[tenant_name], policy.nat_media_flags[key],
+        nat=policy.nat[tenant_name], nat_media_flags=policy.nat_media_flags[key],
+        ruri_user=user, identity=identity,
     )  # fmt: skip
 
 

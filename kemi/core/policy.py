@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from kemi.core.nat import NAT_OFF, Nat
+from kemi.core.numbers import Rewrite
 
 V = TypeVar("V")
 
@@ -58,14 +59,58 @@ class Trunk:
     name: str
     tenant: str | None
     limit: Limit | None
+    rewrite: Rewrite | None = None  # applied before the route lookup
+
+
+@dataclass(frozen=True, slots=True)
+class DsSet:
+    """One dispatcher set: the gateways of one priority of a gateway set (dispatcher.list)."""
+
+    set_id: int
+    gateway_set: str
+    priority: int
+    gateways: tuple[tuple[str, int], ...]  # (SIP URI, weight as the algorithm reads it)
+
+
+ALGORITHMS = {"weight": 9, "relative-weight": 11}  # dispatcher algorithm numbers
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySet:
+    """A policy gateway set: its dispatcher sets, highest priority first."""
+
+    name: str
+    levels: tuple[int, ...]  # dispatcher set ids
+    algorithm: int  # 9 or 11
+    retry_after: int
+    first_uri: str  # the first gateway of the highest priority (orphan forwards)
+    timeout_ms: int = 0  # tm fr_timer of the branches to this set; 0: the global one
+
+
+@dataclass(frozen=True, slots=True)
+class Probing:
+    """dispatcher's OPTIONS probing, rendered as modparams into kemi-ha-node.cfg."""
+
+    interval: int = 10
+    threshold: int = 3
+    recover: int = 1
+    reply_codes: str = "code=404;code=405;code=488;code=501"  # ds_ping_reply_codes
+    from_uri: str = "sip:kemi-ha@localhost"
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where initial INVITEs go: destinations in failover order."""
+    """Where initial INVITEs go: destinations in failover order, or a gateway set."""
 
     name: str
     destinations: tuple[str, ...]
+    gateway_set: GatewaySet | None = None
+    rewrite: Rewrite | None = None  # applied after the lookup
+
+    @property
+    def first_hop(self) -> str:
+        """Where a stateless forward of this route goes (no dispatcher state for it)."""
+        return self.gateway_set.first_uri if self.gateway_set else self.destinations[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,3 +190,6 @@ class Policy:
     nat: Mapping[str | None, Nat] = field(default_factory=lambda: {None: NAT_OFF})  # by tenant
     # (VIP address, tenant) -> flags for a sender behind NAT (kemi.core.nat rule 4)
     nat_media_flags: Mapping[tuple[str, str | None], str] = field(default_factory=dict)
+    gateway_sets: Mapping[str, GatewaySet] = field(default_factory=dict)
+    dispatcher_sets: tuple[DsSet, ...] = ()
+    probing: Probing = Probing()

@@ -152,6 +152,29 @@ class TenantSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RewriteSpec:
+    """Number rewriting of a trunk's or a route's calls, on the R-URI user in this order:
+    `strip`, E.164 normalisation, `plus`, `prefix`; P-Asserted-Identity and Diversion as told."""
+
+    e164: bool = doc(
+        "normalise to +E.164: international_prefix -> '+', national_prefix -> '+'country_code",
+        False,
+    )
+    country_code: str | None = doc("country calling code for national numbers, e.g. '49'")
+    national_prefix: str = doc("trunk prefix of national numbers", "0")
+    international_prefix: str = doc("prefix of international numbers", "00")
+    plus: Literal["keep", "strip"] = doc("after normalisation: keep or drop a leading '+'", "keep")
+    strip: int = doc("characters removed from the start of the R-URI user (first)", 0)
+    prefix: str = doc("prepended to the R-URI user (last)", "")
+    pai: Literal["keep", "remove", "normalise"] = doc(
+        "P-Asserted-Identity: keep it, remove it, or normalise its number (e164 and plus)", "keep"
+    )
+    diversion: Literal["keep", "remove", "normalise"] = doc(
+        "Diversion: keep it, remove it, or normalise its number (e164 and plus)", "keep"
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class TrunkSpec:
     """A SIP peer carrying calls, recognised by its source networks."""
 
@@ -159,17 +182,68 @@ class TrunkSpec:
     sources: list[str] = required("source networks (CIDR) of this trunk")
     tenant: str | None = doc("the tenant whose calls this trunk carries")
     limit: LimitSpec | None = doc("this trunk's channel limit")
+    rewrite: RewriteSpec | None = doc(
+        "numbers of calls from this trunk, rewritten before the route is chosen"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySpec:
+    """One gateway of a set, probed with OPTIONS by Kamailio's dispatcher on every node."""
+
+    uri: str = required("SIP URI of the gateway, e.g. sip:10.0.0.1:5060")
+    priority: int = doc(
+        "higher first: a lower priority gets calls only when every gateway above is down or failed",
+        0,
+    )
+    weight: int = doc("share of calls among the gateways of its priority (1-100)", 1)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySetSpec:
+    """Gateways a route spreads its calls over: by priority, then weight; dead ones skipped."""
+
+    name: str = required("gateway set name, used by routes, status and metrics")
+    gateways: list[GatewaySpec] = required("the gateways of this set")
+    algorithm: Literal["relative-weight", "weight"] = doc(
+        "dispatcher algorithm within a priority: relative-weight (11: shares among the gateways "
+        "up) or weight (9: a dead gateway's share goes to the next one)",
+        "relative-weight",
+    )
+    retry_after: int = doc("seconds in the Retry-After of the 503 when no gateway is up", 30)
+    timeout_ms: int | None = doc(
+        "no reply at all from a gateway within this: next gateway, and it is marked down "
+        "(tm fr_timer of this set's branches; null: kamailio.cfg's 4000)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProbingSpec:
+    """How each node probes the gateways (dispatcher modparams: a change needs a restart)."""
+
+    interval: int = doc("seconds between OPTIONS probes (ds_ping_interval)", 10)
+    threshold: int = doc("failed probes before a gateway is down (ds_probing_threshold)", 3)
+    recover: int = doc("answered probes before it is up again (ds_inactive_threshold)", 1)
+    reply_codes: list[str] = doc(
+        "replies that count as alive besides 2xx: a code ('404') or a class ('4xx')",
+        factory=lambda: ["404", "405", "488", "501"],
+    )
+    from_uri: str = doc("From of the probes (ds_ping_from)", "sip:kemi-ha@localhost")
 
 
 @dataclass(frozen=True, slots=True)
 class RouteSpec:
-    """Where matching initial INVITEs go, in failover order."""
+    """Where matching initial INVITEs go: fixed destinations in order, or a gateway set."""
 
     name: str = required("route name (logs, metrics)")
-    destinations: list[str] = required("SIP URIs tried in order; next one on 408 or 5xx")
+    destinations: list[str] = doc(
+        "SIP URIs tried in order; next one on 408 or 5xx (or give gateway_set)", factory=list
+    )
+    gateway_set: str | None = doc("the gateway set this route's calls go to (or destinations)")
     prefix: str = doc("R-URI user prefix; the longest matching prefix wins", "")
     domain: str | None = doc("R-URI domain this route applies to")
     tenant: str | None = doc("tenant this route applies to")
+    rewrite: RewriteSpec | None = doc("numbers of this route's calls, rewritten after the lookup")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,3 +267,7 @@ class PolicySpec:
     )
     nat: NatSpec = doc("NAT traversal for calls of no tenant, and of tenants without `nat`",
                        factory=NatSpec)  # fmt: skip
+    gateway_sets: list[GatewaySetSpec] = doc(
+        "health-probed gateways routes point to (Kamailio dispatcher)", factory=list
+    )
+    probing: ProbingSpec = doc("OPTIONS probing of the gateways, per node", factory=ProbingSpec)

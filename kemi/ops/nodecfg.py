@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kemi.core.dispatch import dispatcher_list
 from kemi.core.policy import Policy
 
 NODE_CFG_NAME = "kemi-ha-node.cfg"
+DISPATCHER_LIST_NAME = "dispatcher.list"  # in the run dir; rewritten by a policy reload
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,28 @@ def listen_lines(policy: Policy, node: NodeValues) -> list[str]:
     ]
 
 
+def dispatcher_lines(policy: Policy, node: NodeValues) -> list[str]:
+    """The gateway list file and the policy's probing as dispatcher modparams."""
+    p = policy.probing
+    lines = [
+        "# Gateways (dispatcher): the list is rendered from the policy's gateway_sets into the",
+        "# run dir (a policy reload rewrites it); every node probes them on its own.",
+        f'#!define DISPATCHER_LIST "{node.run_dir / DISPATCHER_LIST_NAME}"',
+        f'modparam("dispatcher", "ds_ping_interval", {p.interval})',
+        f'modparam("dispatcher", "ds_probing_threshold", {p.threshold})',
+        f'modparam("dispatcher", "ds_inactive_threshold", {p.recover})',
+        f'modparam("dispatcher", "ds_ping_from", "{p.from_uri}")',
+    ]
+    if p.reply_codes:
+        lines.append(f'modparam("dispatcher", "ds_ping_reply_codes", "{p.reply_codes}")')
+    return [*lines, ""]
+
+
+def render_dispatcher_list(policy: Policy) -> str:
+    """What the node's dispatcher.list holds at start (kemi-ha run and kemi-ha render)."""
+    return dispatcher_list(policy.dispatcher_sets)
+
+
 def render_node_cfg(policy: Policy, node: NodeValues) -> str:
     run = node.run_dir
     lines = [
@@ -104,6 +128,7 @@ def render_node_cfg(policy: Policy, node: NodeValues) -> str:
         f"listen=tcp:{node.http_address}:{node.http_port}",
         "",
         *dmq_lines(node),
+        *dispatcher_lines(policy, node),
         "# One rtpengine set per VIP: media of a call goes to the set of the VIP it came in on.",
         *rtpengine_sock_lines(policy),
         "",

@@ -14,6 +14,7 @@ OUTDIR/
                               it holds the password, install it root:redis)
   <node>/redis.pass           the Redis password (mode 600) for rtpengine's agent and kemi-ha
   <node>/kemi-ha-node.cfg     Kamailio's node include (kamailio.cfg itself is never edited)
+  <node>/dispatcher.list      the gateways (dispatcher sets) `kemi-ha run` writes at start
   <node>/rtpengine-<vip>.env  this node's rtpengine options per VIP (own DB, subscribed DBs), with
                               no password: the Redis URLs with it are in rtpengine-<vip>.conf
   <node>/rtpengine-<vip>.conf rtpengine's config file: the Redis URLs, PW@HOST:PORT/DB (mode 600)
@@ -43,7 +44,7 @@ from kemi.core.pacemaker import to_cib, to_cib_configuration, to_crm
 from kemi.core.rtpengine_dbs import cli_port, redis_databases, rtpengine_db, subscribed_dbs
 from kemi.core.spec import PolicySpec, VipSpec
 from kemi.core.structure import Problem
-from kemi.ops.nodecfg import render_node_cfg
+from kemi.ops.nodecfg import DISPATCHER_LIST_NAME, render_dispatcher_list, render_node_cfg
 from kemi.ops.stack import StackConfig
 from kemi.policyfile import parse_spec
 
@@ -437,6 +438,7 @@ def render(cluster_file: Path, outdir: Path) -> list[Path]:
         # What `kemi-ha run --node-config` writes at start, shown here for review: same code.
         values = StackConfig.from_node(config, Path(spec.kemi_ha_root)).node_values(policy)
         write(d / "kemi-ha-node.cfg", render_node_cfg(policy, values))
+        write(d / DISPATCHER_LIST_NAME, render_dispatcher_list(policy))
         for i, vip in enumerate(spec.vips, start=1):
             write(d / f"rtpengine-{vip.address}.env", rtpengine_env(spec, i, node))
             write(d / f"rtpengine-{vip.address}.conf", rtpengine_conf(spec, i, node, password),

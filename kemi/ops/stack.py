@@ -29,7 +29,13 @@ from kemi.ops.embedded_python import embedded_env, kamailio_failure, venv_site_p
 from kemi.ops.httptoken import ensure_token
 from kemi.ops.netns import in_netns, netns_exec
 from kemi.ops.ng import NgClient
-from kemi.ops.nodecfg import NODE_CFG_NAME, NodeValues, render_node_cfg
+from kemi.ops.nodecfg import (
+    DISPATCHER_LIST_NAME,
+    NODE_CFG_NAME,
+    NodeValues,
+    render_dispatcher_list,
+    render_node_cfg,
+)
 from kemi.ops.procs import Daemon, NotReady, StartError, wait_until
 from kemi.ops.rpc import KamailioRpc
 from kemi.ops.tlscert import ensure_self_signed, self_signed_paths
@@ -308,6 +314,7 @@ class Stack:
         ensure_token(self.run_dir)  # management HTTP: state changes need it (mode 600)
         self.check_tls_pair()
         (self.run_dir / NODE_CFG_NAME).write_text(render_node_cfg(self.policy, node))
+        (self.run_dir / DISPATCHER_LIST_NAME).write_text(render_dispatcher_list(self.policy))
         # Prometheus multiprocess files: emptied at every start (stale PIDs would add up).
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         self.metrics_dir.mkdir(parents=True)

@@ -1,7 +1,8 @@
 """`kemi-ha status`: one screen about a running node, read over Kamailio's JSON-RPC (jsonrpcs).
 
 Channel counts come from the dialog profiles (dlg.profile_get_size), rtpengine sets from the
-rtpengine module (rtpengine.show) plus an ng `list` for their session counts, the policy
+rtpengine module (rtpengine.show) plus an ng `list` for their session counts, gateways from
+this node's dispatcher (dispatcher.list: state, probing, average OPTIONS latency), the policy
 generation and version from shared variables (pv.shvGet), bans from the replicated htable
 kha_ban (htable.dump), the cluster's quorum, links and
 fencing from Corosync's and Pacemaker's tools (kemi.ops.cluster_status). Nothing is read from
@@ -10,10 +11,13 @@ logs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
+from kemi.core.dispatch import gateway_states, sets_up
+from kemi.core.policy import Policy
 from kemi.core.structure import SpecError
 from kemi.ops.bans import as_json, list_bans
 from kemi.ops.cluster_status import collect_cluster, render_cluster
@@ -27,6 +31,7 @@ def collect(info: dict[str, Any]) -> dict[str, Any]:
     gen = int(rpc.call("pv.shvGet", "kha_policy_gen")["value"])
     version = str(rpc.call("pv.shvGet", "kha_policy_version")["value"] or "")
     version = version or str(info.get("policy_version_at_start", "?"))
+    policy: Policy | None = None
     try:
         policy = load_policy(info["policy"])
         tenants = {n: t.limit.max if t.limit else None for n, t in policy.tenants.items()}
@@ -58,6 +63,11 @@ def collect(info: dict[str, Any]) -> dict[str, Any]:
     except RpcError:
         dmq = None  # DMQ not loaded on this node
     dialogs = rpc.call("dlg.stats_active")
+    gateways, no_gateway_up = [], []
+    if policy is not None and policy.gateway_sets:
+        states = gateway_states(policy, rpc.call("dispatcher.list"))
+        gateways = [dataclasses.asdict(g) | {"up": g.up} for g in states]
+        no_gateway_up = [name for name, n in sets_up(policy, states).items() if n == 0]
     return {
         "node_id": info["node_id"],
         "vips": info["vips"],
@@ -69,6 +79,8 @@ def collect(info: dict[str, Any]) -> dict[str, Any]:
         "rtpengine_sets": sets,
         "dmq_peers": dmq,
         "bans": as_json(list_bans(rpc)),
+        "gateways": gateways,
+        "gateway_sets_down": no_gateway_up,
         "metrics_url": info["metrics_url"],
         "cluster": collect_cluster(),
     }
@@ -91,6 +103,7 @@ def render_status(status: dict[str, Any]) -> str:
         state = "down" if not rs["up"] else ("disabled" if rs["disabled"] else "up")
         calls = "-" if rs["sessions"] is None else str(rs["sessions"])
         lines.append(f"  {str(rs['set']) + ' ' + rs['url']:<26}{state:>8}{calls:>8}")
+    lines += render_gateways(status.get("gateways", []), status.get("gateway_sets_down", []))
     peers = status["dmq_peers"]
     lines += ["", "DMQ peers: " + ("not configured" if peers is None else json.dumps(peers))]
     bans = status.get("bans", [])
@@ -102,3 +115,17 @@ def render_status(status: dict[str, Any]) -> str:
     if "cluster" in status:
         lines += ["", *render_cluster(status["cluster"])]
     return "\n".join(lines)
+
+
+def render_gateways(gateways: list[dict[str, Any]], sets_down: list[str]) -> list[str]:
+    """Gateways as this node's dispatcher sees them (each node probes on its own)."""
+    if not gateways:
+        return []
+    lines = ["", f"{'gateway (set, priority)':<44}{'state':>10}{'latency':>10}"]
+    for gw in gateways:
+        state = gw["state"] + (" P" if gw["probing"] else "")
+        latency = "-" if gw["latency_ms"] is None else f"{gw['latency_ms']:.1f}ms"
+        name = f"{gw['uri']} ({gw['gateway_set']}, {gw['priority']})"
+        lines.append(f"  {name:<42}{state:>10}{latency:>10}")
+    lines.append("gateway sets with no gateway up: " + (", ".join(sets_down) or "none"))
+    return lines

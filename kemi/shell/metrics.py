@@ -58,6 +58,16 @@ FLOOD_DROPS = Counter(
     "Requests dropped unanswered: source banned, scanner User-Agent, or over its rate",
     ["reason"],
 )
+NO_GATEWAY = Counter(
+    "kemi_ha_no_gateway_total",
+    "Initial INVITEs answered 503 because no gateway of their set was up",
+    ["gateway_set"],
+)
+GATEWAY_MARKED_DOWN = Counter(
+    "kemi_ha_gateway_marked_down_total",
+    "Gateways marked down by a call that got no answer (408), per set",
+    ["gateway_set"],
+)
 POLICY_RELOADS = Counter(
     "kemi_ha_policy_reloads_total", "Policy reloads asked, by result", ["result"]
 )

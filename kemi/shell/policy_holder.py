@@ -2,10 +2,12 @@
 
 A reload is asked once (HTTP POST /policy/reload, answered by one worker): that worker reads
 and validates the file. Refused: the reasons are logged and counted once, the last good
-policy stays. Accepted: the compiled policy is written as a snapshot (atomic rename) and the
-shared generation `$shv(kha_policy_gen)` is bumped. Every process compares that generation
-before each message and, when it moved, swaps in the snapshot: one reference assignment, so
-a message sees the old or the new policy, never a mix.
+policy stays. Accepted: what lives outside Python is brought in step first (`publish`: the
+dispatcher's gateway list; refused there, the reload is refused), then the compiled policy is
+written as a snapshot (atomic rename) and the shared generation `$shv(kha_policy_gen)` is
+bumped. Every process compares that generation before each message and, when it moved,
+swaps in the snapshot: one reference assignment, so a message sees the old or the new
+policy, never a mix.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class PolicyHolder:
         initial: Policy,
         load: Callable[[Path], Policy],
         on_reload: Callable[[bool], None] = lambda accepted: None,
+        publish: Callable[[Policy, Policy], str | None] = lambda old, new: None,
     ) -> None:
         self.ksr = ksr
         self.policy_path = policy_path
@@ -43,6 +46,7 @@ class PolicyHolder:
         self.load = load  # file -> validated Policy; raises SpecError (kemi.policyfile)
         self.generation = 0
         self.on_reload = on_reload
+        self.publish = publish  # (old, new) -> None, or why the new one cannot be used
 
     def current(self) -> Policy:
         """The policy for this message; picks up a newer generation first (hot path: one read)."""
@@ -77,6 +81,11 @@ class PolicyHolder:
                       self.policy.version, "; ".join(exc.messages))  # fmt: skip
             self.on_reload(False)
             return False, exc.messages
+        problem = self.publish(self.policy, policy)
+        if problem is not None:
+            log.error("policy reload refused, %s stays in force: %s", self.policy.version, problem)
+            self.on_reload(False)
+            return False, [problem]
         current = self.ksr.pvx.shv_get(GEN_SHV)
         gen = (current if isinstance(current, int) else 0) + 1
         tmp = self.snapshot_dir / f".policy-{gen}.{os.getpid()}.tmp"

@@ -6,7 +6,8 @@ Route order follows Kamailio's etc/kamailio.cfg so it reads at a glance:
                    -> REQINIT -> NATDETECT (force_rport) -> CANCEL
                    -> WITHINDLG (known dialogs only, else 481; NATMANAGE, DLGURI)
                    -> (ACK absorbed) -> OPTIONS to us
-                   -> INVITE (SDP bounds, NATMANAGE, dialog, record-route, rtpengine offer)
+                   -> INVITE (limits, DISPATCH to a gateway set, REWRITE numbers, SDP
+                      bounds, NATMANAGE, rtpengine offer, dialog, record-route)
                    -> RELAY (from the VIP it came in on, with the next hop's transport)
     reply_route: replies without a transaction pass only for a known dialog (else dropped);
                  those (a dead node's transactions, after a takeover) go to TAKEOVER_REPLY:
@@ -15,7 +16,8 @@ Route order follows Kamailio's etc/kamailio.cfg so it reads at a glance:
     onreply (MANAGE_REPLY): NATMANAGE of the replying party, SDP of 1xx/2xx -> rtpengine
                             answer, or offer when the request had none (late offer: the
                             answer then comes in the ACK)
-    branch (MANAGE_BRANCH), failure (MANAGE_FAILURE): failover or rtpengine delete
+    branch (MANAGE_BRANCH), failure (MANAGE_FAILURE): failover (next destination, or next
+                      gateway of the set, then of the next priority) or rtpengine delete
 
 Every PV is read through kemi.shell.pv (any bytes; not UTF-8 -> Garbled, refused 400 where the
 grammar allows no such bytes); every SDP goes through kemi.core.sdp before rtpengine (488).
@@ -38,13 +40,14 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from kemi.core import decide, floods, nat, takeover
+from kemi.core import decide, dispatch, floods, nat, takeover
 from kemi.core.decide import Admit, InviteFacts, Reject
 from kemi.core.nat import Nat
-from kemi.core.policy import Limit, Policy, Vip
+from kemi.core.numbers import header_action, rewrite_header
+from kemi.core.policy import GatewaySet, Limit, Policy, Vip
 from kemi.core.sdp import sdp_refusal
 from kemi.shell import metrics
 from kemi.shell.policy_holder import PolicyHolder
@@ -64,6 +67,9 @@ AVP_MEDIA_FLAGS = "$avp(kha_mflags)"  # for MANAGE_REPLY of this transaction
 AVP_VIP = "$avp(kha_vip)"  # set on initial INVITEs only: their final result is counted
 AVP_COUNTED = "$avp(kha_counted)"
 AVP_LATE = "$avp(kha_late)"  # the INVITE of this transaction had no SDP: the reply offers
+AVP_GATEWAYS = "$avp(kha_gws)"  # the gateway set of this INVITE (dispatcher failover)
+AVP_LEVEL = "$avp(kha_level)"  # index of the priority (dispatcher set) being tried
+IDENTITY_HEADERS = (("pai", "P-Asserted-Identity"), ("diversion", "Diversion"))
 PV_PROFILE_SIZE = "$var(kha_n)"
 PROFILE_GLOBAL, PROFILE_TENANT, PROFILE_TRUNK = "kha_global", "kha_tenant", "kha_trunk"
 INDIALOG_METHODS = frozenset({"ACK", "BYE", "INVITE", "UPDATE", "INFO", "PRACK", "NOTIFY", "REFER"})
@@ -122,6 +128,7 @@ class Router:
         http_token: str = "",
         ban_dump: Callable[[], list[dict[str, Any]]] = list,
         ports: dict[str, int] | None = None,
+        gateway_listing: Callable[[], Mapping[str, Any]] = dict,
     ) -> None:
         self.ksr = ksr
         # SIP port per transport on every VIP: RELAY picks the socket of the next hop's one.
@@ -134,6 +141,7 @@ class Router:
         self.dmq_nodes = dmq_nodes  # what DMQ knows of its peers (RPC dmq.list_nodes)
         self.rtpengine_alive = rtpengine_alive  # ng ping of one socket, for the scrape only
         self.ban_dump = ban_dump  # kha_ban as RPC htable.dump answers it, for the scrape only
+        self.gateway_listing = gateway_listing  # RPC dispatcher.list, for the scrape only
         self.policies = policies
         self._policy = policies.current
 
@@ -375,6 +383,19 @@ class Router:
                                             self.limit_key(decision, refused)).inc()  # fmt: skip
             self.send_reject(refused, facts.local_address)
             return
+        gateways = decision.route.gateway_set
+        level = 0
+        if gateways is not None:
+            found = self.route_dispatch(gateways)
+            if found is None:
+                metrics.NO_GATEWAY.labels(gateways.name).inc()
+                self.send_reject(Reject(503, "No Gateway Available", gateways.retry_after,
+                                        why="no_gateway"), vip.address)  # fmt: skip
+                return
+            level = found
+            if gateways.timeout_ms:
+                ksr.tm.t_set_fr(0, gateways.timeout_ms)  # this transaction's branches only
+        self.route_rewrite(decision, facts.ruri_user)
         nated = self.route_natmanage(decision.nat, nat.REQUEST_TESTS)
         flags = decision.flags_for(nated)
         late = not ok(ksr.textops.has_body_type(SDP))
@@ -411,13 +432,49 @@ class Router:
             ksr.pv.sets(DLG_PROFILES, profiles)
         ksr.pv.sets(AVP_MEDIA_FLAGS, decision.media_flags)
         ksr.pv.sets(AVP_VIP, vip.address)
-        ksr.pv.sets(AVP_DESTINATIONS, " ".join(decision.route.destinations))
-        ksr.pv.seti(AVP_TRIED, 0)
-        ksr.setdsturi(decision.route.destinations[0])
+        if gateways is not None:  # dispatcher set $du and keeps the set's other gateways
+            ksr.pv.sets(AVP_GATEWAYS, gateways.name)
+            ksr.pv.seti(AVP_LEVEL, level)
+        else:
+            ksr.pv.sets(AVP_DESTINATIONS, " ".join(decision.route.destinations))
+            ksr.pv.seti(AVP_TRIED, 0)
+            ksr.setdsturi(decision.route.destinations[0])
         self.arm_transaction()
         if not self.route_relay():
             metrics.INVITES.labels(vip.address, "5xx").inc()
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
+
+    def route_dispatch(self, gateways: GatewaySet, after: int = -1) -> int | None:
+        """DISPATCH: the first priority (after index `after`) with a gateway up; dispatcher
+        picks one by weight and sets $du. None: no gateway up in any priority."""
+        select = self.ksr.dispatcher.ds_select_dst
+        for index in range(after + 1, len(gateways.levels)):
+            if ok(select(gateways.levels[index], gateways.algorithm)):
+                return index
+        return None
+
+    def route_rewrite(self, decision: Admit, ruri_user: str) -> None:
+        """REWRITE: the R-URI user the trunk's and route's rewrites decided; identity headers
+        removed or normalised (the first header of each name, every entry of its list)."""
+        ksr = self.ksr
+        if decision.ruri_user != ruri_user:
+            ksr.pv.sets("$rU", decision.ruri_user)
+        if not decision.identity:
+            return
+        for key, name in IDENTITY_HEADERS:
+            action = header_action(decision.identity, key)  # type: ignore[arg-type]
+            if action == "keep":
+                continue
+            value = self.pv.text(f"$hdr({name})")
+            if not value or isinstance(value, Garbled):
+                continue  # nothing to change, or bytes we must not rewrite
+            if action == "remove":
+                ksr.hdr.remove(name)
+                continue
+            new = rewrite_header(value, decision.identity, key)  # type: ignore[arg-type]
+            if new != value:
+                ksr.textops.remove_hf_idx(name, 0)
+                ksr.hdr.insert(f"{name}: {new}\r\n")
 
     def channel_counts(self, limits: tuple[Limit, ...]) -> dict[Limit, int]:
         """Active calls per limit, from the dialog profiles (replicated between nodes)."""
@@ -573,10 +630,10 @@ class Router:
         if isinstance(decision, Reject):
             log.info("orphan %s not forwarded: %s", pv.text("$rm"), decision.why)
             return
-        ksr.setdsturi(decision.route.destinations[0])
-        self.send_from_vip(decision.route.destinations[0])
+        ksr.setdsturi(decision.route.first_hop)
+        self.send_from_vip(decision.route.first_hop)
         log.info("orphan %s forwarded statelessly to %s", pv.text("$rm"),
-                 decision.route.destinations[0])  # fmt: skip
+                 decision.route.first_hop)  # fmt: skip
         if not ok(ksr.forward()):
             log.error("stateless forward of an orphan %s failed", pv.text("$rm"))
 
@@ -624,27 +681,59 @@ class Router:
     def ksr_failure_manage(self, msg: Any) -> int:
         """MANAGE_FAILURE: next destination on 408/5xx, otherwise release the media session."""
         ksr = self.ksr
-        vip = self.use_rtp_set(self._policy())
+        policy = self._policy()
+        vip = self.use_rtp_set(policy)
         if ok(ksr.tm.t_is_canceled()):
             self.count_final(487)
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
             return 1
-        status = ksr.tm.t_get_status_code()
-        destinations = tuple(self.pv.text(AVP_DESTINATIONS).split())
-        tried = self.pv.number(AVP_TRIED)
-        target = decide.next_destination(destinations, tried, int(status))
-        if target is None:
-            self.count_final(int(status))
+        status = int(ksr.tm.t_get_status_code())
+        gateways = self.pv.text(AVP_GATEWAYS)
+        if gateways:
+            moved = self.failover_gateway(policy, gateways, status)
+        else:
+            moved = self.failover_destination(status)
+        if not moved:
+            self.count_final(status)
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
             return 1
-        log.info("failover after %s: trying %s", status, target)
-        ksr.pv.seti(AVP_TRIED, tried + 1)
-        ksr.setdsturi(target)
         self.arm_transaction()
         if not self.route_relay():
             self.count_final(500)
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
         return 1
+
+    def failover_destination(self, status: int) -> bool:
+        """The route's next fixed destination after 408/5xx; False when none is left."""
+        destinations = tuple(self.pv.text(AVP_DESTINATIONS).split())
+        tried = self.pv.number(AVP_TRIED)
+        target = decide.next_destination(destinations, tried, status)
+        if target is None:
+            return False
+        log.info("failover after %s: trying %s", status, target)
+        self.ksr.pv.seti(AVP_TRIED, tried + 1)
+        self.ksr.setdsturi(target)
+        return True
+
+    def failover_gateway(self, policy: Policy, name: str, status: int) -> bool:
+        """After 408/5xx: the next gateway of the same priority (ds_next_dst), then the next
+        priority with one up. A 408 (no answer in fr_timer) marks the gateway down at once."""
+        ksr = self.ksr
+        gateways = policy.gateway_sets.get(name)
+        if gateways is None or not decide.should_fail_over(status):
+            return False  # a reload removed the set meanwhile, or a final answer
+        if dispatch.marks_down(status):
+            ksr.dispatcher.ds_mark_dst_state("ip")
+            metrics.GATEWAY_MARKED_DOWN.labels(name).inc()
+        if ok(ksr.dispatcher.ds_next_dst()):
+            log.info("failover after %s: next gateway of set %s", status, name)
+            return True
+        level = self.route_dispatch(gateways, after=self.pv.number(AVP_LEVEL))
+        if level is None:
+            return False
+        log.info("failover after %s: set %s, priority index %d", status, name, level)
+        ksr.pv.seti(AVP_LEVEL, level)
+        return True
 
     # ----- management HTTP (xhttp) ------------------------------------------------------
 
@@ -704,6 +793,8 @@ class Router:
         gauges = [active, limits, up, info, self.ban_gauge()]
         if self.dmq:
             gauges.append(self.dmq_peer_gauge(policy))
+        if policy.gateway_sets:
+            gauges += self.gateway_gauges(policy)
         return gauges
 
     def ban_gauge(self) -> metrics.Gauge:
@@ -716,6 +807,34 @@ class Router:
             return gauge
         gauge.samples.append(((), float(len(bans))))
         return gauge
+
+    def gateway_gauges(self, policy: Policy) -> list[metrics.Gauge]:
+        """Every gateway as this node's dispatcher sees it, and gateways up per set."""
+        try:
+            listing = self.gateway_listing()
+        except Exception as exc:  # a scrape must still answer
+            log.warning("cannot read the dispatcher list: %s", exc)
+            listing = {}
+        states = dispatch.gateway_states(policy, listing)
+        labels = ("gateway_set", "priority", "gateway")
+        up = metrics.Gauge("kemi_ha_gateway_up",
+                           "1 if this node's dispatcher routes to the gateway (probes answered)",
+                           labels)  # fmt: skip
+        probing = metrics.Gauge("kemi_ha_gateway_probing", "1 if the gateway is being probed",
+                                labels)  # fmt: skip
+        latency = metrics.Gauge("kemi_ha_gateway_latency_seconds",
+                                "Average OPTIONS round trip to the gateway", labels)  # fmt: skip
+        for gw in states:
+            key = (gw.gateway_set, str(gw.priority), gw.uri)
+            up.samples.append((key, float(gw.up)))
+            probing.samples.append((key, float(gw.probing)))
+            if gw.latency_ms is not None:
+                latency.samples.append((key, gw.latency_ms / 1000))
+        per_set = metrics.Gauge("kemi_ha_gateway_set_up", "Gateways up per gateway set",
+                                ("gateway_set",))  # fmt: skip
+        for name, count in dispatch.sets_up(policy, states).items():
+            per_set.samples.append(((name,), float(count)))
+        return [up, probing, latency, per_set]
 
     def dmq_peer_gauge(self, policy: Policy) -> metrics.Gauge:
         """1 per configured peer DMQ reports active; 0 if inactive or unknown to DMQ."""

@@ -49,7 +49,9 @@ def loopback_config(run_dir: Path, policy_text: str, **ports: int) -> StackConfi
     return StackConfig(run_dir=run_dir, policy_path=policy, **ports)  # type: ignore[arg-type]
 
 
-TEST_POLICY = two_vip_policy(NG_PORT, UAS_PORT)
+# Probing values are module parameters (a restart to change): fast ones for every test stack, so
+# that a module can reload gateway sets into it (tests/integration/test_gateways.py).
+TEST_POLICY = two_vip_policy(NG_PORT, UAS_PORT) + "probing: {interval: 1, threshold: 2}\n"
 
 # Below Linux's ephemeral range (32768+), away from the fixed ports above and from the
 # rtpengine ranges (22000-23999): SIPp's own sockets then never steal a relay port.

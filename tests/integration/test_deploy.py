@@ -57,7 +57,8 @@ def test_every_node_gets_its_files(rendered: Path) -> None:
     for node in ("node1", "node2"):
         for name in ("corosync.conf", "corosync-tuned.conf", "corosync-default.conf",
                      "sysctl-kemi-ha.conf", "redis.conf", "kemi-ha-node.cfg", "node.yaml",
-                     "rtpengine-10.99.1.101.env", "rtpengine-10.99.1.102.env"):  # fmt: skip
+                     "dispatcher.list", "rtpengine-10.99.1.101.env",
+                     "rtpengine-10.99.1.102.env"):  # fmt: skip
             assert (rendered / node / name).is_file(), f"{node}/{name}"
     policy = load_policy(rendered / "policy.yaml")
     assert [v.address for v in policy.vips] == ["10.99.1.101", "10.99.1.102"]

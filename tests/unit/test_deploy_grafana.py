@@ -36,5 +36,6 @@ def test_alert_rules_use_exported_metrics_and_cover_the_cases() -> None:
     text = (REPO / "deploy" / "grafana" / "alerts.yaml").read_text()
     rules = {r["alert"] for g in yaml.safe_load(text)["groups"] for r in g["rules"]}
     assert {"KemiHaChannelLimitNear", "KemiHaRtpengineDown", "KemiHaDmqPeerDown",
-            "KemiHaPolicyRefused", "KemiHaSourceBanned", "KemiHaManyBans"} <= rules  # fmt: skip
+            "KemiHaPolicyRefused", "KemiHaSourceBanned", "KemiHaManyBans",
+            "KemiHaGatewaySetDown"} <= rules  # fmt: skip
     assert used(text) <= exported(), used(text) - exported()

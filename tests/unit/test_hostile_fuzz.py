@@ -24,6 +24,11 @@ PLAUSIBLE: dict[str, list[Any]] = {
     "$hdr(Authorization)": [f"Bearer {TOKEN}"],
     "$avp(kha_dsts)": ["sip:gw1:5060 sip:gw2:5060"],
     "$avp(kha_tried)": [0, 1],
+    "$avp(kha_gws)": ["carriers", None],
+    "$avp(kha_level)": [0, 1, 7],
+    "$rU": ["1000", "90301234"],
+    "$hdr(P-Asserted-Identity)": ["<sip:0301@h>", '"x, y" <tel:0049301>', None],
+    "$hdr(Diversion)": ["<sip:0301@h>;reason=user-busy"],
     "$var(kha_n)": [0, 3],
 }
 STRING_PVS = sorted({*PVS, "$hu", "$rb", "$avp(kha_dsts)", "$avp(kha_tried)"} - {"$Rp"})

@@ -13,7 +13,7 @@ from kemi.core.node_spec import NodeConfigSpec
 from kemi.core.structure import SpecError
 from kemi.lab.drill import FENCE_AGENT, DrillNode, cluster_yaml, drill_policy
 from kemi.lab.hanode import install_node
-from kemi.ops.nodecfg import render_node_cfg
+from kemi.ops.nodecfg import DISPATCHER_LIST_NAME, render_dispatcher_list, render_node_cfg
 from kemi.ops.render import corosync_conf, load_cluster, load_node_config, render
 from kemi.ops.stack import StackConfig
 from kemi.policyfile import load_policy
@@ -135,7 +135,10 @@ def test_node_yaml_round_trips_into_the_launcher(tmp_path: Path) -> None:
             render_node_cfg(policy, config.node_values(policy))
             == (out / f"node{i}" / "kemi-ha-node.cfg").read_text()
         )
+        listed = (out / f"node{i}" / DISPATCHER_LIST_NAME).read_text()
+        assert render_dispatcher_list(policy) == listed  # what the launcher writes at start
         cfg = (out / f"node{i}" / "kemi-ha-node.cfg").read_text()
+        assert f'#!define DISPATCHER_LIST "{node.run_dir}/{DISPATCHER_LIST_NAME}"' in cfg
         peers = {f'"sip:10.99.1.{j}:5090"' for j in (1, 2, 3) if j != i}
         assert {ln.split(", ")[-1][:-1] for ln in cfg.splitlines()
                 if "notification_address" in ln} == peers  # fmt: skip

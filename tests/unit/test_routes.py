@@ -25,7 +25,18 @@ vips:
 routes:
   - name: default
     destinations: ["sip:gw1:5060", "sip:gw2:5060"]
+  - name: carriers
+    prefix: "9"
+    gateway_set: carriers
+    rewrite: {strip: 1, e164: true, country_code: "49", pai: normalise, diversion: remove}
 trusted_peers: ["192.0.2.0/24"]
+gateway_sets:
+  - name: carriers
+    timeout_ms: 800
+    gateways:
+      - {uri: "sip:carrier-a:5060", priority: 10, weight: 60}
+      - {uri: "sip:carrier-b:5060", priority: 10, weight: 40}
+      - {uri: "sip:backup:5060", priority: 1}
 """
 POLICY = parse_policy(POLICY_TEXT)
 
@@ -85,6 +96,13 @@ HAPPY: dict[str, Any] = {
     "nathelper.set_contact_alias": 1,
     "nathelper.fix_nated_contact": 1,
     "nathelper.handle_ruri_alias": 2,
+    "dispatcher.ds_select_dst": 1,
+    "dispatcher.ds_next_dst": 1,
+    "dispatcher.ds_mark_dst_state": 1,
+    "hdr.remove": 1,
+    "hdr.insert": 1,
+    "textops.remove_hf_idx": 1,
+    "tm.t_set_fr": 1,
 }
 SDP_BODY = (
     "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
@@ -98,7 +116,8 @@ PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0
        "$dlg_var(kha_prof)": None, "$ft": "ftag-1", "$tt": "ttag-1",
        "$jsonrpl(code)": "200", "$ua": "PBX/1.0", "$nh(u)": "sip:gw1:5060", "$fs": None,
        "$dlg_var(kha_nat)": None, "$dlg_var(kha_nmflags)": None, "$avp(kha_nat)": None,
-       "$avp(kha_nmflags)": None}  # fmt: skip
+       "$avp(kha_nmflags)": None, "$avp(kha_gws)": None, "$avp(kha_level)": None,
+       "$hdr(P-Asserted-Identity)": None, "$hdr(Diversion)": None}  # fmt: skip
 
 
 def make(**returns: Any) -> tuple[Router, FakeKSR]:
