@@ -3,7 +3,8 @@
 Checks: addresses, CIDRs (no host bits) and SIP URIs parse; names are unique; routes,
 trunks and limits refer to tenants that exist; every VIP has an rtpengine socket; the same
 network or domain in two tenants (or two trunks) is ambiguous; two routes with the same
-tenant, domain and prefix are ambiguous; limits are not negative; Retry-After goes with 503.
+tenant, domain and prefix are ambiguous; limits are not negative; Retry-After goes with 503;
+call timers are not negative (a media timeout at least MIN_MEDIA_TIMEOUT).
 Every problem is reported, not only the first.
 """
 
@@ -14,6 +15,7 @@ import re
 from collections.abc import Iterable
 
 from kemi.core.policy import (
+    CallTimers,
     CidrTable,
     Limit,
     Policy,
@@ -24,12 +26,13 @@ from kemi.core.policy import (
     Trunk,
     Vip,
 )
-from kemi.core.spec import LimitSpec, MediaSpec, PolicySpec
+from kemi.core.spec import CallsSpec, LimitSpec, MediaSpec, PolicySpec
 from kemi.core.structure import Path, Problem
 
 SIP_URI = re.compile(r"^sips?:([^@\s;:]+@)?[A-Za-z0-9.\-\[\]:]+(:\d{1,5})?(;[^\s]*)?$")
 NG_SOCKET = re.compile(r"^udp6?:[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 USER_PREFIX = re.compile(r"^[0-9A-Za-z+*#._\-]*$")
+MIN_MEDIA_TIMEOUT = 5  # s: below it the sweep (kemi.shell.hygiene) could not honour it
 DEFAULT_VIP_MEDIA = MediaSpec(ice="remove", replace=["origin", "session-connection"])
 
 
@@ -92,6 +95,17 @@ class _Checker:
                 self.add((*path, "retry_after"), "must not be negative")
             if spec.code != 503:
                 self.add((*path, "retry_after"), "Retry-After goes with code 503 only")
+
+    def calls(self, path: Path, spec: CallsSpec | None) -> None:
+        if spec is None:
+            return
+        for name in ("media_timeout", "max_duration"):
+            value = getattr(spec, name)
+            if value is not None and value < 0:
+                self.add((*path, name), f"must not be negative (got {value}); 0 turns it off")
+        if spec.media_timeout is not None and 0 < spec.media_timeout < MIN_MEDIA_TIMEOUT:
+            why = f"at least {MIN_MEDIA_TIMEOUT} s (the sweep runs every few seconds)"
+            self.add((*path, "media_timeout"), why)
 
 
 def check(spec: PolicySpec) -> list[Problem]:
@@ -172,6 +186,9 @@ def check(spec: PolicySpec) -> list[Problem]:
         c.add(("sdp", "max_streams"), "must be at least 1")
     if spec.sdp.max_bytes < 256:
         c.add(("sdp", "max_bytes"), "must be at least 256")
+    c.calls(("calls",), spec.calls)
+    for i, tenant in enumerate(spec.tenants):
+        c.calls(("tenants", i, "calls"), tenant.calls)
     for i, peer in enumerate(spec.dmq_peers):
         if not SIP_URI.match(peer):
             c.add(("dmq_peers", i), f"not a SIP URI: {peer!r}")
@@ -182,6 +199,15 @@ def _limit(scope: str, key: str, spec: LimitSpec | None) -> Limit | None:
     if spec is None:
         return None
     return Limit(scope, key, spec.max, spec.code, spec.reason, spec.retry_after)
+
+
+def _timers(base: CallTimers, spec: CallsSpec | None) -> CallTimers:
+    if spec is None:
+        return base
+    return CallTimers(
+        base.media_timeout if spec.media_timeout is None else spec.media_timeout,
+        base.max_duration if spec.max_duration is None else spec.max_duration,
+    )
 
 
 def compile_policy(spec: PolicySpec) -> Policy:
@@ -212,6 +238,9 @@ def compile_policy(spec: PolicySpec) -> Policy:
     trunk_src = {
         str(ipaddress.ip_network(s)): trunks[t.name] for t in spec.trunks for s in t.sources
     }
+    default_timers = _timers(CallTimers(), spec.calls)
+    call_timers: dict[str | None, CallTimers] = {None: default_timers}
+    call_timers.update({t.name: _timers(default_timers, t.calls) for t in spec.tenants})
     trusted = {str(ipaddress.ip_network(p)): True for p in spec.trusted_peers}
     trusted.update({net: True for net in trunk_src})
     return Policy(
@@ -231,6 +260,7 @@ def compile_policy(spec: PolicySpec) -> Policy:
         dmq_peers=tuple(spec.dmq_peers),
         dmq_peer_hosts=frozenset(uri_host(p) for p in spec.dmq_peers),
         sdp_limits=SdpLimits(spec.sdp.max_streams, spec.sdp.max_bytes),
+        call_timers=call_timers,
     )
 
 

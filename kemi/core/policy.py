@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -103,6 +103,14 @@ class SdpLimits:
     max_bytes: int = 16384
 
 
+@dataclass(frozen=True, slots=True)
+class CallTimers:
+    """Call hygiene of a tenant's calls (policy `calls`, tenant override); 0: off."""
+
+    media_timeout: int = 0
+    max_duration: int = 0
+
+
 RouteKey = tuple[str | None, str | None]  # (tenant, domain); None matches any
 
 
@@ -124,3 +132,10 @@ class Policy:
     dmq_peers: tuple[str, ...]
     dmq_peer_hosts: frozenset[str]
     sdp_limits: SdpLimits = SdpLimits()
+    # tenant name (None: no tenant) -> its call timers; built by compile for every tenant
+    call_timers: Mapping[str | None, CallTimers] = field(
+        default_factory=lambda: {None: CallTimers()}
+    )
+
+    def timers_for(self, tenant: str | None) -> CallTimers:
+        return self.call_timers.get(tenant) or self.call_timers[None]

@@ -69,6 +69,21 @@ class SdpSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class CallsSpec:
+    """Call hygiene: dead calls released, long calls ended (BYE both ways, CDR with the reason).
+
+    Policy-wide under `calls`, overridden per tenant (a field left out keeps the policy's)."""
+
+    media_timeout: int | None = doc(
+        "seconds without RTP in either direction before the call is ended (CDR reason "
+        "media_timeout); 0 turns it off"
+    )
+    max_duration: int | None = doc(
+        "longest answered call in seconds, then it is ended (CDR reason max_duration); 0: no limit"
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class VipSpec:
     """A cluster address: SIP and media of calls on it, served by its own rtpengine set."""
 
@@ -88,6 +103,7 @@ class TenantSpec:
     domains: list[str] = doc("request domains (R-URI host) of this tenant", factory=list)
     media: MediaSpec | None = doc("rtpengine flags overriding the VIP's for this tenant")
     limit: LimitSpec | None = doc("this tenant's channel limit")
+    calls: CallsSpec | None = doc("media timeout and maximum duration of this tenant's calls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +143,6 @@ class PolicySpec:
     )
     dmq_peers: list[str] = doc("SIP URIs of the other nodes' DMQ listeners", factory=list)
     sdp: SdpSpec = doc("bounds on SDP bodies sent to rtpengine (488 beyond)", factory=SdpSpec)
+    calls: CallsSpec = doc(
+        "media timeout and maximum duration of calls (tenants may override)", factory=CallsSpec
+    )
