@@ -38,6 +38,7 @@ from kemi.core.decide import Admit, InviteFacts, Reject
 from kemi.core.policy import Limit, Policy, Vip
 from kemi.core.sdp import sdp_refusal
 from kemi.shell import metrics
+from kemi.shell.hygiene import CallRecords
 from kemi.shell.policy_holder import PolicyHolder
 from kemi.shell.pv import Garbled, Pv
 
@@ -107,6 +108,7 @@ class Router:
         dmq_nodes: Callable[[], list[dict[str, Any]]] = list,
         rtpengine_alive: Callable[[str], bool] = lambda socket_spec: False,
         http_token: str = "",
+        calls: CallRecords | None = None,
     ) -> None:
         self.ksr = ksr
         self.pv = Pv(ksr)
@@ -118,6 +120,7 @@ class Router:
         self.rtpengine_alive = rtpengine_alive  # ng ping of one socket, for the scrape only
         self.policies = policies
         self._policy = policies.current
+        self.calls = calls  # CDRs, dead and overlong calls (kemi.shell.hygiene); None: off
 
     def child_init(self, rank: int) -> int:
         return 0
@@ -284,6 +287,7 @@ class Router:
             metrics.LIMIT_REJECTIONS.labels(refused.why.removeprefix("limit_"),
                                             self.limit_key(decision, refused)).inc()  # fmt: skip
             self.send_reject(refused, facts.local_address)
+            self.record_refusal(policy, decision, refused)
             return
         flags = decision.media_flags
         late = not ok(ksr.textops.has_body_type(SDP))
@@ -293,15 +297,18 @@ class Router:
             refused = sdp_refusal(pv.text("$rb"), policy.sdp_limits)
             if refused is not None:
                 self.send_reject(refused, vip.address)
+                self.record_refusal(policy, decision, refused)
                 return
             if not self.rtp_command(vip, "offer", ksr.rtpengine.rtpengine_offer, flags):
                 log.error("rtpengine set %d (VIP %s) refused the offer", vip.set_id, vip.address)
                 ksr.rtpengine.rtpengine_delete0()  # whatever half a session it kept
-                self.send_reject(
-                    Reject(503, "Media Relay Unavailable", why="rtpengine"), vip.address
-                )
+                refused = Reject(503, "Media Relay Unavailable", why="rtpengine")
+                self.send_reject(refused, vip.address)
+                self.record_refusal(policy, decision, refused)
                 return
         ksr.dialog.dlg_manage()
+        if self.calls is not None:
+            self.calls.dialog_created(policy, decision)
         self.count_channel(decision)
         ksr.rr.record_route()
         ksr.pv.sets(DLG_MEDIA_FLAGS, flags)
@@ -322,6 +329,7 @@ class Router:
         if not self.route_relay():
             metrics.INVITES.labels(vip.address, "5xx").inc()
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
+            self.record_failure(500, cancelled=False)
 
     def channel_counts(self, limits: tuple[Limit, ...]) -> dict[Limit, int]:
         """Active calls per limit, from the dialog profiles (replicated between nodes)."""
@@ -415,6 +423,7 @@ class Router:
         if action is takeover.OrphanAction.DROP:
             ksr.set_drop()
         elif action is takeover.OrphanAction.END:
+            self.record_failure(status, cancelled=status == 487)
             self.end_orphan_call(vip)
         elif action is not takeover.OrphanAction.FORWARD:
             flags = self.dialog_media_flags(vip)
@@ -519,6 +528,7 @@ class Router:
         if ok(ksr.tm.t_is_canceled()):
             self.count_final(487)
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
+            self.record_failure(487, cancelled=True)
             return 1
         status = ksr.tm.t_get_status_code()
         destinations = tuple(self.pv.text(AVP_DESTINATIONS).split())
@@ -527,6 +537,7 @@ class Router:
         if target is None:
             self.count_final(int(status))
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
+            self.record_failure(int(status), cancelled=False)
             return 1
         log.info("failover after %s: trying %s", status, target)
         ksr.pv.seti(AVP_TRIED, tried + 1)
@@ -535,7 +546,33 @@ class Router:
         if not self.route_relay():
             self.count_final(500)
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
+            self.record_failure(500, cancelled=False)
         return 1
+
+    # ----- call records and hygiene (kemi.shell.hygiene) ---------------------------------
+
+    @guarded("event")
+    def ksr_dialog_event(self, msg: Any, evname: str = "") -> int:
+        """The dialog module's event_callback: every state change (dialog:start, dialog:end,
+        dialog:failed, ...), with the dialog's context set."""
+        if self.calls is not None:
+            self.calls.dialog_event(evname)
+        return 1
+
+    @guarded("event")
+    def ksr_hygiene_timer(self, msg: Any, evname: str = "") -> int:
+        """rtimer (its own process): retry spooled CDRs, end dead and overlong calls."""
+        if self.calls is not None:
+            self.calls.tick()
+        return 1
+
+    def record_refusal(self, policy: Policy, decision: Admit, refused: Reject) -> None:
+        if self.calls is not None:
+            self.calls.refused(policy, decision, refused)
+
+    def record_failure(self, status: int, cancelled: bool) -> None:
+        if self.calls is not None:
+            self.calls.failed(status, cancelled)
 
     # ----- management HTTP (xhttp) ------------------------------------------------------
 
@@ -593,6 +630,8 @@ class Router:
                              ("version", "generation"))  # fmt: skip
         info.samples.append(((policy.version, str(self.policies.generation)), 1.0))
         gauges = [active, limits, up, info]
+        if self.calls is not None:
+            gauges += self.calls.gauges()
         if self.dmq:
             gauges.append(self.dmq_peer_gauge(policy))
         return gauges
