@@ -74,6 +74,8 @@ class StackConfig:
     pkg_mb: int = 16
     kemi_root: Path = REPO_ROOT  # where kemi-ha is installed on the node
     extra_env: dict[str, str] = field(default_factory=dict)
+    # CDR store (host:port/db): a cluster node's is the Redis VIP; None: this node's Redis, DB 0
+    cdr_redis: str | None = None
 
     @classmethod
     def from_node(cls, node: NodeConfigSpec, kemi_root: Path = REPO_ROOT) -> StackConfig:
@@ -94,6 +96,7 @@ class StackConfig:
             shm_mb=node.shm_mb,
             pkg_mb=node.pkg_mb,
             kemi_root=kemi_root,
+            cdr_redis=node.cdr_redis,
         )
 
     def node_values(self, policy: Policy) -> NodeValues:
@@ -275,6 +278,8 @@ class Stack:
         env["KEMI_HA_RUN_DIR"] = str(self.run_dir)
         env["KEMI_HA_NODE_ADDRESS"] = self.config.node_address
         env["KEMI_HA_DMQ"] = "1" if self.dmq_enabled else "0"
+        cfg = self.config
+        env["KEMI_HA_CDR_REDIS"] = cfg.cdr_redis or f"{cfg.redis_host}:{cfg.redis_port}/0"
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         env.update(self.config.extra_env)
         return env
@@ -331,6 +336,18 @@ class Stack:
             self._wait(
                 daemon, lambda: self.rpc.call("core.uptime") is not None, 20, kamailio_failure
             )
+        # Module processes (rtimer's, then TCP) are forked after the UDP workers answer: a
+        # caller comparing Kamailio's process list before and after must see the whole list.
+        seen: list[frozenset[int]] = []
+
+        def settled() -> bool:
+            seen.append(frozenset(int(p["PID"]) for p in self.rpc.call("core.psx")))
+            if len(seen) < 2 or seen[-1] != seen[-2]:
+                time.sleep(0.3)
+                return False
+            return True
+
+        self._wait(daemon, settled, 20, kamailio_failure)
 
     @property
     def dmq_enabled(self) -> bool:
