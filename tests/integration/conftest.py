@@ -67,11 +67,11 @@ def require_root() -> None:
         pytest.fail("integration tests run real daemons and need root (make test as root)")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Stack]:
+def loopback_stack(tmp_path_factory: pytest.TempPathFactory, policy_text: str) -> Stack:
+    """The test stack (not started) on the test ports with `policy_text`."""
     config = loopback_config(
         tmp_path_factory.mktemp("run"),
-        TEST_POLICY,
+        policy_text,
         sip_port=SIP_PORT,
         redis_port=REDIS_PORT,
         rtp_port_base=22000 + SHIFT,
@@ -80,7 +80,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Itera
         dmq_port=15070 + SHIFT,
         children=4,
     )
-    with Stack(config) as running:
+    return Stack(config)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Stack]:
+    with loopback_stack(tmp_path_factory, TEST_POLICY) as running:
         yield running
 
 
