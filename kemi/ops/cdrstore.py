@@ -15,14 +15,16 @@ Rules (docs/cdr.md):
 
 from __future__ import annotations
 
+import csv
+import datetime
 import enum
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import redis
 
@@ -180,3 +182,34 @@ def read_cdrs(
 
 def text(value: str | bytes) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def parse_time_ms(text: str) -> int:
+    """Unix seconds, or ISO 8601 (a date, or date and time; UTC unless it names its zone)."""
+    try:
+        return int(float(text) * 1000)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not a time (unix seconds or ISO 8601): {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def export(rows: Iterable[dict[str, str]], fmt: str, out: TextIO) -> int:
+    """CSV (header = COLUMNS) or JSON lines; returns the number of records written."""
+    count = 0
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=list(COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+            count += 1
+    else:
+        for row in rows:
+            out.write(json.dumps(row, separators=(",", ":")) + "\n")
+            count += 1
+    return count

@@ -7,12 +7,14 @@ a call over the tenant's maximum duration is ended; every channel count returns 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kemi.cli import main
 from kemi.ops.cdrstore import read_cdrs
 from kemi.ops.stack import Stack
 from tests.integration.calls import (
@@ -101,6 +103,23 @@ def test_answered_call_has_one_cdr(stack: Stack, log_dir: Path) -> None:
     invite, answer, end = int(cdr["invite_ms"]), int(cdr["answer_ms"]), int(cdr["end_ms"])
     assert t0 * 1000 - 50 <= invite <= answer <= end <= t1 * 1000 + 50
     assert 1.8 <= float(cdr["duration_s"]) <= 3.0  # SIPp: 2 s of RTP, then BYE
+
+
+def test_cli_exports_the_records_of_a_time_range(
+    stack: Stack, log_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = f"127.0.0.1:{stack.config.redis_port}/0"
+    since = time.time()
+    uas = start_uas(log_dir)
+    assert_ok(start_uac(log_dir, VIP1, "cdr-exported", duration_ms=500))
+    assert_ok(uas)
+    one_cdr(stack, "cdr-exported")
+    capsys.readouterr()
+    assert main(["cdr", "--redis", store, "--format", "jsonl", "--from", str(since)]) == 0
+    out = capsys.readouterr().out
+    assert [json.loads(line)["call_id"] for line in out.splitlines()] == ["cdr-exported"]
+    assert main(["cdr", "--redis", store, "--to", str(since)]) == 0
+    assert "cdr-exported" not in capsys.readouterr().out
 
 
 def test_cancelled_and_busy_calls_have_one_cdr(stack: Stack, log_dir: Path) -> None:

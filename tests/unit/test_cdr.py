@@ -3,6 +3,8 @@ strict fake KSR: who writes which record, how a dead or overlong call is ended."
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +15,7 @@ import redis
 
 from kemi.core import cdr
 from kemi.core.cdr import Cdr, EndReason, SetupFacts, SweepFacts
-from kemi.ops import localaddr
+from kemi.ops import cdrstore, localaddr
 from kemi.ops.cdrstore import RedisAddress, RedisCdrStore, Written
 from kemi.policyfile import parse_policy
 from kemi.shell import log as kamailio_log
@@ -333,3 +335,28 @@ def test_local_addresses_from_proc() -> None:
     assert not localaddr.held("10.0.0.2", networks)  # a VIP another node holds
     assert localaddr.held("::1", networks)
     assert not localaddr.held("not an address", networks)
+
+
+@pytest.mark.parametrize(("text", "ms"), [("1700000000", 1_700_000_000_000),
+                                          ("2023-11-14T22:13:20Z", 1_700_000_000_000),
+                                          ("2023-11-14T23:13:20+01:00", 1_700_000_000_000),
+                                          ("2023-11-14", 1_699_920_000_000)])  # fmt: skip
+def test_cli_times(text: str, ms: int) -> None:
+    assert cdrstore.parse_time_ms(text) == ms
+
+
+def test_cli_time_refused_with_its_text() -> None:
+    with pytest.raises(ValueError, match="yesterday"):
+        cdrstore.parse_time_ms("yesterday")
+
+
+def test_export_csv_and_json_lines() -> None:
+    rows = [record("a").fields(), record("b").fields()]
+    out = io.StringIO()
+    assert cdrstore.export(rows, "csv", out) == 2
+    lines = out.getvalue().splitlines()
+    assert lines[0] == ",".join(cdr.COLUMNS)
+    assert list(csv.DictReader(io.StringIO(out.getvalue()))) == rows
+    out = io.StringIO()
+    cdrstore.export(rows, "jsonl", out)
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == rows
