@@ -25,6 +25,7 @@ MAX_NODES = 9  # node addresses .1-.9 stay below the clients' .10
 PREFIX = lab_ns("khat")  # namespaces khat-1..khat-N, khat-c (client), khat-sw (switch)
 UAS_PORT = 5080
 DMQ_PORT = 5090
+CDR_REDIS_PORT = 6390  # the CDR store in the client namespace: a stand-in for the Redis VIP
 
 
 def node_address(i: int) -> str:
@@ -86,6 +87,7 @@ class Cluster:
     client_ns: str
     log_dir: Path
     runs: list[SippRun] = field(default_factory=list)
+    cdr_store: Stack | None = None  # start_cluster(cdr_store=True): every node's CDR store
 
     @property
     def a(self) -> Stack:
@@ -136,8 +138,11 @@ class Cluster:
         return run
 
 
-def node_config(run_dir: Path, node_id: int, ns: str, address: str, vip: str) -> StackConfig:
+def node_config(
+    run_dir: Path, node_id: int, ns: str, address: str, vip: str, cdr_redis: str | None = None
+) -> StackConfig:
     return StackConfig(
+        cdr_redis=cdr_redis,
         run_dir=run_dir,
         policy_path=run_dir.parent / "policy.yaml",
         node_id=node_id,
@@ -150,8 +155,12 @@ def node_config(run_dir: Path, node_id: int, ns: str, address: str, vip: str) ->
     )
 
 
-def start_cluster(base: Path, nodes: int = 2, prefix: str = PREFIX) -> Iterator[Cluster]:
-    """Nodes 1..`nodes` started in order; a distinct `prefix` lets two clusters coexist."""
+def start_cluster(
+    base: Path, nodes: int = 2, prefix: str = PREFIX, cdr_store: bool = False
+) -> Iterator[Cluster]:
+    """Nodes 1..`nodes` started in order; a distinct `prefix` lets two clusters coexist.
+    `cdr_store`: one Redis in the client namespace is every node's CDR store (it survives the
+    death of any node, as the cluster's Redis behind its VIP does)."""
     if not 2 <= nodes <= MAX_NODES:
         raise ValueError(f"a cluster has 2 to {MAX_NODES} nodes, not {nodes}")
     numbers = range(1, nodes + 1)
@@ -163,13 +172,23 @@ def start_cluster(base: Path, nodes: int = 2, prefix: str = PREFIX) -> Iterator[
             lab.add_address(node_ns(i, prefix), vip_address(i))
         lab.add_address(client_ns(prefix), RACER)
         lab.add_address(client_ns(prefix), UNLIMITED)
+        store = None
+        if cdr_store:
+            store = running.enter_context(Stack(StackConfig(
+                run_dir=base / "cdr-store", policy_path=base / "policy.yaml",
+                netns=client_ns(prefix), redis_host=CLIENT, redis_port=CDR_REDIS_PORT,
+                components=("redis",),
+            )))  # fmt: skip
+        cdr_redis = f"{CLIENT}:{CDR_REDIS_PORT}/0" if cdr_store else None
         stacks = [
             running.enter_context(Stack(node_config(
                 base / f"node{i}", i, node_ns(i, prefix), node_address(i), vip_address(i),
+                cdr_redis,
             )))
             for i in numbers
         ]  # fmt: skip
-        cluster = Cluster(lab, stacks, [vip_address(i) for i in numbers], client_ns(prefix), base)
+        cluster = Cluster(lab, stacks, [vip_address(i) for i in numbers], client_ns(prefix), base,
+                          cdr_store=store)  # fmt: skip
         try:
             yield cluster
         finally:
