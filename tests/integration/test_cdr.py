@@ -7,6 +7,7 @@ a call over the tenant's maximum duration is ended; every channel count returns 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from kemi.cli import main
-from kemi.ops.cdrstore import read_cdrs
+from kemi.core import cdr
+from kemi.core.cdr import EndReason, SetupFacts
+from kemi.ops.cdrstore import RedisAddress, RedisCdrStore, Written, read_cdrs
 from kemi.ops.stack import Stack
 from tests.integration.calls import (
     active_dialogs,
@@ -120,6 +123,32 @@ def test_cli_exports_the_records_of_a_time_range(
     assert [json.loads(line)["call_id"] for line in out.splitlines()] == ["cdr-exported"]
     assert main(["cdr", "--redis", store, "--to", str(since)]) == 0
     assert "cdr-exported" not in capsys.readouterr().out
+
+
+def test_store_writes_a_call_once_and_spools_fast_when_redis_is_down(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The write script against the real Redis; a store that does not answer costs one
+    connect timeout (100 ms), then nothing while paused, and the record waits in the spool."""
+    facts = SetupFacts("a@x", "b@y", "", "", VIP1, "n1", int(time.time() * 1000), 0, 0)
+    record = cdr.build_cdr(facts, "cdr-store-once", "f1", "n1", facts.invite_ms, EndReason.CANCEL,
+                           487)  # fmt: skip
+    up = RedisCdrStore(RedisAddress("127.0.0.1", stack.config.redis_port), tmp_path / "up")
+    assert up.write(record) is Written.WRITTEN
+    assert up.write(record) is Written.DUPLICATE
+    assert len(cdrs(stack, "cdr-store-once")) == 1
+    down = RedisCdrStore(RedisAddress("127.0.0.2", stack.config.redis_port), tmp_path / "down")
+    again = dataclasses.replace(record, call_id="cdr-store-spooled")
+    start = time.perf_counter()
+    assert down.write(again) is Written.SPOOLED
+    assert down.write(again) is Written.SPOOLED  # paused: not even a connect
+    assert time.perf_counter() - start < 0.5
+    down.address = up.address
+    down._make_client = up._make_client
+    down._pid = -1  # a new client on the next use (as after a fork)
+    down._paused_until = 0.0
+    assert down.drain() == (2, 0)  # both spooled copies: one written, one a duplicate
+    assert len(cdrs(stack, "cdr-store-spooled")) == 1
 
 
 def test_cancelled_and_busy_calls_have_one_cdr(stack: Stack, log_dir: Path) -> None:
