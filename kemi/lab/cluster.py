@@ -115,6 +115,40 @@ class Cluster:
         self.lab.del_address(src, vip)
         self.lab.add_address(dst, vip)
 
+    def power_off_a_and_take_vip1(self) -> int:
+        """Copy VIP1's Redis DB to B (Redis replication's job: the harness runs one Redis per
+        node without replication), power A off (link down, every process SIGKILLed), VIP1 and
+        its rtpengine up on B (cold restore from Redis). Returns the number of keys copied."""
+        a, b = self.a, self.b
+        vip1 = a.policy.vips[0]
+        with a.net():
+            source = a.redis_client(vip1.set_id)
+            saved = {key: source.dump(key) for key in source.scan_iter()}
+        with b.net():
+            target = b.redis_client(vip1.set_id)
+            for key, value in saved.items():
+                target.restore(key, 0, value, replace=True)
+        self.lab.link(str(a.config.netns), up=False)
+        a.kill_all()
+        self.lab.add_address(str(b.config.netns), vip1.address)
+        b.start_rtpengine(vip1)
+        return len(saved)
+
+    def revive_a(self) -> None:
+        """A back with VIP1 (B's VIP1 relay stopped, its copy of VIP1's DB flushed)."""
+        a, b = self.a, self.b
+        vip1 = a.policy.vips[0]
+        relay = b.rtpengines.pop(vip1.address, None)
+        if relay is not None:
+            relay.stop()
+        with b.net():
+            b.redis_client(vip1.set_id).flushdb()
+        self.lab.del_address(str(b.config.netns), vip1.address)
+        self.lab.del_address(str(a.config.netns), vip1.address)  # still on the powered-off A
+        self.lab.link(str(a.config.netns), up=True)
+        self.lab.add_address(str(a.config.netns), vip1.address)
+        a.start()
+
     def uas(self, scenario: str = "uas.xml") -> SippRun:
         run = sipp(
             f"uas-{next(_ports)}", scenario, self.log_dir, CLIENT, UAS_PORT, UAS_PORT + 2,
@@ -156,15 +190,20 @@ def node_config(
 
 
 def start_cluster(
-    base: Path, nodes: int = 2, prefix: str = PREFIX, cdr_store: bool = False
+    base: Path,
+    nodes: int = 2,
+    prefix: str = PREFIX,
+    cdr_store: bool = False,
+    policy_extra: str = "",
 ) -> Iterator[Cluster]:
     """Nodes 1..`nodes` started in order; a distinct `prefix` lets two clusters coexist.
     `cdr_store`: one Redis in the client namespace is every node's CDR store (it survives the
-    death of any node, as the cluster's Redis behind its VIP does)."""
+    death of any node, as the cluster's Redis behind its VIP does). `policy_extra`: YAML lines
+    appended to the policy (e.g. `calls:`)."""
     if not 2 <= nodes <= MAX_NODES:
         raise ValueError(f"a cluster has 2 to {MAX_NODES} nodes, not {nodes}")
     numbers = range(1, nodes + 1)
-    (base / "policy.yaml").write_text(policy_text(nodes))
+    (base / "policy.yaml").write_text(policy_text(nodes) + policy_extra)
     hosts = [Host(node_ns(i, prefix), node_address(i)) for i in numbers]
     lab = Lab(prefix, [*hosts, Host(client_ns(prefix), CLIENT)])
     with lab, ExitStack() as running:

@@ -22,13 +22,15 @@ from tests.integration.calls import assert_ok, wait_for
 
 pytestmark = pytest.mark.integration
 PREFIX = lab_ns("khcdr")
+MEDIA_TIMEOUT = 5
 NS_A, NS_B = node_ns(1, PREFIX), node_ns(2, PREFIX)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("cdr-cluster")
-    for running in start_cluster(base, prefix=PREFIX, cdr_store=True):
+    extra = f"calls: {{media_timeout: {MEDIA_TIMEOUT}}}\n"
+    for running in start_cluster(base, prefix=PREFIX, cdr_store=True, policy_extra=extra):
         yield running
         running.stop_sipps()
 
@@ -97,3 +99,30 @@ def test_b_restart_and_dmq_resync_write_nothing_twice(cluster: Cluster) -> None:
     cluster.move_vip(VIP1, NS_B, NS_A)
     cluster.a.config.rtpengine_vips = (VIP1,)
     cluster.a.start_rtpengine(cluster.a.policy.vips[0])
+
+
+def test_c_the_survivor_ends_a_dead_call_of_the_dead_node(cluster: Cluster) -> None:
+    """A call set up on A; A dies, B takes VIP1 and its rtpengine (restored from VIP1's Redis
+    DB, copied by hand as Redis replication would); then the caller vanishes: B's sweep ends
+    the call for dead media: one record, ended by B, channel and media freed on B."""
+    a, b = cluster.a, cluster.b
+    vip1 = a.policy.vips[0]
+    since = int(time.time() * 1000)
+    uas = cluster.uas()
+    call = cluster.uac(VIP1, calls=1, duration_ms=60000)
+    wait_for(lambda: cluster.counts() == [1, 1] and confirmed(a) == 1, 10,
+             "the call answered on A, counted on both nodes")  # fmt: skip
+    time.sleep(0.5)
+    assert cluster.power_off_a_and_take_vip1(), "no session of VIP1 in Redis to restore"
+    time.sleep(1)
+    call.stop()  # the caller vanishes: no RTP either way (the callee echoes)
+    gone = time.time()
+    [record] = settled_records(cluster, since, 1)
+    assert (record["reason"], record["setup_node"], record["end_node"]) == (
+        "media_timeout", A_ADDR, B_ADDR)  # fmt: skip
+    assert int(record["end_ms"]) / 1000 - gone <= MEDIA_TIMEOUT + 5
+    wait_for(lambda: cluster.count(b) == 0, 10, "the channel freed on B")
+    with b.net():
+        assert b.ng(vip1).list_calls() == []
+    uas.stop()
+    cluster.revive_a()

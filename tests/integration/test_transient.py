@@ -58,20 +58,9 @@ def cluster(two_nodes: Cluster) -> Iterator[Cluster]:
 
 
 def revive_a(cluster: Cluster) -> None:
-    a, b = cluster.a, cluster.b
-    vip1 = a.policy.vips[0]
-    if a.kamailio is not None and a.kamailio.alive():
+    if cluster.a.kamailio is not None and cluster.a.kamailio.alive():
         return
-    relay = b.rtpengines.pop(VIP1, None)
-    if relay is not None:
-        relay.stop()
-    with b.net():
-        b.redis_client(vip1.set_id).flushdb()
-    cluster.lab.del_address(NS_B, VIP1)
-    cluster.lab.del_address(NS_A, VIP1)  # still configured in the powered-off namespace
-    cluster.lab.link(NS_A, up=True)
-    cluster.lab.add_address(NS_A, VIP1)
-    a.start()
+    cluster.revive_a()
     wait_for(lambda: dmq_ready(cluster), timeout=30, what="A back in DMQ")
 
 
@@ -105,22 +94,10 @@ def packets(node: Stack, call_id: str) -> int:
 
 
 def power_off_a_and_take_vip1(cluster: Cluster) -> float:
-    """Copy VIP1's Redis DB to B (Redis replication's job), power A off, VIP1 and its
-    rtpengine up on B (cold restore from Redis). Returns the time of the power-off."""
-    a, b = cluster.a, cluster.b
-    vip1 = a.policy.vips[0]
-    with a.net():
-        source = a.redis_client(vip1.set_id)
-        saved = {key: source.dump(key) for key in source.scan_iter()}
-    with b.net():
-        target = b.redis_client(vip1.set_id)
-        for key, value in saved.items():
-            target.restore(key, 0, value, replace=True)
-    cluster.lab.link(NS_A, up=False)
-    a.kill_all()
+    """Power A off, VIP1 and its rtpengine up on B (Cluster.power_off_a_and_take_vip1).
+    Returns the time of the power-off."""
+    saved = cluster.power_off_a_and_take_vip1()
     killed = time.monotonic()
-    cluster.lab.add_address(NS_B, VIP1)
-    b.start_rtpengine(vip1)
     assert saved, "VIP1's rtpengine had no session in Redis before the power-off"
     return killed
 
