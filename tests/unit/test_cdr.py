@@ -132,6 +132,17 @@ tenants: [{name: metro, sources: ["192.0.2.0/28"], calls: {max_duration: 3600}}]
 """)
 
 
+POLICY_TEXT_LIMITS = """
+version: t
+vips:
+  - {address: 10.0.0.2, rtpengine: ["udp:10.0.0.2:2223"]}
+routes: [{name: default, destinations: ["sip:gw1:5060"]}]
+trusted_peers: ["192.0.2.0/24"]
+calls: {media_timeout: 30}
+tenants: [{name: acme, sources: ["192.0.2.0/28"], calls: {max_duration: 600}}]
+"""
+
+
 @dataclass
 class Writer:
     """Records what would go to the store; the first write of a call wins, like the script."""
@@ -360,3 +371,50 @@ def test_export_csv_and_json_lines() -> None:
     out = io.StringIO()
     cdrstore.export(rows, "jsonl", out)
     assert [json.loads(line) for line in out.getvalue().splitlines()] == rows
+
+
+# ----- the routes' hooks ----------------------------------------------------------------
+
+
+def test_a_limit_refusal_is_recorded_once_with_its_code() -> None:
+    from tests.unit.test_routes import make_limited
+
+    router, ksr = make_limited(global_count=2, tenant_count=0)
+    writer = Writer()
+    ksr.pvs.update({"$fU": "alice", "$fd": "a.example"})
+    router.calls = CallRecords(ksr, "10.9.0.1", writer, router._policy, clock_ms=lambda: NOW)
+    router.ksr_request_route(None)
+    [record] = writer.records
+    assert (record.reason, record.code, record.call_id, record.from_tag) == (
+        R.LIMIT, 503, "call-1", "ftag-1")  # fmt: skip
+    assert (record.caller, record.callee, record.tenant) == ("alice@a.example",
+                                                             "1000@10.0.0.2", "acme")  # fmt: skip
+
+
+def test_an_admitted_call_carries_its_facts_and_the_duration_backstop() -> None:
+    from tests.unit.test_routes import make_limited
+
+    router, ksr = make_limited(global_count=0, tenant_count=0)
+    ksr.pvs.update({"$fU": "alice", "$fd": "a.example"})
+    ksr.returns["dialog.dlg_set_timeout"] = 1
+    router.policies.policy = parse_policy(POLICY_TEXT_LIMITS)
+    router.calls = CallRecords(ksr, "10.9.0.1", Writer(), router._policy, clock_ms=lambda: NOW)
+    router.ksr_request_route(None)
+    facts = SetupFacts.decode(ksr.pvs[DLG_SETUP])
+    assert facts is not None
+    assert (facts.tenant, facts.media_timeout, facts.max_duration) == ("acme", 30, 600)
+    assert ksr.called("dialog.dlg_set_timeout", 660)
+    names = ksr.names()
+    assert names.index("dialog.dlg_manage") < names.index("dialog.dlg_set_timeout")
+
+
+def test_the_dialog_event_and_timer_entries_never_raise() -> None:
+    from tests.unit.test_routes import make
+
+    router, ksr = make()
+    router.calls = CallRecords(ksr, "n", Writer(), router._policy, clock_ms=lambda: NOW)
+    ksr.pvs.update({DLG_SETUP: FACTS.encode(), "$dlg(callid)": "c", "$dlg(from_tag)": "f"})
+    ksr.returns["is_BYE"] = lambda: 1 / 0  # a bug of ours: logged, not raised into Kamailio
+    assert router.ksr_dialog_event(None, "dialog:end") == 1
+    assert ksr.called("is_BYE")
+    assert router.ksr_hygiene_timer(None, "rtimer") == 1
