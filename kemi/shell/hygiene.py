@@ -197,6 +197,7 @@ class CallRecords:
         is_held = self.vips_held()
         now = self.clock_ms()
         ended = 0
+        silent: set[str] = set()  # VIPs whose rtpengine did not answer in this sweep
         for entry in dialogs:
             if int(entry.get("state", 0)) != DLG_CONFIRMED:
                 continue
@@ -210,13 +211,18 @@ class CallRecords:
             answer = cdr.answer_time_ms(variables.get("kha_ta", ""),
                                         int(entry.get("start_ts", 0) or 0))  # fmt: skip
             last: float | None = 0.0
-            if facts.media_timeout:
-                query = self.media_query(vip.rtpengine[0], str(entry.get("call-id", "")))
-                if query is None:
-                    continue  # rtpengine did not answer: decide nothing on no evidence
-                last = cdr.last_media_s(query)
+            media_timeout = facts.media_timeout
+            if media_timeout:
+                call_id = str(entry.get("call-id", ""))
+                query = None if vip.address in silent else self.media_query(vip.rtpengine[0],
+                                                                            call_id)  # fmt: skip
+                if query is None:  # rtpengine did not answer: no evidence about the media (and
+                    silent.add(vip.address)  # no second wait for it in this sweep); the
+                    media_timeout = 0  # duration still counts
+                else:
+                    last = cdr.last_media_s(query)
             verdict = cdr.sweep_verdict(
-                SweepFacts(answer, facts.media_timeout, facts.max_duration, last), now
+                SweepFacts(answer, media_timeout, facts.max_duration, last), now
             )
             if verdict is not None and self.end_call(entry, facts, answer, verdict, now):
                 ended += 1
