@@ -80,6 +80,7 @@ api-list: deps venv
 
 bench: deps venv
 	$(PY) bench/decide_bench.py
+	$(PY) bench/cdr_write.py
 	$(PY) bench/dmq_lag.py 100
 	$(PY) bench/flood_setup.py
 

@@ -14,11 +14,13 @@ import urllib.request
 from pathlib import Path
 from types import FrameType
 
+import redis
 import yaml
 
 from kemi.core.compile import compile_policy
 from kemi.core.schema import json_schema
 from kemi.core.structure import SpecError
+from kemi.ops import cdrstore
 from kemi.ops.bans import (
     BanError,
     add_ban,
@@ -277,6 +279,31 @@ def cmd_ban(args: argparse.Namespace) -> int:
     except (RpcError, OSError) as exc:
         print(f"Error: cannot reach the node in {args.run_dir}: {exc}", file=sys.stderr)
         return 1
+
+
+def cmd_cdr(args: argparse.Namespace) -> int:
+    """Export call records ended in [--from, --to) from the CDR store."""
+    address = args.redis
+    if address is None:
+        address = load_node_config(args.node_config).cdr_redis if args.node_config else None
+    try:
+        start = cdrstore.parse_time_ms(args.start) if args.start else 0
+        end = cdrstore.parse_time_ms(args.end) if args.end else None
+    except ValueError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    target = cdrstore.RedisAddress.parse(address or "127.0.0.1:6379/0")
+    rows = cdrstore.read_cdrs(cdrstore.client(target, timeout=5.0), start, end)
+    try:
+        if args.output == "-":
+            count = cdrstore.export(rows, args.format, sys.stdout)
+        else:
+            with open(args.output, "w", newline="") as out:
+                count = cdrstore.export(rows, args.format, out)
+    except (redis.RedisError, OSError) as exc:
+        print(f"Error: cannot read CDRs from {target}: {exc}", file=sys.stderr)
+        return 1
+    print(f"kemi-ha cdr: {count} records", file=sys.stderr)
     return 0
 
 
@@ -338,6 +365,16 @@ def build_parser() -> argparse.ArgumentParser:
     rend.add_argument("cluster")
     rend.add_argument("outdir")
     rend.set_defaults(func=cmd_render)
+
+    cdr = sub.add_parser("cdr", help="export call records (CSV or JSON lines) for a time range")
+    cdr.add_argument("--redis", help="the CDR store, host:port/db (default: --node-config's "
+                     "cdr_redis, else 127.0.0.1:6379/0)")  # fmt: skip
+    cdr.add_argument("--node-config", help="a node.yaml: its cdr_redis is the store")
+    cdr.add_argument("--from", dest="start", help="calls ended at or after (unix s or ISO 8601)")
+    cdr.add_argument("--to", dest="end", help="calls ended before (unix s or ISO 8601)")
+    cdr.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    cdr.add_argument("--output", default="-", help="file (default: stdout)")
+    cdr.set_defaults(func=cmd_cdr)
 
     api = sub.add_parser("api-list", help="dump Kamailio's KEMI export list as JSON")
     api.add_argument("output")

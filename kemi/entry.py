@@ -7,13 +7,18 @@ node values come from the environment the launcher (kemi-ha run) sets.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import KSR  # type: ignore[import-not-found]  # provided by app_python3 inside Kamailio
 
 from kemi.core.floods import BAN_TABLE
 from kemi.core.nat import listen_ports
+from kemi.ops import localaddr
+from kemi.ops.cdrstore import RedisAddress, RedisCdrStore
 from kemi.ops.httptoken import read_token
 from kemi.ops.ng import NgClient, NgError
 from kemi.ops.nodecfg import DISPATCHER_LIST_NAME
@@ -22,6 +27,7 @@ from kemi.policyfile import load_policy
 from kemi.shell import log as kamailio_log
 from kemi.shell import metrics
 from kemi.shell.gateways import GatewayList
+from kemi.shell.hygiene import CallRecords
 from kemi.shell.policy_holder import PolicyHolder
 from kemi.shell.routes import Router
 
@@ -30,6 +36,7 @@ RUN_DIR_ENV = "KEMI_HA_RUN_DIR"
 NODE_ADDRESS_ENV = "KEMI_HA_NODE_ADDRESS"
 DMQ_ENV = "KEMI_HA_DMQ"  # "1" when the policy names DMQ peers (the dmq module is loaded)
 SIP_PORT_ENV, TLS_PORT_ENV = "KEMI_HA_SIP_PORT", "KEMI_HA_TLS_PORT"  # the VIPs' SIP ports
+CDR_REDIS_ENV = "KEMI_HA_CDR_REDIS"  # host:port/db of the CDR store (the cluster's Redis VIP)
 
 
 def mod_init() -> Router:
@@ -51,10 +58,24 @@ def mod_init() -> Router:
         ).inc(),
         publish=gateways.publish,
     )
+    node_address = os.environ.get(NODE_ADDRESS_ENV, "127.0.0.1")
+    store = RedisCdrStore(
+        RedisAddress.parse(os.environ.get(CDR_REDIS_ENV, "127.0.0.1:6379/0")),
+        run_dir / "cdr-spool",
+    )
+    calls = CallRecords(
+        KSR,
+        node_address,
+        store,
+        holder.current,
+        vips_held=vips_held,
+        media_query=media_query,
+        media_delete=media_delete,
+    )
     return Router(
         KSR,
         holder,
-        node_address=os.environ.get(NODE_ADDRESS_ENV, "127.0.0.1"),
+        node_address=node_address,
         dmq=os.environ.get(DMQ_ENV) == "1",
         dmq_nodes=lambda: list(rpc.call("dmq.list_nodes")),
         rtpengine_alive=ng_alive,
@@ -64,6 +85,7 @@ def mod_init() -> Router:
             int(os.environ.get(SIP_PORT_ENV, "5060")), int(os.environ.get(TLS_PORT_ENV, "5061"))
         ),
         gateway_listing=lambda: rpc.call("dispatcher.list"),
+        calls=calls,
     )
 
 
@@ -81,4 +103,33 @@ def ng_alive(socket_spec: str) -> bool:
     try:
         return NgClient.from_socket(socket_spec, timeout=0.2).ping()
     except (OSError, NgError):
+        return False
+
+
+def vips_held() -> Callable[[str], bool]:
+    """The local addresses now (one `ip route show table local` per sweep)."""
+    try:
+        networks = localaddr.current_local_networks()
+    except OSError:
+        return lambda address: False
+    return functools.partial(localaddr.held, networks=networks)
+
+
+def media_query(socket_spec: str, call_id: str) -> dict[str, Any] | None:
+    """ng `query` of one call: its answer, an error answer when rtpengine does not know the call,
+    None when rtpengine does not answer (the sweep then decides nothing)."""
+    try:
+        return NgClient.from_socket(socket_spec, timeout=0.3).query(call_id)
+    except NgError as exc:
+        return {"result": "error", "error-reason": str(exc)}
+    except OSError:
+        return None
+
+
+def media_delete(socket_spec: str, call_id: str) -> bool:
+    """ng `delete` of a whole call (and its Redis key) that this node ended itself."""
+    try:
+        NgClient.from_socket(socket_spec, timeout=0.3).command("delete", **{"call-id": call_id})
+        return True
+    except (NgError, OSError):
         return False

@@ -9,7 +9,8 @@ floods: at least 1 request per window, a window of 1-60 s, a ban of 1 s to a day
 networks are CIDRs, no empty scanner User-Agent; a route has destinations or a gateway set that
 exists (not both); gateway sets hold gateways with SIP URIs, weights 1-100 and priorities >= 0;
 rewrites have digit prefixes and a country code when they normalise to E.164; probing values
-are positive. Every problem is reported, not only the first.
+are positive; call timers are not negative (a media timeout at least MIN_MEDIA_TIMEOUT).
+Every problem is reported, not only the first.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from kemi.core.nat import CONFLICTING_FLAGS, Nat, with_nat_flags
 from kemi.core.numbers import Rewrite
 from kemi.core.policy import (
     ALGORITHMS,
+    CallTimers,
     CidrTable,
     DsSet,
     GatewaySet,
@@ -37,6 +39,7 @@ from kemi.core.policy import (
     Vip,
 )
 from kemi.core.spec import (
+    CallsSpec,
     GatewaySetSpec,
     LimitSpec,
     MediaSpec,
@@ -53,6 +56,7 @@ USER_PREFIX = re.compile(r"^[0-9A-Za-z+*#._\-]*$")
 DIGITS = re.compile(r"^[0-9]*$")
 COUNTRY_CODE = re.compile(r"^[1-9][0-9]{0,2}$")
 REPLY_CODE = re.compile(r"^[1-6]([0-9]{2}|xx)$")
+MIN_MEDIA_TIMEOUT = 5  # s: below it the sweep (kemi.shell.hygiene) could not honour it
 DEFAULT_VIP_MEDIA = MediaSpec(ice="remove", replace=["origin", "session-connection"])
 
 
@@ -160,6 +164,17 @@ class _Checker:
         if not SIP_URI.match(spec.from_uri):
             self.add(("probing", "from_uri"), f"not a SIP URI: {spec.from_uri!r}")
 
+    def calls(self, path: Path, spec: CallsSpec | None) -> None:
+        if spec is None:
+            return
+        for name in ("media_timeout", "max_duration"):
+            value = getattr(spec, name)
+            if value is not None and value < 0:
+                self.add((*path, name), f"must not be negative (got {value}); 0 turns it off")
+        if spec.media_timeout is not None and 0 < spec.media_timeout < MIN_MEDIA_TIMEOUT:
+            why = f"at least {MIN_MEDIA_TIMEOUT} s (the sweep runs every few seconds)"
+            self.add((*path, "media_timeout"), why)
+
 
 def check(spec: PolicySpec) -> list[Problem]:
     c = _Checker()
@@ -256,6 +271,9 @@ def check(spec: PolicySpec) -> list[Problem]:
         c.add(("sdp", "max_streams"), "must be at least 1")
     if spec.sdp.max_bytes < 256:
         c.add(("sdp", "max_bytes"), "must be at least 256")
+    c.calls(("calls",), spec.calls)
+    for i, tenant in enumerate(spec.tenants):
+        c.calls(("tenants", i, "calls"), tenant.calls)
     for i, peer in enumerate(spec.dmq_peers):
         if not SIP_URI.match(peer):
             c.add(("dmq_peers", i), f"not a SIP URI: {peer!r}")
@@ -378,6 +396,15 @@ def _probing(spec: ProbingSpec) -> Probing:
     return Probing(spec.interval, spec.threshold, spec.recover, codes, spec.from_uri)
 
 
+def _timers(base: CallTimers, spec: CallsSpec | None) -> CallTimers:
+    if spec is None:
+        return base
+    return CallTimers(
+        base.media_timeout if spec.media_timeout is None else spec.media_timeout,
+        base.max_duration if spec.max_duration is None else spec.max_duration,
+    )
+
+
 def compile_policy(spec: PolicySpec) -> Policy:
     """Build the runtime tables; `spec` must have passed check()."""
     tenants = {t.name: Tenant(t.name, _limit("tenant", t.name, t.limit)) for t in spec.tenants}
@@ -411,6 +438,9 @@ def compile_policy(spec: PolicySpec) -> Policy:
     trunk_src = {
         str(ipaddress.ip_network(s)): trunks[t.name] for t in spec.trunks for s in t.sources
     }
+    default_timers = _timers(CallTimers(), spec.calls)
+    call_timers: dict[str | None, CallTimers] = {None: default_timers}
+    call_timers.update({t.name: _timers(default_timers, t.calls) for t in spec.tenants})
     trusted = {str(ipaddress.ip_network(p)): True for p in spec.trusted_peers}
     trusted.update({net: True for net in trunk_src})
     peer_hosts = frozenset(uri_host(p) for p in spec.dmq_peers)
@@ -443,6 +473,7 @@ def compile_policy(spec: PolicySpec) -> Policy:
         gateway_sets=sets,
         dispatcher_sets=ds_sets,
         probing=_probing(spec.probing),
+        call_timers=call_timers,
     )
 
 

@@ -52,6 +52,10 @@ class NodeConfigSpec:
     children: int = doc("Kamailio UDP workers per listener", 4)
     shm_mb: int = doc("Kamailio shared memory (MB)", 256)
     pkg_mb: int = doc("Kamailio private memory per process (MB)", 16)
+    cdr_redis: str = doc(
+        "the CDR store, host:port/db: the cluster's Redis master (its VIP), DB 0",
+        "127.0.0.1:6379/0",
+    )
 
 
 def check_node(spec: NodeConfigSpec) -> list[Problem]:

@@ -165,6 +165,14 @@ class FloodGuard:
     ban_scanners: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class CallTimers:
+    """Call hygiene of a tenant's calls (policy `calls`, tenant override); 0: off."""
+
+    media_timeout: int = 0
+    max_duration: int = 0
+
+
 RouteKey = tuple[str | None, str | None]  # (tenant, domain); None matches any
 
 
@@ -193,3 +201,10 @@ class Policy:
     gateway_sets: Mapping[str, GatewaySet] = field(default_factory=dict)
     dispatcher_sets: tuple[DsSet, ...] = ()
     probing: Probing = Probing()
+    # tenant name (None: no tenant) -> its call timers; built by compile for every tenant
+    call_timers: Mapping[str | None, CallTimers] = field(
+        default_factory=lambda: {None: CallTimers()}
+    )
+
+    def timers_for(self, tenant: str | None) -> CallTimers:
+        return self.call_timers.get(tenant) or self.call_timers[None]

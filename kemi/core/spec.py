@@ -129,6 +129,21 @@ class FloodSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class CallsSpec:
+    """Call hygiene: dead calls released, long calls ended (BYE both ways, CDR with the reason).
+
+    Policy-wide under `calls`, overridden per tenant (a field left out keeps the policy's)."""
+
+    media_timeout: int | None = doc(
+        "seconds without RTP in either direction before the call is ended (CDR reason "
+        "media_timeout); 0 turns it off"
+    )
+    max_duration: int | None = doc(
+        "longest answered call in seconds, then it is ended (CDR reason max_duration); 0: no limit"
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class VipSpec:
     """A cluster address: SIP and media of calls on it, served by its own rtpengine set."""
 
@@ -149,6 +164,7 @@ class TenantSpec:
     media: MediaSpec | None = doc("rtpengine flags overriding the VIP's for this tenant")
     nat: NatSpec | None = doc("NAT traversal for this tenant's calls (default: the policy's `nat`)")
     limit: LimitSpec | None = doc("this tenant's channel limit")
+    calls: CallsSpec | None = doc("media timeout and maximum duration of this tenant's calls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,3 +287,6 @@ class PolicySpec:
         "health-probed gateways routes point to (Kamailio dispatcher)", factory=list
     )
     probing: ProbingSpec = doc("OPTIONS probing of the gateways, per node", factory=ProbingSpec)
+    calls: CallsSpec = doc(
+        "media timeout and maximum duration of calls (tenants may override)", factory=CallsSpec
+    )

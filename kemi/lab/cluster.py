@@ -9,12 +9,13 @@ removed on exit.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kemi.lab.net import Host, Lab, lab_ns
+from kemi.lab.net import Host, Lab, lab_ns, sh
 from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.stack import Stack, StackConfig
 
@@ -27,6 +28,7 @@ MAX_NODES = 9  # node addresses .1-.9 stay below the clients' .10
 PREFIX = lab_ns("khat")  # namespaces khat-1..khat-N, khat-c (client), khat-sw (switch)
 UAS_PORT = 5080
 DMQ_PORT = 5090
+CDR_REDIS_PORT = 6390  # the CDR store in the client namespace: a stand-in for the Redis VIP
 
 
 def node_address(i: int) -> str:
@@ -89,6 +91,7 @@ class Cluster:
     client_ns: str
     log_dir: Path
     runs: list[SippRun] = field(default_factory=list)
+    cdr_store: Stack | None = None  # start_cluster(cdr_store=True): every node's CDR store
 
     @property
     def a(self) -> Stack:
@@ -115,6 +118,50 @@ class Cluster:
     def move_vip(self, vip: str, src: str, dst: str) -> None:
         self.lab.del_address(src, vip)
         self.lab.add_address(dst, vip)
+
+    def power_off_a_and_take_vip1(self, outage_s: float = 0.0) -> int:
+        """Copy VIP1's Redis DB to B (Redis replication's job: the harness runs one Redis per
+        node without replication), power A off (link down, every process SIGKILLed), and
+        `outage_s` later VIP1 and its rtpengine up on B (cold restore from Redis). Returns the
+        number of keys copied."""
+        a, b = self.a, self.b
+        vip1 = a.policy.vips[0]
+        with a.net():
+            source = a.redis_client(vip1.set_id)
+            saved = {key: source.dump(key) for key in source.scan_iter()}
+        with b.net():
+            target = b.redis_client(vip1.set_id)
+            for key, value in saved.items():
+                target.restore(key, 0, value, replace=True)
+        self.lab.link(str(a.config.netns), up=False)
+        a.kill_all()
+        time.sleep(outage_s)  # what reaches VIP1 meanwhile is lost: UAs retransmit
+        # In a cluster B's hot-standby rtpengine is ready before VIP1 arrives; here it is
+        # started after (its ng socket is on VIP1): SIP to VIP1 waits until it answers.
+        ns_b = str(b.config.netns)
+        rule = ["INPUT", "-d", vip1.address, "-p", "udp", "--dport", "5060", "-j", "DROP"]
+        sh("ip", "netns", "exec", ns_b, "iptables", "-I", *rule)
+        try:
+            self.lab.add_address(ns_b, vip1.address)
+            b.start_rtpengine(vip1)
+        finally:
+            sh("ip", "netns", "exec", ns_b, "iptables", "-D", *rule)
+        return len(saved)
+
+    def revive_a(self) -> None:
+        """A back with VIP1 (B's VIP1 relay stopped, its copy of VIP1's DB flushed)."""
+        a, b = self.a, self.b
+        vip1 = a.policy.vips[0]
+        relay = b.rtpengines.pop(vip1.address, None)
+        if relay is not None:
+            relay.stop()
+        with b.net():
+            b.redis_client(vip1.set_id).flushdb()
+        self.lab.del_address(str(b.config.netns), vip1.address)
+        self.lab.del_address(str(a.config.netns), vip1.address)  # still on the powered-off A
+        self.lab.link(str(a.config.netns), up=True)
+        self.lab.add_address(str(a.config.netns), vip1.address)
+        a.start()
 
     def uas(self, scenario: str = "uas.xml") -> SippRun:
         run = sipp(
@@ -154,8 +201,11 @@ class Cluster:
         return run
 
 
-def node_config(run_dir: Path, node_id: int, ns: str, address: str, vip: str) -> StackConfig:
+def node_config(
+    run_dir: Path, node_id: int, ns: str, address: str, vip: str, cdr_redis: str | None = None
+) -> StackConfig:
     return StackConfig(
+        cdr_redis=cdr_redis,
         run_dir=run_dir,
         policy_path=run_dir.parent / "policy.yaml",
         node_id=node_id,
@@ -174,13 +224,19 @@ def start_cluster(
     prefix: str = PREFIX,
     policy: str | None = None,
     client_addresses: tuple[str, ...] = (),
+    cdr_store: bool = False,
+    policy_extra: str = "",
 ) -> Iterator[Cluster]:
     """Nodes 1..`nodes` started in order; a distinct `prefix` lets two clusters coexist.
-    `policy` replaces policy_text(nodes); `client_addresses` are added to the client namespace."""
+    `policy` replaces policy_text(nodes); `client_addresses` are added to the client namespace.
+    `cdr_store`: one Redis in the client namespace is every node's CDR store (it survives the
+    death of any node, as the cluster's Redis behind its VIP does). `policy_extra`: YAML lines
+    appended to the policy (e.g. `calls:`)."""
     if not 2 <= nodes <= MAX_NODES:
         raise ValueError(f"a cluster has 2 to {MAX_NODES} nodes, not {nodes}")
     numbers = range(1, nodes + 1)
-    (base / "policy.yaml").write_text(policy if policy is not None else policy_text(nodes))
+    text = policy if policy is not None else policy_text(nodes)
+    (base / "policy.yaml").write_text(text + policy_extra)
     hosts = [Host(node_ns(i, prefix), node_address(i)) for i in numbers]
     lab = Lab(prefix, [*hosts, Host(client_ns(prefix), CLIENT)])
     with lab, ExitStack() as running:
@@ -190,13 +246,23 @@ def start_cluster(
         lab.add_address(client_ns(prefix), UNLIMITED)
         for address in client_addresses:
             lab.add_address(client_ns(prefix), address)
+        store = None
+        if cdr_store:
+            store = running.enter_context(Stack(StackConfig(
+                run_dir=base / "cdr-store", policy_path=base / "policy.yaml",
+                netns=client_ns(prefix), redis_host=CLIENT, redis_port=CDR_REDIS_PORT,
+                components=("redis",),
+            )))  # fmt: skip
+        cdr_redis = f"{CLIENT}:{CDR_REDIS_PORT}/0" if cdr_store else None
         stacks = [
             running.enter_context(Stack(node_config(
                 base / f"node{i}", i, node_ns(i, prefix), node_address(i), vip_address(i),
+                cdr_redis,
             )))
             for i in numbers
         ]  # fmt: skip
-        cluster = Cluster(lab, stacks, [vip_address(i) for i in numbers], client_ns(prefix), base)
+        cluster = Cluster(lab, stacks, [vip_address(i) for i in numbers], client_ns(prefix), base,
+                          cdr_store=store)  # fmt: skip
         try:
             yield cluster
         finally:

@@ -32,11 +32,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import redis
 import yaml
 
 from kemi.lab.hanode import HaNode, install_node, kill_netns
 from kemi.lab.net import Host, Lab, lab_ns, sh
 from kemi.lab.sipp import SippRun, sipp
+from kemi.ops.cdrstore import read_cdrs
 from kemi.ops.cluster_status import collect_cluster, render_cluster
 from kemi.ops.netns import in_netns
 from kemi.ops.ng import NgClient, rtp_streams
@@ -286,6 +288,7 @@ class RunResult:
     transient_failed: int = 0  # calls in a transient state at the fault whose flow failed
     rejoin_gap_ms: float | None = None  # rejoin: worst RTP gap of any call while it rejoined
     duplicate_vip_ms: float = 0.0  # link-cut: time some VIP was on two nodes at once
+    cdrs_ok: int = 0  # calls with exactly one CDR, ended by a survivor, duration within 1 s
 
     @property
     def dropped(self) -> int:
@@ -504,7 +507,9 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
                        f"dialogs on {name} back to 0")  # fmt: skip
         except NotReady as exc:  # a leak is a finding of the run (survivor_dialogs), not a crash
             observed.append(str(exc))
+    cdrs_ok = cdrs_checked(survivors, call_vip, duration_ms / 1000, observed)
     return RunResult(
+        cdrs_ok=cdrs_ok,
         holders_after=vip_holders(setup, up),
         transient_failed=transient_failed,
         duplicate_vip_ms=duplicate_ms,
@@ -523,6 +528,46 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         takeover=restore,
         dc_before=dc,
     )
+
+
+def cdrs_checked(survivors: list[DrillNode], call_vip: dict[str, str], duration_s: float,
+                 observed: list[str]) -> int:  # fmt: skip
+    """Issue 15: every call of the run has exactly one CDR in the cluster's Redis (read through
+    the Redis VIP from a survivor), ended by a node alive at the end, its duration within 1 s of
+    SIPp's hold time. Returns the number of calls for which all of that holds."""
+    alive = {n.address for n in survivors}
+    found: dict[str, list[dict[str, str]]] = {}
+
+    def read() -> bool:
+        with in_netns(survivors[0].netns):
+            conn = redis.Redis(host=REDIS_VIP, port=6379, db=0, socket_timeout=2,
+                               decode_responses=True)  # fmt: skip
+            rows = read_cdrs(conn, 0, None)
+            found.clear()
+            for row in rows:
+                if row["call_id"] in call_vip:
+                    found.setdefault(row["call_id"], []).append(row)
+        return len(found) == len(call_vip)
+
+    try:
+        wait_until(read, 15, "a CDR for every call")
+    except (NotReady, redis.RedisError, OSError) as exc:
+        observed.append(f"CDRs: {exc}")
+    good = 0
+    for call_id in call_vip:
+        rows = found.get(call_id, [])
+        if len(rows) != 1:
+            observed.append(f"CDRs of {call_id}: {len(rows)}")
+            continue
+        row = rows[0]
+        off = abs(float(row["duration_s"]) - duration_s)
+        if row["end_node"] not in alive or off > 1.0:
+            observed.append(f"CDR of {call_id}: ended by {row['end_node']}, duration "
+                            f"{row['duration_s']} s (SIPp {duration_s:.1f} s)")  # fmt: skip
+            continue
+        good += 1
+    observed.append(f"CDRs: {good}/{len(call_vip)} calls with exactly one record")
+    return good
 
 
 def start_transient(setup: DrillSetup, work: Path, victim: DrillNode, count: int
@@ -784,6 +829,7 @@ def report(results: list[RunResult], calls: int, profile: str,
     others: list[float] = []
     medians: list[float] = []  # per run
     dropped = 0
+    cdrs = sum(r.cdrs_ok for r in results)
     for i, r in enumerate(results, start=1):
         lines.append(
             f"run {i}: {r.scenario} on {r.victim} ({r.failed_vip or 'no power-off'}); BYE 200 "
@@ -813,7 +859,7 @@ def report(results: list[RunResult], calls: int, profile: str,
         lines.append(distribution(medians))
     summary = (
         f"drill: scenario={scenario} calls={total} dropped={dropped} median_gap_ms={median:.0f} "
-        f"max_gap_ms={worst:.0f} other_vips_max_gap_ms={other:.0f}"
+        f"max_gap_ms={worst:.0f} other_vips_max_gap_ms={other:.0f} cdrs={cdrs}/{total}"
     )
     return "\n".join(lines), summary
 

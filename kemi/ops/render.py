@@ -379,6 +379,7 @@ def node_config(spec: ClusterSpec, node: NodeSpec) -> NodeConfigSpec:
         dmq_port=spec.dmq_port,
         components=["kamailio"],
         ready_check="rpc",  # the other nodes hold some of the VIPs
+        cdr_redis=f"{spec.redis.vip}:{spec.redis.port}/0",  # the master, wherever it is
     )
 
 

@@ -85,6 +85,8 @@ class StackConfig:
     pkg_mb: int = 16
     kemi_root: Path = REPO_ROOT  # where kemi-ha is installed on the node
     extra_env: dict[str, str] = field(default_factory=dict)
+    # CDR store (host:port/db): a cluster node's is the Redis VIP; None: this node's Redis, DB 0
+    cdr_redis: str | None = None
 
     @classmethod
     def from_node(cls, node: NodeConfigSpec, kemi_root: Path = REPO_ROOT) -> StackConfig:
@@ -108,6 +110,7 @@ class StackConfig:
             shm_mb=node.shm_mb,
             pkg_mb=node.pkg_mb,
             kemi_root=kemi_root,
+            cdr_redis=node.cdr_redis,
         )
 
     def node_values(self, policy: Policy) -> NodeValues:
@@ -303,6 +306,8 @@ class Stack:
         env["KEMI_HA_DMQ"] = "1" if self.dmq_enabled else "0"
         env["KEMI_HA_SIP_PORT"] = str(self.config.sip_port)
         env["KEMI_HA_TLS_PORT"] = str(self.config.tls_port)
+        cfg = self.config
+        env["KEMI_HA_CDR_REDIS"] = cfg.cdr_redis or f"{cfg.redis_host}:{cfg.redis_port}/0"
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         env.update(self.config.extra_env)
         return env
@@ -361,9 +366,20 @@ class Stack:
             self._wait(
                 daemon, lambda: self.rpc.call("core.uptime") is not None, 20, kamailio_failure
             )
-        # The TCP/TLS processes are forked last, after the UDP workers answer: started means
-        # all of them (a caller over TCP, and a test comparing PIDs, would otherwise race).
+        # Module processes (rtimer's, then TCP) are forked after the UDP workers answer: a
+        # caller comparing Kamailio's process list before and after (or calling over TCP) must
+        # see the whole list: the TCP main process runs, and the list has settled.
         self._wait(daemon, self.tcp_main_started, 20, kamailio_failure)
+        seen: list[frozenset[int]] = []
+
+        def settled() -> bool:
+            seen.append(frozenset(int(p["PID"]) for p in self.rpc.call("core.psx")))
+            if len(seen) < 2 or seen[-1] != seen[-2]:
+                time.sleep(0.3)
+                return False
+            return True
+
+        self._wait(daemon, settled, 20, kamailio_failure)
 
     def tcp_main_started(self) -> bool:
         return any(p.get("DSC") == "tcp main process" for p in self.rpc.call("core.psx") or [])

@@ -74,6 +74,17 @@ POLICY_RELOADS = Counter(
 EXCEPTIONS = Counter(
     "kemi_ha_route_exceptions_total", "Exceptions caught in KEMI routes", ["route"]
 )
+CDR_WRITES = Counter(
+    "kemi_ha_cdr_writes_total",
+    "Call records by result: written, duplicate (another writer was first), spooled (Redis "
+    "did not take it: retried from the node's spool), lost (not even spooled)",
+    ["result"],
+)
+CALLS_ENDED = Counter(
+    "kemi_ha_calls_ended_total",
+    "Calls this node ended itself (dead media, maximum duration), by result of dlg.end_dlg",
+    ["reason", "result"],
+)
 REQUEST_ROUTE_SECONDS = Histogram(
     "kemi_ha_request_route_seconds",
     "Time spent in the KEMI request route, per SIP request",

@@ -50,6 +50,7 @@ from kemi.core.numbers import header_action, rewrite_header
 from kemi.core.policy import GatewaySet, Limit, Policy, Vip
 from kemi.core.sdp import sdp_refusal
 from kemi.shell import metrics
+from kemi.shell.hygiene import CallRecords
 from kemi.shell.policy_holder import PolicyHolder
 from kemi.shell.pv import Garbled, Pv
 
@@ -129,6 +130,7 @@ class Router:
         ban_dump: Callable[[], list[dict[str, Any]]] = list,
         ports: dict[str, int] | None = None,
         gateway_listing: Callable[[], Mapping[str, Any]] = dict,
+        calls: CallRecords | None = None,
     ) -> None:
         self.ksr = ksr
         # SIP port per transport on every VIP: RELAY picks the socket of the next hop's one.
@@ -144,6 +146,7 @@ class Router:
         self.gateway_listing = gateway_listing  # RPC dispatcher.list, for the scrape only
         self.policies = policies
         self._policy = policies.current
+        self.calls = calls  # CDRs, dead and overlong calls (kemi.shell.hygiene); None: off
 
     def child_init(self, rank: int) -> int:
         return 0
@@ -382,6 +385,7 @@ class Router:
             metrics.LIMIT_REJECTIONS.labels(refused.why.removeprefix("limit_"),
                                             self.limit_key(decision, refused)).inc()  # fmt: skip
             self.send_reject(refused, facts.local_address)
+            self.record_refusal(policy, decision, refused)
             return
         gateways = decision.route.gateway_set
         level = 0
@@ -405,15 +409,18 @@ class Router:
             refused = sdp_refusal(pv.text("$rb"), policy.sdp_limits)
             if refused is not None:
                 self.send_reject(refused, vip.address)
+                self.record_refusal(policy, decision, refused)
                 return
             if not self.rtp_command(vip, "offer", ksr.rtpengine.rtpengine_offer, flags):
                 log.error("rtpengine set %d (VIP %s) refused the offer", vip.set_id, vip.address)
                 ksr.rtpengine.rtpengine_delete0()  # whatever half a session it kept
-                self.send_reject(
-                    Reject(503, "Media Relay Unavailable", why="rtpengine"), vip.address
-                )
+                refused = Reject(503, "Media Relay Unavailable", why="rtpengine")
+                self.send_reject(refused, vip.address)
+                self.record_refusal(policy, decision, refused)
                 return
         ksr.dialog.dlg_manage()
+        if self.calls is not None:
+            self.calls.dialog_created(policy, decision)
         self.count_channel(decision)
         ksr.rr.record_route()
         ksr.pv.sets(DLG_MEDIA_FLAGS, decision.media_flags)
@@ -443,6 +450,7 @@ class Router:
         if not self.route_relay():
             metrics.INVITES.labels(vip.address, "5xx").inc()
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
+            self.record_failure(500, cancelled=False)
 
     def route_dispatch(self, gateways: GatewaySet, after: int = -1) -> int | None:
         """DISPATCH: the first priority (after index `after`) with a gateway up; dispatcher
@@ -577,6 +585,7 @@ class Router:
         if action is takeover.OrphanAction.DROP:
             ksr.set_drop()
         elif action is takeover.OrphanAction.END:
+            self.record_failure(status, cancelled=status == 487)
             self.end_orphan_call(vip)
         elif action is not takeover.OrphanAction.FORWARD:
             flags = self.dialog_media_flags(vip)
@@ -686,6 +695,7 @@ class Router:
         if ok(ksr.tm.t_is_canceled()):
             self.count_final(487)
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
+            self.record_failure(487, cancelled=True)
             return 1
         status = int(ksr.tm.t_get_status_code())
         gateways = self.pv.text(AVP_GATEWAYS)
@@ -696,11 +706,13 @@ class Router:
         if not moved:
             self.count_final(status)
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
+            self.record_failure(int(status), cancelled=False)
             return 1
         self.arm_transaction()
         if not self.route_relay():
             self.count_final(500)
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
+            self.record_failure(500, cancelled=False)
         return 1
 
     def failover_destination(self, status: int) -> bool:
@@ -734,6 +746,31 @@ class Router:
         log.info("failover after %s: set %s, priority index %d", status, name, level)
         ksr.pv.seti(AVP_LEVEL, level)
         return True
+
+    # ----- call records and hygiene (kemi.shell.hygiene) ---------------------------------
+
+    @guarded("event")
+    def ksr_dialog_event(self, msg: Any, evname: str = "") -> int:
+        """The dialog module's event_callback: every state change (dialog:start, dialog:end,
+        dialog:failed, ...), with the dialog's context set."""
+        if self.calls is not None:
+            self.calls.dialog_event(evname)
+        return 1
+
+    @guarded("event")
+    def ksr_hygiene_timer(self, msg: Any, evname: str = "") -> int:
+        """rtimer (its own process): retry spooled CDRs, end dead and overlong calls."""
+        if self.calls is not None:
+            self.calls.tick()
+        return 1
+
+    def record_refusal(self, policy: Policy, decision: Admit, refused: Reject) -> None:
+        if self.calls is not None:
+            self.calls.refused(policy, decision, refused)
+
+    def record_failure(self, status: int, cancelled: bool) -> None:
+        if self.calls is not None:
+            self.calls.failed(status, cancelled)
 
     # ----- management HTTP (xhttp) ------------------------------------------------------
 
@@ -791,6 +828,8 @@ class Router:
                              ("version", "generation"))  # fmt: skip
         info.samples.append(((policy.version, str(self.policies.generation)), 1.0))
         gauges = [active, limits, up, info, self.ban_gauge()]
+        if self.calls is not None:
+            gauges += self.calls.gauges()
         if self.dmq:
             gauges.append(self.dmq_peer_gauge(policy))
         if policy.gateway_sets:

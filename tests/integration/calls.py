@@ -142,9 +142,11 @@ def kamailio_pids(stack: Stack) -> set[int]:
 
 
 def leftovers(stack: Stack) -> dict[str, int]:
-    """What a finished test must not leave: dialogs, rtpengine sessions, Redis keys."""
+    """What a finished test must not leave: dialogs, channels (the global profile counts every
+    admitted call), rtpengine sessions, Redis keys."""
     found = {
         "dialogs": active_dialogs(stack),
+        "channels": int(stack.rpc.call("dlg.profile_get_size", "kha_global")),
         "rtpengine sessions": rtpengine_sessions(stack),
         "redis keys": sum(stack.redis_client(v.set_id).dbsize() for v in stack.policy.vips),
     }

@@ -86,6 +86,11 @@ def stack_config(run_dir: Path, policy_text: str = TEST_POLICY) -> StackConfig:
     )
 
 
+def loopback_stack(tmp_path_factory: pytest.TempPathFactory, policy_text: str) -> Stack:
+    """The test stack (not started) on the test ports with `policy_text`."""
+    return Stack(stack_config(tmp_path_factory.mktemp("run"), policy_text))
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Stack]:
     with Stack(stack_config(tmp_path_factory.mktemp("run"))) as running:

@@ -52,6 +52,7 @@ def test_node_power_off_drops_no_call(require_root: None) -> None:
     assert result.bye_ok == CALLS, text  # every BYE after the failover got its 200
     assert result.survivor_dialogs == 0 and result.survivor_channels == 0, text
     assert result.dropped == 0
+    assert result.cdrs_ok == CALLS, text  # one CDR per call, by a survivor (issue 15)
     # Calls caught ringing, answered-not-ACKed, being cancelled, with a hold re-INVITE or a BYE
     # crossing the power-off (issue 13).
     for kind, *_scenarios in TRANSIENT:

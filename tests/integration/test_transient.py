@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from kemi.lab.cluster import CLIENT, UAS_PORT, VIP1, Cluster, node_ns, start_cluster
-from kemi.lab.net import lab_ns, sh
+from kemi.lab.net import lab_ns
 from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.stack import Stack
 from tests.integration.calls import assert_ok, packets_of, wait_for
@@ -63,20 +63,9 @@ def cluster(two_nodes: Cluster) -> Iterator[Cluster]:
 
 
 def revive_a(cluster: Cluster) -> None:
-    a, b = cluster.a, cluster.b
-    vip1 = a.policy.vips[0]
-    if a.kamailio is not None and a.kamailio.alive():
+    if cluster.a.kamailio is not None and cluster.a.kamailio.alive():
         return
-    relay = b.rtpengines.pop(VIP1, None)
-    if relay is not None:
-        relay.stop()
-    with b.net():
-        b.redis_client(vip1.set_id).flushdb()
-    cluster.lab.del_address(NS_B, VIP1)
-    cluster.lab.del_address(NS_A, VIP1)  # still configured in the powered-off namespace
-    cluster.lab.link(NS_A, up=True)
-    cluster.lab.add_address(NS_A, VIP1)
-    a.start()
+    cluster.revive_a()
     wait_for(lambda: dmq_ready(cluster), timeout=30, what="A back in DMQ")
 
 
@@ -110,31 +99,10 @@ def packets(node: Stack, call_id: str) -> int:
 
 
 def power_off_a_and_take_vip1(cluster: Cluster, outage_s: float = 0.0) -> float:
-    """Copy VIP1's Redis DB to B (Redis replication's job), power A off, and `outage_s` later
-    VIP1 and its rtpengine up on B (cold restore from Redis). Returns the time of the
-    power-off."""
-    a, b = cluster.a, cluster.b
-    vip1 = a.policy.vips[0]
-    with a.net():
-        source = a.redis_client(vip1.set_id)
-        saved = {key: source.dump(key) for key in source.scan_iter()}
-    with b.net():
-        target = b.redis_client(vip1.set_id)
-        for key, value in saved.items():
-            target.restore(key, 0, value, replace=True)
-    cluster.lab.link(NS_A, up=False)
-    a.kill_all()
+    """Power A off, and `outage_s` later VIP1 and its rtpengine up on B
+    (Cluster.power_off_a_and_take_vip1). Returns the time of the power-off."""
     killed = time.monotonic()
-    time.sleep(outage_s)  # what reaches VIP1 meanwhile is lost: UAs retransmit
-    # In a cluster B's hot-standby rtpengine is ready before VIP1 arrives; here it is started
-    # after (its ng socket is on VIP1): SIP to VIP1 waits until it answers.
-    rule = ["INPUT", "-d", VIP1, "-p", "udp", "--dport", "5060", "-j", "DROP"]
-    sh("ip", "netns", "exec", NS_B, "iptables", "-I", *rule)
-    try:
-        cluster.lab.add_address(NS_B, VIP1)
-        b.start_rtpengine(vip1)
-    finally:
-        sh("ip", "netns", "exec", NS_B, "iptables", "-D", *rule)
+    saved = cluster.power_off_a_and_take_vip1(outage_s)
     assert saved, "VIP1's rtpengine had no session in Redis before the power-off"
     return killed
 

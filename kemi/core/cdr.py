@@ -1,0 +1,265 @@
+"""Call records (CDRs) and call hygiene: pure decisions, no KSR, no I/O, no clock.
+
+Rules:
+- one record per call attempt that got past the policy (a tenant or trunk identified, a route
+  found): answered, busy, cancelled, failed, refused by a channel limit. Requests refused
+  before that (403 untrusted, 404 no route, 400 garbled) are counted in metrics only: a
+  scanner must not fill the store;
+- a record is identified by Call-ID + From-tag (`once_key`): the store writes it only if that
+  key is new (SET NX + XADD in one Lua script, atomic on the Redis master), so any number of
+  writers (the node that saw the BYE, a replicated copy timing out, a sweep, a retry from the
+  spool) produce exactly one record; the first writer's reason wins;
+- what the node that ends a call needs to write it travels with the dialog: `SetupFacts`,
+  encoded as one dialog variable at the INVITE (dialog variables are replicated over DMQ with
+  the dialog, Kamailio 5.6 dlg_dmq.c), plus the answer time (a dialog variable set at
+  `dialog:start` where the 200 passed, else the dialog's replicated `start_ts`, whole seconds);
+- reasons (`EndReason`) are decided here from what the shell read: the BYE's From-tag, the
+  final status, the dialog event, the sweep's verdict (`sweep_verdict`).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+STREAM = "kha:cdr"  # the Redis stream of records (one entry per call attempt)
+ONCE_PREFIX = "kha:cdr:once:"  # + from-tag + ":" + Call-ID: the exactly-once marker
+# The marker outlives any retry: a call ends once; a spool can hold a record for days when Redis
+# is unreachable, and a replicated dialog copy may time out much later than the call ended (its
+# own dialog timer, at most the max duration / default timeout after the answer).
+ONCE_TTL_S = 14 * 24 * 3600
+
+
+class EndReason(enum.Enum):
+    BYE_CALLER = "bye_caller"
+    BYE_CALLEE = "bye_callee"
+    CANCEL = "cancel"
+    FAILED = "failed"  # a final failure of the INVITE (4xx-6xx, 408 no answer, 500 relay)
+    LIMIT = "limit"  # refused by a channel limit, before any media
+    REFUSED = "refused"  # refused after the policy admitted it (488 SDP bounds, 503 media)
+    MEDIA_TIMEOUT = "media_timeout"  # no RTP either way for the call's media_timeout
+    MAX_DURATION = "max_duration"  # the policy's maximum call duration reached
+    DIALOG_TIMEOUT = "dialog_timeout"  # the dialog module's own timer ended it (no BYE seen)
+
+
+@dataclass(frozen=True, slots=True)
+class SetupFacts:
+    """What the node that set the call up knows at the INVITE (one dialog variable)."""
+
+    caller: str  # From user@host
+    callee: str  # R-URI user@host
+    tenant: str
+    trunk: str
+    vip: str
+    node: str  # the node that set it up (its node address)
+    invite_ms: int  # unix ms of the initial INVITE
+    media_timeout: int  # seconds, 0: off
+    max_duration: int  # seconds, 0: off
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @staticmethod
+    def decode(text: str) -> SetupFacts | None:
+        """None for an empty or foreign value (a dialog set up before this version)."""
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            return SetupFacts(**{f.name: type_of(f.name)(data[f.name]) for f in fields(SetupFacts)})
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+_INT_FIELDS = frozenset({"invite_ms", "media_timeout", "max_duration"})
+
+
+def type_of(name: str) -> type:
+    return int if name in _INT_FIELDS else str
+
+
+@dataclass(frozen=True, slots=True)
+class Cdr:
+    """One call attempt, as stored (every field a string in the stream entry)."""
+
+    call_id: str
+    from_tag: str
+    caller: str
+    callee: str
+    tenant: str
+    trunk: str
+    vip: str
+    setup_node: str
+    end_node: str
+    invite_ms: int
+    answer_ms: int  # 0: never answered
+    end_ms: int
+    duration_s: float  # answered time (end - answer), 0 if never answered
+    code: int  # final SIP code of the INVITE (200 for answered calls)
+    reason: EndReason
+
+    def fields(self) -> dict[str, str]:
+        out = {f.name: str(getattr(self, f.name)) for f in fields(Cdr)}
+        out["reason"] = self.reason.value
+        return out
+
+    @staticmethod
+    def from_fields(data: Mapping[str, str]) -> Cdr:
+        values: dict[str, Any] = {}
+        for f in fields(Cdr):
+            raw = data[f.name]
+            if f.name == "reason":
+                values[f.name] = EndReason(raw)
+            elif f.name == "duration_s":
+                values[f.name] = float(raw)
+            elif f.name in ("invite_ms", "answer_ms", "end_ms", "code"):
+                values[f.name] = int(raw)
+            else:
+                values[f.name] = raw
+        return Cdr(**values)
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Cdr))
+
+
+def once_key(call_id: str, from_tag: str) -> str:
+    return f"{ONCE_PREFIX}{from_tag}:{call_id}"
+
+
+def build_cdr(
+    facts: SetupFacts,
+    call_id: str,
+    from_tag: str,
+    end_node: str,
+    end_ms: int,
+    reason: EndReason,
+    code: int,
+    answer_ms: int = 0,
+) -> Cdr:
+    """The record of a call that ended at `end_ms` (answer_ms 0: never answered)."""
+    answered = answer_ms > 0
+    duration = max(0, end_ms - answer_ms) / 1000 if answered else 0.0
+    return Cdr(
+        call_id=call_id,
+        from_tag=from_tag,
+        caller=facts.caller,
+        callee=facts.callee,
+        tenant=facts.tenant,
+        trunk=facts.trunk,
+        vip=facts.vip,
+        setup_node=facts.node,
+        end_node=end_node,
+        invite_ms=facts.invite_ms,
+        answer_ms=answer_ms,
+        end_ms=end_ms,
+        duration_s=round(duration, 3),
+        code=code,
+        reason=reason,
+    )
+
+
+def answer_time_ms(answer_var: str, start_ts: int) -> int:
+    """The answer time: the dialog variable set at dialog:start (ms) where the 200 passed; on a
+    node that only holds the replicated copy, the dialog's start_ts (whole seconds)."""
+    if answer_var.isdigit() and int(answer_var) > 0:
+        return int(answer_var)
+    return start_ts * 1000 if start_ts > 0 else 0
+
+
+def bye_reason(bye_from_tag: str, dialog_from_tag: str) -> EndReason:
+    """The BYE's From-tag is the dialog's From-tag when the caller hung up (RFC 3261 12.2.1.1:
+    the callee's requests carry the dialog's tags swapped)."""
+    return EndReason.BYE_CALLER if bye_from_tag == dialog_from_tag else EndReason.BYE_CALLEE
+
+
+def failure_reason(status: int, cancelled: bool) -> EndReason:
+    if cancelled or status == 487:
+        return EndReason.CANCEL
+    return EndReason.FAILED
+
+
+def reject_reason(why: str) -> EndReason:
+    """A refusal after the policy admitted the call: limits are their own reason."""
+    return EndReason.LIMIT if why.startswith("limit_") else EndReason.REFUSED
+
+
+# ----- the sweep: media timeout and maximum duration ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SweepFacts:
+    """One confirmed dialog on a VIP this node holds, as the sweep reads it."""
+
+    answer_ms: int
+    media_timeout: int  # s, 0: off
+    max_duration: int  # s, 0: off
+    last_media_s: float | None  # latest "last packet" of any stream; None: no session
+
+
+def sweep_verdict(facts: SweepFacts, now_ms: int, session_grace_s: int = 5) -> EndReason | None:
+    """Checked in order: maximum duration, then media.
+
+    Media is dead when no stream received a packet for `media_timeout` s (counted from the
+    answer when no packet came at all). A dialog whose rtpengine session is gone (rtpengine's
+    own --timeout deleted it, or it was lost) is dead media too once `session_grace_s` after
+    the answer has passed (the session is created at the offer, before the answer)."""
+    if facts.answer_ms <= 0:
+        return None
+    age_s = (now_ms - facts.answer_ms) / 1000
+    if facts.max_duration and age_s >= facts.max_duration:
+        return EndReason.MAX_DURATION
+    if not facts.media_timeout:
+        return None
+    if facts.last_media_s is None:
+        return EndReason.MEDIA_TIMEOUT if age_s >= session_grace_s else None
+    last_ms = max(facts.last_media_s * 1000, facts.answer_ms)
+    if (now_ms - last_ms) / 1000 >= facts.media_timeout:
+        return EndReason.MEDIA_TIMEOUT
+    return None
+
+
+def last_media_s(query: Mapping[str, Any]) -> float | None:
+    """The latest `last packet` (unix s) of any stream of an rtpengine ng `query` answer;
+    None when the call is unknown to rtpengine. 0.0 when no stream ever received a packet."""
+    if query.get("result") != "ok":
+        return None
+    latest = 0.0
+    for tag in (query.get("tags") or {}).values():
+        for media in tag.get("medias", ()) if isinstance(tag, dict) else ():
+            for stream in media.get("streams", ()):
+                value = stream.get("last packet", 0)
+                if isinstance(value, (int, float)) and value > latest:
+                    latest = float(value)
+    return latest
+
+
+def dialog_variables(entry: Mapping[str, Any]) -> dict[str, str]:
+    """`dlg.list` gives a dialog's variables as a list of one-key objects."""
+    out: dict[str, str] = {}
+    raw = entry.get("variables") or []
+    items: Iterable[Any] = raw if isinstance(raw, list) else [raw]
+    for item in items:
+        if isinstance(item, dict):
+            out.update({str(k): str(v) for k, v in item.items()})
+    return out
+
+
+# Writes the record only if its marker is new; returns the stream id, or false (already there).
+# Atomic on the master: no crash leaves a marker without its record, or the reverse.
+WRITE_ONCE_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+end
+return false
+"""
+
+
+def write_args(cdr: Cdr, ttl_s: int = ONCE_TTL_S) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of WRITE_ONCE_LUA for this record."""
+    argv = [cdr.end_node, str(ttl_s)]
+    for name, value in cdr.fields().items():
+        argv += [name, value]
+    return [once_key(cdr.call_id, cdr.from_tag), STREAM], argv

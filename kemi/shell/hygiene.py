@@ -1,0 +1,270 @@
+"""Call records and call hygiene in the KSR shell: CDRs at the end of every call attempt, dead
+and overlong calls ended (kemi.core.cdr decides, this applies; docs/cdr.md).
+
+Where each record is written (by the node that ends the call; the store writes a call once):
+- INVITE refused after the policy admitted it (channel limit, SDP bounds, media): at once;
+- final failure or CANCEL of the INVITE: MANAGE_FAILURE (the dialog context is set there);
+  a dead node's INVITE failing after a takeover: TAKEOVER_REPLY's end of the call;
+- answered call: `dialog:end` (dialog module `event_callback`), run where the BYE passes
+  (reason from its From-tag), or where the dialog module's own timer ends it. Kamailio 5.6 runs
+  no event on a replicated copy when another node ends the call (dlg_dmq.c), and the store
+  drops a second record of the same call;
+- dead or overlong call: the sweep (Kamailio timer process, `ksr_hygiene_timer`), on the node
+  that holds the call's VIP, writes the record (media_timeout, max_duration) and ends the
+  dialog with `dlg.end_dlg` (BYE both ways, then `dialog:end`, whose record is a duplicate).
+
+The store is handed in (kemi.entry: kemi.ops.cdrstore): `write(cdr)` answers written /
+duplicate / spooled / lost and never raises; `drain()` retries the spool from the timer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from kemi.core import cdr
+from kemi.core.cdr import Cdr, EndReason, SetupFacts, SweepFacts
+from kemi.core.decide import Admit, Reject
+from kemi.core.policy import Policy
+from kemi.core.takeover import DLG_CONFIRMED, rpc_command
+from kemi.shell import metrics
+from kemi.shell.pv import Pv
+
+log = logging.getLogger("kemi.cdr")
+
+DLG_SETUP = "$dlg_var(kha_cdr)"  # SetupFacts of the call (replicated with the dialog)
+DLG_ANSWER = "$dlg_var(kha_ta)"  # unix ms of the answer, where the 200 passed
+RPC_BODY = "$jsonrpl(body)"
+RPC_CODE = "$jsonrpl(code)"
+# The dialog timer stays a backstop behind the sweep's maximum duration (no BYE from it on a
+# replicated copy: kamailio #4938).
+MAX_DURATION_BACKSTOP_S = 60
+
+
+class CdrWriter(Protocol):
+    def write(self, record: Cdr) -> Any: ...  # an enum whose .value is the result label
+
+    def drain(self) -> tuple[int, int]: ...
+
+
+def ok(rc: Any) -> bool:
+    return rc is not None and rc is not False and int(rc) > 0
+
+
+def leg_tag(entry: Mapping[str, Any], leg: str) -> str:
+    side = entry.get(leg) or {}
+    return str(side.get("tag", "")) if isinstance(side, dict) else ""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class CallRecords:
+    """One per Kamailio process; the Router calls it at the points listed above."""
+
+    def __init__(
+        self,
+        ksr: Any,
+        node: str,
+        writer: CdrWriter,
+        policy: Callable[[], Policy],
+        vips_held: Callable[[], Callable[[str], bool]] = lambda: lambda address: True,
+        media_query: Callable[[str, str], Mapping[str, Any] | None] = lambda s, c: None,
+        media_delete: Callable[[str, str], bool] = lambda s, c: False,
+        clock_ms: Callable[[], int] = now_ms,
+    ) -> None:
+        self.ksr = ksr
+        self.pv = Pv(ksr)
+        self.node = node
+        self.writer = writer
+        self.policy = policy
+        self.vips_held = vips_held  # one reading of the local addresses per sweep
+        self.media_query = media_query  # (ng socket, Call-ID) -> ng query; None: no answer
+        # (ng socket, Call-ID) -> deleted: the BYEs dlg.end_dlg sends pass no route of ours
+        self.media_delete = media_delete
+        self.clock_ms = clock_ms
+
+    # ----- writing -------------------------------------------------------------------
+
+    def store(self, record: Cdr) -> None:
+        result = self.writer.write(record)
+        label = getattr(result, "value", str(result))
+        metrics.CDR_WRITES.labels(label).inc()
+        if label in ("spooled", "lost"):
+            log.error("cdr %s for %s (reason %s): %s", label, record.call_id,
+                      record.reason.value, getattr(self.writer, "last_error", ""))  # fmt: skip
+        else:
+            log.info("cdr %s reason=%s code=%d", label, record.reason.value, record.code)
+
+    def setup_facts(self) -> SetupFacts | None:
+        return SetupFacts.decode(self.pv.text(DLG_SETUP))
+
+    def ids(self) -> tuple[str, str]:
+        return self.pv.text("$ci"), self.pv.text("$ft")
+
+    # ----- the routes' hooks -----------------------------------------------------------
+
+    def facts_of(self, policy: Policy, decision: Admit) -> SetupFacts:
+        pv = self.pv
+        tenant = decision.tenant.name if decision.tenant else ""
+        timers = policy.timers_for(tenant or None)
+        return SetupFacts(
+            caller=f"{pv.text('$fU')}@{pv.text('$fd')}",
+            callee=f"{pv.text('$rU')}@{pv.text('$rd')}",
+            tenant=tenant,
+            trunk=decision.trunk.name if decision.trunk else "",
+            vip=decision.vip.address,
+            node=self.node,
+            invite_ms=self.clock_ms(),
+            media_timeout=timers.media_timeout,
+            max_duration=timers.max_duration,
+        )
+
+    def dialog_created(self, policy: Policy, decision: Admit) -> None:
+        """After dlg_manage: the facts the node that ends the call needs, and the backstop."""
+        facts = self.facts_of(policy, decision)
+        self.ksr.pv.sets(DLG_SETUP, facts.encode())
+        if facts.max_duration:
+            self.ksr.dialog.dlg_set_timeout(facts.max_duration + MAX_DURATION_BACKSTOP_S)
+
+    def refused(self, policy: Policy, decision: Admit, reject: Reject) -> None:
+        """Refused before any dialog (limit, SDP bounds, media relay): recorded at once."""
+        call_id, from_tag = self.ids()
+        now = self.clock_ms()
+        self.store(cdr.build_cdr(self.facts_of(policy, decision), call_id, from_tag, self.node,
+                                 now, cdr.reject_reason(reject.why), reject.code))  # fmt: skip
+
+    def failed(self, status: int, cancelled: bool) -> None:
+        """The INVITE's final failure (MANAGE_FAILURE, or an orphan's end after a takeover)."""
+        facts = self.setup_facts()
+        if facts is None:
+            return
+        call_id, from_tag = self.ids()
+        reason = cdr.failure_reason(status, cancelled)
+        code = 487 if reason is EndReason.CANCEL else status
+        now = self.clock_ms()
+        self.store(cdr.build_cdr(facts, call_id, from_tag, self.node, now, reason, code))
+
+    def dialog_event(self, event: str) -> None:
+        """dialog:start (the 200 passed here): answer time; dialog:end: the record."""
+        if event == "dialog:start":
+            self.ksr.pv.sets(DLG_ANSWER, str(self.clock_ms()))
+        elif event == "dialog:end":
+            self.dialog_ended()
+
+    def dialog_ended(self) -> None:
+        facts = self.setup_facts()
+        if facts is None:
+            log.warning("dialog ended without call facts: no CDR (set up by an older version?)")
+            return
+        call_id = self.pv.text("$dlg(callid)")
+        from_tag = self.pv.text("$dlg(from_tag)")
+        if self.ksr.is_BYE():
+            reason = cdr.bye_reason(self.pv.text("$ft"), from_tag)
+        else:  # no BYE passed: the dialog module's timer (or an RPC) ended it
+            reason = EndReason.DIALOG_TIMEOUT
+        answer = cdr.answer_time_ms(self.pv.text(DLG_ANSWER), self.pv.number("$dlg(start_ts)"))
+        self.store(cdr.build_cdr(facts, call_id, from_tag, self.node, self.clock_ms(), reason,
+                                 200, answer))  # fmt: skip
+
+    def gauges(self) -> list[metrics.Gauge]:
+        spooled = getattr(self.writer, "spooled", list)
+        gauge = metrics.Gauge("kemi_ha_cdr_spooled", "Call records waiting in this node's "
+                              "spool for Redis (not lost; retried every timer tick)")  # fmt: skip
+        gauge.samples.append(((), float(len(spooled()))))
+        return [gauge]
+
+    # ----- the timer: spool and sweep ----------------------------------------------------
+
+    def tick(self) -> None:
+        written, left = self.writer.drain()
+        if written:
+            log.info("cdr spool: %d records written, %d left", written, left)
+        self.sweep()
+
+    def sweep(self) -> int:
+        """End the confirmed calls on VIPs held here whose media died or that ran too long."""
+        policy = self.policy()
+        if not any(t.media_timeout or t.max_duration for t in policy.call_timers.values()):
+            return 0
+        dialogs = self.dialogs()
+        if not dialogs:
+            return 0
+        is_held = self.vips_held()
+        now = self.clock_ms()
+        ended = 0
+        silent: set[str] = set()  # VIPs whose rtpengine did not answer in this sweep
+        for entry in dialogs:
+            if int(entry.get("state", 0)) != DLG_CONFIRMED:
+                continue
+            variables = cdr.dialog_variables(entry)
+            facts = SetupFacts.decode(variables.get("kha_cdr", ""))
+            if facts is None or not (facts.media_timeout or facts.max_duration):
+                continue
+            vip = policy.vip_by_address.get(facts.vip)
+            if vip is None or not is_held(vip.address):
+                continue
+            answer = cdr.answer_time_ms(variables.get("kha_ta", ""),
+                                        int(entry.get("start_ts", 0) or 0))  # fmt: skip
+            last: float | None = 0.0
+            media_timeout = facts.media_timeout
+            if media_timeout:
+                call_id = str(entry.get("call-id", ""))
+                query = None if vip.address in silent else self.media_query(vip.rtpengine[0],
+                                                                            call_id)  # fmt: skip
+                if query is None:  # rtpengine did not answer: no evidence about the media (and
+                    silent.add(vip.address)  # no second wait for it in this sweep); the
+                    media_timeout = 0  # duration still counts
+                else:
+                    last = cdr.last_media_s(query)
+            verdict = cdr.sweep_verdict(
+                SweepFacts(answer, media_timeout, facts.max_duration, last), now
+            )
+            if verdict is not None and self.end_call(entry, facts, answer, verdict, now):
+                ended += 1
+                if not self.media_delete(vip.rtpengine[0], str(entry.get("call-id", ""))):
+                    log.warning("rtpengine delete failed after ending a call (set %d)", vip.set_id)
+        return ended
+
+    def end_call(
+        self, entry: Mapping[str, Any], facts: SetupFacts, answer: int, reason: EndReason,
+        now: int,
+    ) -> bool:  # fmt: skip
+        """Record, then BYE the callee, then the caller. Not `dlg.end_dlg`: in Kamailio 5.6.3
+        dlg_bye_all() BYEs the caller first and, when its 200 is handled by another process
+        before the callee's BYE leaves (loopback: seen), send_bye() refuses the callee's BYE
+        (the dialog is already deleted; fixed upstream later with `enforce`). The callee (the
+        trunk side, which bills and holds a channel) is sent its BYE first; the caller's BYE
+        can still lose that race, then it is logged."""
+        call_id = str(entry.get("call-id", ""))
+        from_tag, to_tag = leg_tag(entry, "caller"), leg_tag(entry, "callee")
+        log.warning("ending call %s: %s", call_id, reason.value)
+        self.store(cdr.build_cdr(facts, call_id, from_tag, self.node, now, reason, 200, answer))
+        dialog = self.ksr.dialog
+        if not ok(dialog.dlg_get(call_id, from_tag, to_tag)):
+            metrics.CALLS_ENDED.labels(reason.value, "error").inc()
+            log.error("dialog of %s not found to end it", call_id)
+            return False
+        callee = ok(dialog.dlg_bye("callee"))
+        caller = ok(dialog.dlg_bye("caller"))
+        metrics.CALLS_ENDED.labels(reason.value, "ok" if callee else "error").inc()
+        if not (callee and caller):
+            log.error("BYE for %s not sent to%s%s", call_id, "" if callee else " the callee",
+                      "" if caller else " the caller")  # fmt: skip
+        return callee or caller
+
+    def dialogs(self) -> list[dict[str, Any]]:
+        self.ksr.jsonrpcs.exec(rpc_command("dlg.list"))
+        if self.pv.number(RPC_CODE) != 200:
+            log.error("dlg.list failed: %s", self.pv.text(RPC_BODY))
+            return []
+        try:
+            body = json.loads(self.pv.text(RPC_BODY))
+        except ValueError:
+            return []
+        result = body.get("result", []) if isinstance(body, dict) else []
+        return [d for d in result if isinstance(d, dict)]

@@ -1,0 +1,208 @@
+"""Call records and call hygiene on one node (issue 15): real Kamailio, rtpengine, Redis, SIPp.
+
+One record per call attempt in the Redis stream, with the right reason and code; a call whose
+caller vanished (SIPp killed) is ended by the media timeout (BYE to the callee, channel freed);
+a call over the tenant's maximum duration is ended; every channel count returns to 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kemi.cli import main
+from kemi.core import cdr
+from kemi.core.cdr import EndReason, SetupFacts
+from kemi.ops.cdrstore import RedisAddress, RedisCdrStore, Written, read_cdrs
+from kemi.ops.stack import Stack
+from tests.integration.calls import (
+    active_dialogs,
+    assert_ok,
+    start_uac,
+    start_uas,
+    wait_for,
+)
+from tests.integration.conftest import NG_PORT, UAS_PORT, VIP1, VIP2, loopback_stack
+
+MEDIA_TIMEOUT = 5
+MAX_DURATION = 3
+# VIP1's calls are tenant "metro" (R-URI domain 127.0.0.1): one channel, media timeout;
+# VIP2's are tenant "short": a maximum duration, no media timeout.
+POLICY = f"""\
+version: cdr-1
+vips:
+  - address: {VIP1}
+    rtpengine: ["udp:{VIP1}:{NG_PORT}"]
+  - address: {VIP2}
+    rtpengine: ["udp:{VIP2}:{NG_PORT}"]
+tenants:
+  - name: metro
+    domains: ["{VIP1}"]
+    limit: {{max: 1, code: 486, reason: Channels Busy}}
+    calls: {{media_timeout: {MEDIA_TIMEOUT}}}
+  - name: short
+    domains: ["{VIP2}"]
+    calls: {{max_duration: {MAX_DURATION}}}
+routes:
+  - name: default
+    destinations: ["sip:127.0.0.1:{UAS_PORT}"]
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Iterator[Stack]:
+    with loopback_stack(tmp_path_factory, POLICY) as running:
+        yield running
+
+
+def cdrs(stack: Stack, call_id: str) -> list[dict[str, str]]:
+    return [r for r in read_cdrs(stack.redis_client(0), 0, None) if r["call_id"] == call_id]
+
+
+def one_cdr(stack: Stack, call_id: str, timeout: float = 10) -> dict[str, str]:
+    wait_for(lambda: bool(cdrs(stack, call_id)), timeout, f"the CDR of {call_id}")
+    time.sleep(0.5)  # a second record would come now
+    found = cdrs(stack, call_id)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def channels(stack: Stack) -> dict[str, int]:
+    rpc = stack.rpc
+    return {
+        "global": int(rpc.call("dlg.profile_get_size", "kha_global")),
+        "metro": int(rpc.call("dlg.profile_get_size", "kha_tenant", "metro")),
+        "short": int(rpc.call("dlg.profile_get_size", "kha_tenant", "short")),
+    }
+
+
+@pytest.fixture(autouse=True)
+def channels_back_to_zero(stack: Stack) -> Iterator[None]:
+    """Counts that never leak: after every call type, every channel profile is 0 again."""
+    yield
+    wait_for(lambda: not any(channels(stack).values()), 20, "channel counts back to 0",
+             lambda: str(channels(stack)))  # fmt: skip
+
+
+def test_answered_call_has_one_cdr(stack: Stack, log_dir: Path) -> None:
+    uas = start_uas(log_dir)
+    t0 = time.time()
+    uac = start_uac(log_dir, VIP1, "cdr-answered", duration_ms=2000)
+    assert_ok(uac)
+    t1 = time.time()
+    assert_ok(uas)
+    cdr = one_cdr(stack, "cdr-answered")
+    assert cdr["reason"] == "bye_caller"
+    assert cdr["code"] == "200"
+    assert (cdr["tenant"], cdr["trunk"], cdr["vip"]) == ("metro", "", VIP1)
+    assert cdr["caller"] == "sipp@127.0.0.1"
+    assert cdr["callee"] == f"1000@{VIP1}"
+    assert cdr["setup_node"] == cdr["end_node"] == "127.0.0.1"
+    invite, answer, end = int(cdr["invite_ms"]), int(cdr["answer_ms"]), int(cdr["end_ms"])
+    assert t0 * 1000 - 50 <= invite <= answer <= end <= t1 * 1000 + 50
+    assert 1.8 <= float(cdr["duration_s"]) <= 3.0  # SIPp: 2 s of RTP, then BYE
+
+
+def test_cli_exports_the_records_of_a_time_range(
+    stack: Stack, log_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = f"127.0.0.1:{stack.config.redis_port}/0"
+    since = time.time()
+    uas = start_uas(log_dir)
+    assert_ok(start_uac(log_dir, VIP1, "cdr-exported", duration_ms=500))
+    assert_ok(uas)
+    one_cdr(stack, "cdr-exported")
+    capsys.readouterr()
+    assert main(["cdr", "--redis", store, "--format", "jsonl", "--from", str(since)]) == 0
+    out = capsys.readouterr().out
+    assert [json.loads(line)["call_id"] for line in out.splitlines()] == ["cdr-exported"]
+    assert main(["cdr", "--redis", store, "--to", str(since)]) == 0
+    assert "cdr-exported" not in capsys.readouterr().out
+
+
+def test_store_writes_a_call_once_and_spools_fast_when_redis_is_down(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The write script against the real Redis; a store that does not answer costs one
+    connect timeout (100 ms), then nothing while paused, and the record waits in the spool."""
+    facts = SetupFacts("a@x", "b@y", "", "", VIP1, "n1", int(time.time() * 1000), 0, 0)
+    record = cdr.build_cdr(facts, "cdr-store-once", "f1", "n1", facts.invite_ms, EndReason.CANCEL,
+                           487)  # fmt: skip
+    up = RedisCdrStore(RedisAddress("127.0.0.1", stack.config.redis_port), tmp_path / "up")
+    assert up.write(record) is Written.WRITTEN
+    assert up.write(record) is Written.DUPLICATE
+    assert len(cdrs(stack, "cdr-store-once")) == 1
+    down = RedisCdrStore(RedisAddress("127.0.0.2", stack.config.redis_port), tmp_path / "down")
+    again = dataclasses.replace(record, call_id="cdr-store-spooled")
+    start = time.perf_counter()
+    assert down.write(again) is Written.SPOOLED
+    assert down.write(again) is Written.SPOOLED  # paused: not even a connect
+    assert time.perf_counter() - start < 0.5
+    down.address = up.address
+    down._make_client = up._make_client
+    down._pid = -1  # a new client on the next use (as after a fork)
+    down._paused_until = 0.0
+    assert down.drain() == (2, 0)  # both spooled copies: one written, one a duplicate
+    assert len(cdrs(stack, "cdr-store-spooled")) == 1
+
+
+def test_cancelled_and_busy_calls_have_one_cdr(stack: Stack, log_dir: Path) -> None:
+    for uac_scenario, uas_scenario, call_id in (
+        ("uac_cancel.xml", "uas_ring.xml", "cdr-cancel"),
+        ("uac_busy.xml", "uas_busy.xml", "cdr-busy"),
+    ):
+        uas = start_uas(log_dir, uas_scenario)
+        uac = start_uac(log_dir, VIP2, call_id, uac_scenario)
+        assert_ok(uac, 30)
+        assert_ok(uas, 30)
+    cancel, busy = one_cdr(stack, "cdr-cancel"), one_cdr(stack, "cdr-busy")
+    assert (cancel["reason"], cancel["code"], cancel["answer_ms"]) == ("cancel", "487", "0")
+    assert (busy["reason"], busy["code"], busy["answer_ms"]) == ("failed", "486", "0")
+    assert busy["tenant"] == cancel["tenant"] == "short"
+    assert float(busy["duration_s"]) == 0.0
+
+
+def test_limit_refusal_has_one_cdr(stack: Stack, log_dir: Path) -> None:
+    uas = start_uas(log_dir)
+    first = start_uac(log_dir, VIP1, "cdr-holds-the-channel", duration_ms=3000)
+    wait_for(lambda: active_dialogs(stack) == 1, what="the first call up")
+    second = start_uac(log_dir, VIP1, "cdr-refused", "uac_limited.xml", duration_ms=500)
+    assert_ok(second)
+    assert_ok(first)
+    assert_ok(uas)
+    refused = one_cdr(stack, "cdr-refused")
+    assert (refused["reason"], refused["code"], refused["tenant"]) == ("limit", "486", "metro")
+    assert one_cdr(stack, "cdr-holds-the-channel")["reason"] == "bye_caller"
+
+
+def test_caller_killed_is_ended_by_the_media_timeout(stack: Stack, log_dir: Path) -> None:
+    """The caller vanishes (kill -9 of its SIPp): no RTP either way (the callee echoes); the
+    node ends the call within media_timeout + 5 s: BYE to the callee, channel freed."""
+    uas = start_uas(log_dir)
+    uac = start_uac(log_dir, VIP1, "cdr-dead-caller", duration_ms=60000)
+    wait_for(lambda: active_dialogs(stack) == 1, what="the call up")
+    time.sleep(1)
+    uac.proc.kill()
+    killed = time.time()
+    assert_ok(uas, MEDIA_TIMEOUT + 10)  # it got its BYE
+    ended = time.time() - killed
+    cdr = one_cdr(stack, "cdr-dead-caller")
+    assert cdr["reason"] == "media_timeout"
+    assert ended <= MEDIA_TIMEOUT + 5, ended
+    assert int(cdr["end_ms"]) / 1000 - killed <= MEDIA_TIMEOUT + 5
+    wait_for(lambda: active_dialogs(stack) == 0, what="the dialog gone")
+
+
+def test_max_duration_ends_the_call(stack: Stack, log_dir: Path) -> None:
+    uas = start_uas(log_dir)
+    start_uac(log_dir, VIP2, "cdr-too-long", duration_ms=30000)
+    assert_ok(uas, MAX_DURATION + 10)  # the callee got the node's BYE
+    cdr = one_cdr(stack, "cdr-too-long")
+    assert cdr["reason"] == "max_duration"
+    assert MAX_DURATION <= float(cdr["duration_s"]) <= MAX_DURATION + 3
+    wait_for(lambda: active_dialogs(stack) == 0, what="the dialog gone")
