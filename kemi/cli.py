@@ -279,21 +279,25 @@ def cmd_ban(args: argparse.Namespace) -> int:
     except (RpcError, OSError) as exc:
         print(f"Error: cannot reach the node in {args.run_dir}: {exc}", file=sys.stderr)
         return 1
+    return 0
 
 
 def cmd_cdr(args: argparse.Namespace) -> int:
     """Export call records ended in [--from, --to) from the CDR store."""
-    address = args.redis
-    if address is None:
-        address = load_node_config(args.node_config).cdr_redis if args.node_config else None
+    address, password_file = args.redis, args.password_file
+    if args.node_config:
+        node = load_node_config(args.node_config)
+        address = address or node.cdr_redis
+        password_file = password_file or node.cdr_redis_password_file
     try:
         start = cdrstore.parse_time_ms(args.start) if args.start else 0
         end = cdrstore.parse_time_ms(args.end) if args.end else None
-    except ValueError as exc:
+        password = cdrstore.read_password(password_file)
+    except (ValueError, OSError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     target = cdrstore.RedisAddress.parse(address or "127.0.0.1:6379/0")
-    rows = cdrstore.read_cdrs(cdrstore.client(target, timeout=5.0), start, end)
+    rows = cdrstore.read_cdrs(cdrstore.client(target, 5.0, password), start, end)
     try:
         if args.output == "-":
             count = cdrstore.export(rows, args.format, sys.stdout)
@@ -370,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     cdr.add_argument("--redis", help="the CDR store, host:port/db (default: --node-config's "
                      "cdr_redis, else 127.0.0.1:6379/0)")  # fmt: skip
     cdr.add_argument("--node-config", help="a node.yaml: its cdr_redis is the store")
+    cdr.add_argument("--password-file", help="the store's password (default: --node-config's "
+                     "cdr_redis_password_file, else none)")  # fmt: skip
     cdr.add_argument("--from", dest="start", help="calls ended at or after (unix s or ISO 8601)")
     cdr.add_argument("--to", dest="end", help="calls ended before (unix s or ISO 8601)")
     cdr.add_argument("--format", choices=("csv", "jsonl"), default="csv")

@@ -18,7 +18,7 @@ import KSR  # type: ignore[import-not-found]  # provided by app_python3 inside K
 from kemi.core.floods import BAN_TABLE
 from kemi.core.nat import listen_ports
 from kemi.ops import localaddr
-from kemi.ops.cdrstore import RedisAddress, RedisCdrStore
+from kemi.ops.cdrstore import RedisAddress, RedisCdrStore, read_password
 from kemi.ops.httptoken import read_token
 from kemi.ops.ng import NgClient, NgError
 from kemi.ops.nodecfg import DISPATCHER_LIST_NAME
@@ -37,6 +37,7 @@ NODE_ADDRESS_ENV = "KEMI_HA_NODE_ADDRESS"
 DMQ_ENV = "KEMI_HA_DMQ"  # "1" when the policy names DMQ peers (the dmq module is loaded)
 SIP_PORT_ENV, TLS_PORT_ENV = "KEMI_HA_SIP_PORT", "KEMI_HA_TLS_PORT"  # the VIPs' SIP ports
 CDR_REDIS_ENV = "KEMI_HA_CDR_REDIS"  # host:port/db of the CDR store (the cluster's Redis VIP)
+CDR_PASSWORD_ENV = "KEMI_HA_CDR_REDIS_PASSWORD_FILE"  # its password file (the cluster's redis.pass)
 
 
 def mod_init() -> Router:
@@ -62,6 +63,7 @@ def mod_init() -> Router:
     store = RedisCdrStore(
         RedisAddress.parse(os.environ.get(CDR_REDIS_ENV, "127.0.0.1:6379/0")),
         run_dir / "cdr-spool",
+        password=read_password(os.environ.get(CDR_PASSWORD_ENV)),
     )
     calls = CallRecords(
         KSR,

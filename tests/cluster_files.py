@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kemi.lab.drill import REDIS_PASSWORD_FILE, write_password
+from kemi.lab.drill import REDIS_PASSWORD_FILE
+from kemi.lab.passwords import write_password
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "deploy" / "cluster.example.yaml"

@@ -56,6 +56,9 @@ class NodeConfigSpec:
         "the CDR store, host:port/db: the cluster's Redis master (its VIP), DB 0",
         "127.0.0.1:6379/0",
     )
+    cdr_redis_password_file: str = doc(
+        "file holding the CDR store's password (the cluster's redis.pass); empty: none", ""
+    )
 
 
 def check_node(spec: NodeConfigSpec) -> list[Problem]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kemi.lab.net import Host, Lab, lab_ns, sh
+from kemi.lab.passwords import write_password
 from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.stack import Stack, StackConfig
 
@@ -202,10 +203,17 @@ class Cluster:
 
 
 def node_config(
-    run_dir: Path, node_id: int, ns: str, address: str, vip: str, cdr_redis: str | None = None
+    run_dir: Path,
+    node_id: int,
+    ns: str,
+    address: str,
+    vip: str,
+    cdr_redis: str | None = None,
+    cdr_password_file: str = "",
 ) -> StackConfig:
     return StackConfig(
         cdr_redis=cdr_redis,
+        cdr_redis_password_file=cdr_password_file,
         run_dir=run_dir,
         policy_path=run_dir.parent / "policy.yaml",
         node_id=node_id,
@@ -247,17 +255,20 @@ def start_cluster(
         for address in client_addresses:
             lab.add_address(client_ns(prefix), address)
         store = None
-        if cdr_store:
+        password_file = ""
+        if cdr_store:  # locked as the cluster's Redis is (docs/security.md)
+            password_file = str(base / "cdr-store.pass")
+            write_password(Path(password_file))
             store = running.enter_context(Stack(StackConfig(
                 run_dir=base / "cdr-store", policy_path=base / "policy.yaml",
                 netns=client_ns(prefix), redis_host=CLIENT, redis_port=CDR_REDIS_PORT,
-                components=("redis",),
+                components=("redis",), redis_password_file=password_file,
             )))  # fmt: skip
         cdr_redis = f"{CLIENT}:{CDR_REDIS_PORT}/0" if cdr_store else None
         stacks = [
             running.enter_context(Stack(node_config(
                 base / f"node{i}", i, node_ns(i, prefix), node_address(i), vip_address(i),
-                cdr_redis,
+                cdr_redis, password_file,
             )))
             for i in numbers
         ]  # fmt: skip

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -37,8 +36,9 @@ import yaml
 
 from kemi.lab.hanode import HaNode, install_node, kill_netns
 from kemi.lab.net import Host, Lab, lab_ns, sh
+from kemi.lab.passwords import write_password
 from kemi.lab.sipp import SippRun, sipp
-from kemi.ops.cdrstore import read_cdrs
+from kemi.ops.cdrstore import read_cdrs, read_password
 from kemi.ops.cluster_status import collect_cluster, render_cluster
 from kemi.ops.netns import in_netns
 from kemi.ops.ng import NgClient, rtp_streams
@@ -107,14 +107,6 @@ def drill_policy() -> str:
 
 
 REDIS_PASSWORD_FILE = "redis.pass"  # beside cluster.yaml, as an operator keeps it
-
-
-def write_password(path: Path) -> None:
-    """A fresh Redis password, mode 600 from the start (render refuses a wider mode)."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_hex(32) + "\n")
 
 
 def fence_device(node: DrillNode) -> dict[str, object]:
@@ -507,7 +499,8 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
                        f"dialogs on {name} back to 0")  # fmt: skip
         except NotReady as exc:  # a leak is a finding of the run (survivor_dialogs), not a crash
             observed.append(str(exc))
-    cdrs_ok = cdrs_checked(survivors, call_vip, duration_ms / 1000, observed)
+    password = read_password(setup.work / REDIS_PASSWORD_FILE)
+    cdrs_ok = cdrs_checked(survivors, call_vip, duration_ms / 1000, observed, password)
     return RunResult(
         cdrs_ok=cdrs_ok,
         holders_after=vip_holders(setup, up),
@@ -531,7 +524,7 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
 
 
 def cdrs_checked(survivors: list[DrillNode], call_vip: dict[str, str], duration_s: float,
-                 observed: list[str]) -> int:  # fmt: skip
+                 observed: list[str], password: str | None) -> int:  # fmt: skip
     """Issue 15: every call of the run has exactly one CDR in the cluster's Redis (read through
     the Redis VIP from a survivor), ended by a node alive at the end, its duration within 1 s of
     SIPp's hold time. Returns the number of calls for which all of that holds."""
@@ -541,7 +534,7 @@ def cdrs_checked(survivors: list[DrillNode], call_vip: dict[str, str], duration_
     def read() -> bool:
         with in_netns(survivors[0].netns):
             conn = redis.Redis(host=REDIS_VIP, port=6379, db=0, socket_timeout=2,
-                               decode_responses=True)  # fmt: skip
+                               password=password, decode_responses=True)  # fmt: skip
             rows = read_cdrs(conn, 0, None)
             found.clear()
             for row in rows:

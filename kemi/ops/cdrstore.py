@@ -57,13 +57,21 @@ class RedisAddress:
         return f"{self.host}:{self.port}/{self.db}"
 
 
-def client(address: RedisAddress, timeout: float) -> redis.Redis:
+def read_password(path: str | Path | None) -> str | None:
+    """The password in `path` (the cluster's redis.pass: one line), None for no file."""
+    if not path:
+        return None
+    return Path(path).read_text().strip() or None
+
+
+def client(address: RedisAddress, timeout: float, password: str | None = None) -> redis.Redis:
     """No retries: redis-py 8 retries a failed command 3 times with backoff by default
     (measured: 3.2 s for a refused connection), which would hold a SIP worker that long."""
     return redis.Redis(
         host=address.host,
         port=address.port,
         db=address.db,
+        password=password,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         decode_responses=True,
@@ -80,12 +88,13 @@ class RedisCdrStore:
         pause_s: float = 5.0,
         make_client: Callable[[], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        password: str | None = None,
     ) -> None:
         self.address = address
         self.spool_dir = spool_dir
         self.timeout = timeout
         self.pause_s = pause_s
-        self._make_client = make_client or (lambda: client(address, timeout))
+        self._make_client = make_client or (lambda: client(address, timeout, password))
         self._clock = clock
         self._pid = -1
         self._client: Any = None

@@ -380,6 +380,7 @@ def node_config(spec: ClusterSpec, node: NodeSpec) -> NodeConfigSpec:
         components=["kamailio"],
         ready_check="rpc",  # the other nodes hold some of the VIPs
         cdr_redis=f"{spec.redis.vip}:{spec.redis.port}/0",  # the master, wherever it is
+        cdr_redis_password_file=spec.redis_password_path,
     )
 
 

@@ -25,6 +25,7 @@ import redis
 import kemi
 from kemi.core.node_spec import NodeConfigSpec
 from kemi.core.policy import Policy, Vip
+from kemi.ops.cdrstore import read_password
 from kemi.ops.embedded_python import embedded_env, kamailio_failure, venv_site_packages
 from kemi.ops.httptoken import ensure_token
 from kemi.ops.netns import in_netns, netns_exec
@@ -87,6 +88,10 @@ class StackConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     # CDR store (host:port/db): a cluster node's is the Redis VIP; None: this node's Redis, DB 0
     cdr_redis: str | None = None
+    cdr_redis_password_file: str = ""  # its password (a cluster node: the cluster's redis.pass)
+    # This stack's own Redis asks for the password in this file (a lab stand-in for the
+    # cluster's Redis); empty: none (make run, the single-node tests: loopback only).
+    redis_password_file: str = ""
 
     @classmethod
     def from_node(cls, node: NodeConfigSpec, kemi_root: Path = REPO_ROOT) -> StackConfig:
@@ -111,6 +116,7 @@ class StackConfig:
             pkg_mb=node.pkg_mb,
             kemi_root=kemi_root,
             cdr_redis=node.cdr_redis,
+            cdr_redis_password_file=node.cdr_redis_password_file,
         )
 
     def node_values(self, policy: Policy) -> NodeValues:
@@ -225,7 +231,9 @@ class Stack:
     # ----- Redis -----------------------------------------------------------------------
 
     def redis_client(self, db: int = 0) -> redis.Redis:
-        return redis.Redis(host=self.config.redis_host, port=self.config.redis_port, db=db)
+        cfg = self.config
+        return redis.Redis(host=cfg.redis_host, port=cfg.redis_port, db=db,
+                           password=read_password(cfg.redis_password_file))  # fmt: skip
 
     def start_redis(self) -> None:
         cfg = self.config
@@ -249,6 +257,8 @@ class Stack:
                 # node's Redis runs under Pacemaker from the rendered, locked redis.conf.
                 "--protected-mode",
                 "yes",
+                # A lab stand-in for the cluster's Redis (kemi.lab.cluster's CDR store).
+                *(["--requirepass", pw] if (pw := read_password(cfg.redis_password_file)) else []),
             ],
             self.log_dir / "redis.log",
         )
@@ -308,6 +318,9 @@ class Stack:
         env["KEMI_HA_TLS_PORT"] = str(self.config.tls_port)
         cfg = self.config
         env["KEMI_HA_CDR_REDIS"] = cfg.cdr_redis or f"{cfg.redis_host}:{cfg.redis_port}/0"
+        env["KEMI_HA_CDR_REDIS_PASSWORD_FILE"] = (
+            cfg.cdr_redis_password_file if cfg.cdr_redis else cfg.redis_password_file
+        )
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         env.update(self.config.extra_env)
         return env

@@ -197,10 +197,10 @@ def test_c_node_a_dies_b_keeps_counting_and_a_resyncs(cluster: Cluster) -> None:
     via_a = cluster.uac(VIP1, calls=3, duration_ms=6000)
     via_b = cluster.uac(VIP2, calls=2, duration_ms=6000)
     wait_for(
-        lambda: every(cluster, 5),
+        lambda: every(cluster, 5) and ongoing(cluster.a) == 5,
         timeout=10,
-        what="5 calls counted on both nodes",
-        state=lambda: counts(cluster),
+        what="5 calls counted on both nodes, all answered (B has no relay for VIP1 here)",
+        state=lambda: f"{counts(cluster)}; answered, seen on A: {ongoing(cluster.a)}",
     )
 
     cluster.lab.link(NS_A, up=False)  # power off: link down, every process SIGKILLed
