@@ -68,6 +68,7 @@ DLG_MEDIA_FLAGS = "$dlg_var(kha_mflags)"  # for re-INVITEs/UPDATEs of the dialog
 DLG_LATE = "$dlg_var(kha_late)"  # "1": the initial INVITE had no SDP (for an orphan 2xx)
 DLG_PROFILES = "$dlg_var(kha_prof)"  # valued profiles of the call (to free an orphan's channels)
 DLG_STATE = "$dlg(state)"
+DLG_GATEWAY = "$dlg_var(kha_dst)"  # the gateway a dispatched INVITE's branch went to
 RPC_CODE = "$jsonrpl(code)"
 
 MAX_FORWARDS = 10
@@ -514,7 +515,8 @@ class Router:
 
     def forward_orphan(self, policy: Policy) -> None:
         """A CANCEL or a negative reply's ACK with no transaction: stateless, from the VIP it
-        came in on, to the destination the policy routes the call to (first one)."""
+        came in on, to the gateway its INVITE went to (kept in the dialog), else to the
+        destination the policy routes the call to (first one)."""
         ksr = self.ksr
         pv = self.pv
         facts = InviteFacts(
@@ -525,10 +527,10 @@ class Router:
         if isinstance(decision, Reject):
             log.info("orphan %s not forwarded: %s", pv.text("$rm"), decision.why)
             return
-        ksr.setdsturi(decision.route.first_hop)
+        target = pv.text(DLG_GATEWAY) or decision.route.first_hop
+        ksr.setdsturi(target)
         ksr.corex.set_send_socket(f"{pv.text('$pr')}:{pv.text('$Ri')}:{pv.text('$Rp')}")
-        log.info("orphan %s forwarded statelessly to %s", pv.text("$rm"),
-                 decision.route.first_hop)  # fmt: skip
+        log.info("orphan %s forwarded statelessly to %s", pv.text("$rm"), target)
         if not ok(ksr.forward()):
             log.error("stateless forward of an orphan %s failed", pv.text("$rm"))
 
@@ -565,7 +567,11 @@ class Router:
 
     @guarded("branch")
     def ksr_branch_manage(self, msg: Any) -> int:
+        """MANAGE_BRANCH: the rtpengine set; a dispatched INVITE's gateway kept in the dialog
+        (replicated), where a CANCEL or ACK forwarded after a takeover must go."""
         self.use_rtp_set(self._policy())
+        if self.pv.text(AVP_GATEWAYS):
+            self.ksr.pv.sets(DLG_GATEWAY, self.pv.text("$du"))
         return 1
 
     @guarded("failure")

@@ -346,3 +346,18 @@ def test_status_lists_gateways_and_sets_with_none_up() -> None:
     assert lines[3].split()[-3:] == ["down", "P", "-"]
     assert lines[-1] == "gateway sets with no gateway up: none"
     assert render_gateways([], []) == []
+
+
+def test_a_dispatched_branch_keeps_its_gateway_for_a_forward_after_takeover() -> None:
+    router, ksr = make()
+    ksr.pvs.update({routes.AVP_GATEWAYS: "carriers", "$du": "sip:carrier-b:5060"})
+    router.ksr_branch_manage(None)
+    assert ksr.pvs[routes.DLG_GATEWAY] == "sip:carrier-b:5060"
+    cancel, ksr = make(is_CANCEL=True, is_INVITE=False)  # on the node that took the VIP over
+    ksr.pvs.update({**CARRIER, "$rm": "CANCEL", routes.DLG_GATEWAY: "sip:carrier-b:5060"})
+    cancel.ksr_request_route(None)
+    assert ksr.called("setdsturi", "sip:carrier-b:5060") and ksr.called("forward")
+    plain, ksr = make(is_CANCEL=True, is_INVITE=False)  # no gateway kept: the route's first
+    ksr.pvs.update({**CARRIER, "$rm": "CANCEL"})
+    plain.ksr_request_route(None)
+    assert ksr.called("setdsturi", "sip:carrier-a:5060")

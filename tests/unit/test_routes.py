@@ -105,7 +105,8 @@ PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0
        "$hdr(Authorization)": None, "$dlg(state)": "4", "$dlg_var(kha_late)": None,
        "$dlg_var(kha_prof)": None, "$ft": "ftag-1", "$tt": "ttag-1",
        "$jsonrpl(code)": "200", "$avp(kha_gws)": None, "$avp(kha_level)": None,
-       "$hdr(P-Asserted-Identity)": None, "$hdr(Diversion)": None}  # fmt: skip
+       "$hdr(P-Asserted-Identity)": None, "$hdr(Diversion)": None,
+       "$dlg_var(kha_dst)": None, "$du": None}  # fmt: skip
 
 
 def make(**returns: Any) -> tuple[Router, FakeKSR]:
