@@ -33,7 +33,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from kemi.core import decide, dispatch, takeover
 from kemi.core.decide import Admit, InviteFacts, Reject
@@ -60,7 +60,10 @@ AVP_COUNTED = "$avp(kha_counted)"
 AVP_LATE = "$avp(kha_late)"  # the INVITE of this transaction had no SDP: the reply offers
 AVP_GATEWAYS = "$avp(kha_gws)"  # the gateway set of this INVITE (dispatcher failover)
 AVP_LEVEL = "$avp(kha_level)"  # index of the priority (dispatcher set) being tried
-IDENTITY_HEADERS = (("pai", "P-Asserted-Identity"), ("diversion", "Diversion"))
+IDENTITY_HEADERS: tuple[tuple[Literal["pai", "diversion"], str], ...] = (
+    ("pai", "P-Asserted-Identity"),
+    ("diversion", "Diversion"),
+)
 PV_PROFILE_SIZE = "$var(kha_n)"
 PROFILE_GLOBAL, PROFILE_TENANT, PROFILE_TRUNK = "kha_global", "kha_tenant", "kha_trunk"
 INDIALOG_METHODS = frozenset({"ACK", "BYE", "INVITE", "UPDATE", "INFO", "PRACK", "NOTIFY", "REFER"})
@@ -367,7 +370,7 @@ class Router:
         if not decision.identity:
             return
         for key, name in IDENTITY_HEADERS:
-            action = header_action(decision.identity, key)  # type: ignore[arg-type]
+            action = header_action(decision.identity, key)
             if action == "keep":
                 continue
             value = self.pv.text(f"$hdr({name})")
@@ -376,7 +379,7 @@ class Router:
             if action == "remove":
                 ksr.hdr.remove(name)
                 continue
-            new = rewrite_header(value, decision.identity, key)  # type: ignore[arg-type]
+            new = rewrite_header(value, decision.identity, key)
             if new != value:
                 ksr.textops.remove_hf_idx(name, 0)
                 ksr.hdr.insert(f"{name}: {new}\r\n")
@@ -614,12 +617,13 @@ class Router:
 
     def failover_gateway(self, policy: Policy, name: str, status: int) -> bool:
         """After 408/5xx: the next gateway of the same priority (ds_next_dst), then the next
-        priority with one up. A 408 (no answer in fr_timer) marks the gateway down at once."""
+        priority with one up. No answer at all (tm's 408) marks the gateway down at once."""
         ksr = self.ksr
         gateways = policy.gateway_sets.get(name)
         if gateways is None or not decide.should_fail_over(status):
             return False  # a reload removed the set meanwhile, or a final answer
-        if dispatch.marks_down(status):
+        timed_out, replied = ok(ksr.tm.t_branch_timeout()), ok(ksr.tm.t_branch_replied())
+        if dispatch.marks_down(status, timed_out, replied):
             ksr.dispatcher.ds_mark_dst_state("ip")
             metrics.GATEWAY_MARKED_DOWN.labels(name).inc()
         if ok(ksr.dispatcher.ds_next_dst()):

@@ -272,6 +272,15 @@ def test_timeout_marks_the_gateway_down_and_tries_the_next_of_its_priority() -> 
     assert not ksr.called("dispatcher.ds_select_dst")
 
 
+def test_a_408_the_gateway_sent_is_an_answer_it_is_not_marked_down() -> None:
+    ksr = failure(408, **{"tm.t_branch_replied": 1})
+    assert not ksr.called("dispatcher.ds_mark_dst_state")
+    assert ksr.called("dispatcher.ds_next_dst") and ksr.called("tm.t_relay")
+    assert dispatch.marks_down(408, timed_out=True, replied=False)
+    assert not dispatch.marks_down(408, timed_out=False, replied=False)
+    assert not dispatch.marks_down(503, timed_out=True, replied=False)
+
+
 def test_5xx_fails_over_without_marking_then_next_priority_when_the_set_is_spent() -> None:
     ksr = failure(503, **{"dispatcher.ds_next_dst": -1})
     assert not ksr.called("dispatcher.ds_mark_dst_state")

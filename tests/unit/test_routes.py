@@ -93,6 +93,8 @@ HAPPY: dict[str, Any] = {
     "hdr.insert": 1,
     "textops.remove_hf_idx": 1,
     "tm.t_set_fr": 1,
+    "tm.t_branch_timeout": 1,
+    "tm.t_branch_replied": -1,
 }
 SDP_BODY = (
     "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
