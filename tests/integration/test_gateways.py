@@ -394,6 +394,11 @@ def test_every_gateway_down_is_503_with_retry_after_at_once(
     status = status_json(stack, capsys)
     assert status["gateway_sets_down"] == ["carriers"]
     assert {g["state"] for g in status["gateways"]} == {"down"}
+    # a policy reload keeps them down (the list is written with their state): still 503 at once
+    reload(stack, gateway_policy(version="gw-reloaded"))
+    assert set(states(stack).values()) == {"down"}
+    answer, seconds = timed_invite()
+    assert answer.startswith("SIP/2.0 503 No Gateway Available") and seconds < 0.25, answer
 
 
 def timed_invite() -> tuple[str, float]:
