@@ -272,7 +272,7 @@ def test_lab_fence_agent_powers_a_namespace_off_and_on(require_root: None) -> No
             wait_until(lambda: subprocess.run(pids, capture_output=True).stdout != b"", 5, "sleep")
 
             def fence(action: str) -> int:
-                stdin = f"action={action}\nplug=khft-1\nnodename=drill1\n"
+                stdin = f"action={action}\nplug={KHFT_1}\nnodename=drill1\n"
                 return subprocess.run([agent], input=stdin, text=True, timeout=10).returncode
 
             assert fence("status") == 0
