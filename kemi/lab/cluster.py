@@ -24,6 +24,7 @@ UNLIMITED = f"{NET}.12"  # a trusted client of no tenant: only the global profil
 MAX_NODES = 9  # node addresses .1-.9 stay below the clients' .10
 PREFIX = lab_ns("khat")  # namespaces khat-1..khat-N, khat-c (client), khat-sw (switch)
 UAS_PORT = 5080
+GATEWAY_PORT = 5085  # a gateway in the client namespace (prefix 8), probed by every node
 DMQ_PORT = 5090
 
 
@@ -70,6 +71,13 @@ vips:
 routes:
   - name: default
     destinations: ["sip:{CLIENT}:{UAS_PORT}"]
+  - name: gateways
+    prefix: "8"
+    gateway_set: gateways
+gateway_sets:
+  - name: gateways
+    gateways: [{{uri: "sip:{CLIENT}:{GATEWAY_PORT}"}}]
+probing: {{interval: 1, threshold: 2}}
 trusted_peers: ["{NET}.0/24"]
 dmq_peers: [{peers}]
 """
@@ -117,6 +125,15 @@ class Cluster:
         run = sipp(
             f"uas-{next(_ports)}", scenario, self.log_dir, CLIENT, UAS_PORT, UAS_PORT + 2,
             "-rtp_echo", netns=self.client_ns,
+        )  # fmt: skip
+        self.runs.append(run)
+        return run
+
+    def gateway(self) -> SippRun:
+        """The policy's gateway: answers every node's OPTIONS probes and calls."""
+        run = sipp(
+            f"gw-{next(_ports)}", "uas_gateway.xml", self.log_dir, CLIENT, GATEWAY_PORT,
+            GATEWAY_PORT + 2, "-rtp_echo", netns=self.client_ns,
         )  # fmt: skip
         self.runs.append(run)
         return run

@@ -16,6 +16,7 @@ from functools import partial
 import pytest
 
 from kemi.cli import main as kemi_ha
+from kemi.core.dispatch import gateway_states
 from kemi.lab.cluster import (
     A_ADDR,
     B_ADDR,
@@ -113,6 +114,24 @@ def test_dmq_peers_in_metrics_and_status(
     assert kemi_ha(["status", "--run-dir", str(cluster.a.run_dir), "--json"]) == 0
     peers = json.loads(capsys.readouterr().out)["dmq_peers"]
     assert {(p["host"], p["status"]) for p in peers} == {(A_ADDR, "active"), (B_ADDR, "active")}
+
+
+def test_each_node_probes_the_gateway_on_its_own(cluster: Cluster) -> None:
+    """No gateway yet: both nodes' probes mark it down; once it answers, both see it up from
+    their own probes (the replies come back to the node that sent them, whichever VIPs it
+    holds); once it is gone, both see it down again."""
+
+    def states() -> list[str]:
+        return [
+            next(g.state for g in gateway_states(node.policy, node.rpc.call("dispatcher.list")))
+            for node in cluster.nodes
+        ]
+
+    wait_for(lambda: states() == ["down", "down"], 15, "no gateway: down on both nodes", states)
+    gateway = cluster.gateway()
+    wait_for(lambda: states() == ["up", "up"], 10, "the gateway up on both nodes", states)
+    gateway.stop()
+    wait_for(lambda: states() == ["down", "down"], 15, "the gateway down on both nodes", states)
 
 
 def test_d_kdmq_from_a_stranger_is_refused(cluster: Cluster) -> None:
