@@ -140,12 +140,12 @@ class Cluster:
 
     def uac(
         self, vip: str, calls: int, duration_ms: int, scenario: str = "uac.xml",
-        rate: int = 50, source: str = CLIENT, settle: float = 0.05,
+        rate: int = 50, source: str = CLIENT, settle: float = 0.05, service: str = "1000",
     ) -> SippRun:  # fmt: skip
         port = next(_ports)
         run = sipp(
             f"uac-{port}", scenario, self.log_dir, source, port, port + 2,
-            "-s", "1000", "-m", str(calls), "-r", str(rate), "-d", str(duration_ms),
+            "-s", service, "-m", str(calls), "-r", str(rate), "-d", str(duration_ms),
             "-timeout", "90", "-timeout_error", "-recv_timeout", "15000",
             target=f"{vip}:5060", netns=self.client_ns, settle=settle,
         )  # fmt: skip

@@ -20,7 +20,9 @@ from kemi.core.dispatch import gateway_states
 from kemi.lab.cluster import (
     A_ADDR,
     B_ADDR,
+    CLIENT,
     DMQ_PORT,
+    GATEWAY_PORT,
     NS_A,
     NS_B,
     NS_CLIENT,
@@ -34,7 +36,7 @@ from kemi.lab.cluster import (
 from kemi.lab.net import lab_ns
 from kemi.ops.netns import in_netns
 from kemi.ops.stack import Stack
-from tests.integration.calls import assert_ok, send_raw, wait_for
+from tests.integration.calls import assert_ok, dialog_var, send_raw, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -130,6 +132,12 @@ def test_each_node_probes_the_gateway_on_its_own(cluster: Cluster) -> None:
     wait_for(lambda: states() == ["down", "down"], 15, "no gateway: down on both nodes", states)
     gateway = cluster.gateway()
     wait_for(lambda: states() == ["up", "up"], 10, "the gateway up on both nodes", states)
+    # a call to it through node A: node B's copy of the dialog knows the gateway too (where
+    # B forwards an orphan CANCEL/ACK of that call after a takeover)
+    call = cluster.uac(VIP1, calls=1, duration_ms=2000, service="8000")
+    kept = wait_for(lambda: dialog_var(cluster.b, "kha_dst"), 5, "the gateway in B's dialog")
+    assert kept == f"sip:{CLIENT}:{GATEWAY_PORT}"
+    assert_ok(call)
     gateway.stop()
     wait_for(lambda: states() == ["down", "down"], 15, "the gateway down on both nodes", states)
 

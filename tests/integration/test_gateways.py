@@ -26,7 +26,14 @@ from kemi.core.dispatch import gateway_states
 from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.stack import Stack
 from kemi.policyfile import load_policy
-from tests.integration.calls import assert_ok, invite_text, start_load, start_uac, wait_for
+from tests.integration.calls import (
+    assert_ok,
+    dialog_var,
+    invite_text,
+    start_load,
+    start_uac,
+    wait_for,
+)
 from tests.integration.conftest import SIP_PORT, TEST_POLICY, UAS_PORT, VIP1, free_port_pair
 from tests.integration.test_metrics import scrape, status_json, value
 
@@ -147,15 +154,7 @@ def test_the_dialog_keeps_the_gateway_of_its_branch(
 ) -> None:
     """What a node taking the VIP over forwards an orphan CANCEL/ACK to ($dlg_var(kha_dst))."""
     call = start_uac(log_dir, VIP1, f"gw-{uuid.uuid4().hex[:8]}", duration_ms=1500)
-
-    def kept() -> str | None:
-        for dialog in stack.rpc.call("dlg.list") or []:
-            for entry in dialog.get("variables") or []:
-                if "kha_dst" in entry:
-                    return str(entry["kha_dst"])
-        return None
-
-    assert wait_for(kept, 5, "the gateway in the call's dialog") in URIS
+    assert wait_for(lambda: dialog_var(stack, "kha_dst"), 5, "the gateway in the dialog") in URIS
     assert_ok(call)
 
 
