@@ -7,8 +7,8 @@ Rules:
 - the list file is rendered from the policy alone; a gateway known to be down when the list is
   reloaded keeps its state (flags IP: inactive, probing) instead of coming back as up;
 - after a failed branch (RFC 3261 16.7: 408 or 5xx) the next gateway of the same set, then the
-  next priority; a 408 (no answer within fr_timer) also marks that gateway down at once, so new
-  calls skip it before the next probe sees it;
+  next priority; a branch with no answer at all (tm's 408 after the branch timeout) also marks
+  that gateway down at once, so new calls skip it before the next probe sees it;
 - no gateway up at all: 503 with the set's Retry-After, at once (nothing is relayed).
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kemi.core.policy import DsSet, GatewaySet, Policy
+from kemi.core.policy import DsSet, Policy
 
 DS_FLAG_DOWN = 9  # DS_INACTIVE_DST | DS_PROBING_DST
 
@@ -35,15 +35,11 @@ def dispatcher_list(sets: Iterable[DsSet], down: frozenset[str] = frozenset()) -
     return "\n".join(lines) + "\n"
 
 
-def marks_down(status: int) -> bool:
-    """A branch that got no answer at all (tm's own 408 after fr_timer) marks its gateway down."""
-    return status == 408
-
-
-def next_level(gws: GatewaySet, level: int) -> int | None:
-    """The dispatcher set after index `level` of this gateway set (lower priority), if any."""
-    nxt = level + 1
-    return gws.levels[nxt] if nxt < len(gws.levels) else None
+def marks_down(status: int, timed_out: bool, replied: bool) -> bool:
+    """A branch that got no answer at all marks its gateway down: tm's own 408 after the branch
+    timeout with nothing received, not even a 100. A 408 the gateway sent, or a timeout after
+    its 1xx, is an answer: the gateway is alive."""
+    return status == 408 and timed_out and not replied
 
 
 @dataclass(frozen=True, slots=True)

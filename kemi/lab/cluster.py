@@ -28,6 +28,7 @@ FLOODER = f"{NET}.66"  # a stranger once trusted_peers is TRUSTED_CLIENTS
 MAX_NODES = 9  # node addresses .1-.9 stay below the clients' .10
 PREFIX = lab_ns("khat")  # namespaces khat-1..khat-N, khat-c (client), khat-sw (switch)
 UAS_PORT = 5080
+GATEWAY_PORT = 5085  # a gateway in the client namespace (prefix 8), probed by every node
 DMQ_PORT = 5090
 CDR_REDIS_PORT = 6390  # the CDR store in the client namespace: a stand-in for the Redis VIP
 
@@ -76,6 +77,13 @@ vips:
 routes:
   - name: default
     destinations: ["sip:{CLIENT}:{UAS_PORT}"]
+  - name: gateways
+    prefix: "8"
+    gateway_set: gateways
+gateway_sets:
+  - name: gateways
+    gateways: [{{uri: "sip:{CLIENT}:{GATEWAY_PORT}"}}]
+probing: {{interval: 1, threshold: 2}}
 trusted_peers: ["{trusted}"]
 dmq_peers: [{peers}]
 {extra}"""
@@ -172,14 +180,24 @@ class Cluster:
         self.runs.append(run)
         return run
 
+    def gateway(self) -> SippRun:
+        """The policy's gateway: answers every node's OPTIONS probes and calls."""
+        run = sipp(
+            f"gw-{next(_ports)}", "uas_gateway.xml", self.log_dir, CLIENT, GATEWAY_PORT,
+            GATEWAY_PORT + 2, "-rtp_echo", netns=self.client_ns,
+        )  # fmt: skip
+        self.runs.append(run)
+        return run
+
     def uac(
         self, vip: str, calls: int, duration_ms: int, scenario: str = "uac.xml",
         rate: int = 50, source: str = CLIENT, settle: float = 0.05, extra: tuple[str, ...] = (),
+        service: str = "1000",
     ) -> SippRun:  # fmt: skip
         port = next(_ports)
         run = sipp(
             f"uac-{port}", scenario, self.log_dir, source, port, port + 2,
-            "-s", "1000", "-m", str(calls), "-r", str(rate), "-d", str(duration_ms),
+            "-s", service, "-m", str(calls), "-r", str(rate), "-d", str(duration_ms),
             "-timeout", "90", "-timeout_error", "-recv_timeout", "15000", *extra,
             target=f"{vip}:5060", netns=self.client_ns, settle=settle,
         )  # fmt: skip

@@ -99,6 +99,12 @@ def dispatcher_lines(policy: Policy, node: NodeValues) -> list[str]:
     ]
     if p.reply_codes:
         lines.append(f'modparam("dispatcher", "ds_ping_reply_codes", "{p.reply_codes}")')
+    if node.dmq_enabled:
+        # Probes from the node's own address: from a VIP (Kamailio's first socket) their
+        # replies would go to whichever node holds that VIP (measured: the gateway stayed down
+        # on the node without VIP1). Calls are still relayed from their VIP.
+        own = f"udp:{node.node_address}:{node.dmq_port}"  # the DMQ listener
+        lines.append(f'modparam("dispatcher", "ds_default_socket", "{own}")')
     return [*lines, ""]
 
 

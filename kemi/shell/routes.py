@@ -41,7 +41,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from kemi.core import decide, dispatch, floods, nat, takeover
 from kemi.core.decide import Admit, InviteFacts, Reject
@@ -70,7 +70,10 @@ AVP_COUNTED = "$avp(kha_counted)"
 AVP_LATE = "$avp(kha_late)"  # the INVITE of this transaction had no SDP: the reply offers
 AVP_GATEWAYS = "$avp(kha_gws)"  # the gateway set of this INVITE (dispatcher failover)
 AVP_LEVEL = "$avp(kha_level)"  # index of the priority (dispatcher set) being tried
-IDENTITY_HEADERS = (("pai", "P-Asserted-Identity"), ("diversion", "Diversion"))
+IDENTITY_HEADERS: tuple[tuple[Literal["pai", "diversion"], str], ...] = (
+    ("pai", "P-Asserted-Identity"),
+    ("diversion", "Diversion"),
+)
 PV_PROFILE_SIZE = "$var(kha_n)"
 PROFILE_GLOBAL, PROFILE_TENANT, PROFILE_TRUNK = "kha_global", "kha_tenant", "kha_trunk"
 INDIALOG_METHODS = frozenset({"ACK", "BYE", "INVITE", "UPDATE", "INFO", "PRACK", "NOTIFY", "REFER"})
@@ -82,6 +85,7 @@ DLG_NAT = "$dlg_var(kha_nat)"  # the call's NAT handling (Nat.encoded); unset: o
 DLG_NAT_FLAGS = "$dlg_var(kha_nmflags)"  # media flags for a sender behind NAT
 AVP_NAT = "$avp(kha_nat)"  # the same two for MANAGE_REPLY of this transaction
 AVP_NAT_FLAGS = "$avp(kha_nmflags)"
+DLG_GATEWAY = "$dlg_var(kha_dst)"  # the gateway a dispatched INVITE's branch went to
 RPC_CODE = "$jsonrpl(code)"
 
 MAX_FORWARDS = 10
@@ -470,7 +474,7 @@ class Router:
         if not decision.identity:
             return
         for key, name in IDENTITY_HEADERS:
-            action = header_action(decision.identity, key)  # type: ignore[arg-type]
+            action = header_action(decision.identity, key)
             if action == "keep":
                 continue
             value = self.pv.text(f"$hdr({name})")
@@ -479,7 +483,7 @@ class Router:
             if action == "remove":
                 ksr.hdr.remove(name)
                 continue
-            new = rewrite_header(value, decision.identity, key)  # type: ignore[arg-type]
+            new = rewrite_header(value, decision.identity, key)
             if new != value:
                 ksr.textops.remove_hf_idx(name, 0)
                 ksr.hdr.insert(f"{name}: {new}\r\n")
@@ -628,7 +632,8 @@ class Router:
 
     def forward_orphan(self, policy: Policy) -> None:
         """A CANCEL or a negative reply's ACK with no transaction: stateless, from the VIP it
-        came in on, to the destination the policy routes the call to (first one)."""
+        came in on, to the gateway its INVITE went to (kept in the dialog), else to the
+        destination the policy routes the call to (first one)."""
         ksr = self.ksr
         pv = self.pv
         facts = InviteFacts(
@@ -639,10 +644,10 @@ class Router:
         if isinstance(decision, Reject):
             log.info("orphan %s not forwarded: %s", pv.text("$rm"), decision.why)
             return
-        ksr.setdsturi(decision.route.first_hop)
-        self.send_from_vip(decision.route.first_hop)
-        log.info("orphan %s forwarded statelessly to %s", pv.text("$rm"),
-                 decision.route.first_hop)  # fmt: skip
+        target = pv.text(DLG_GATEWAY) or decision.route.first_hop
+        ksr.setdsturi(target)
+        self.send_from_vip(target)
+        log.info("orphan %s forwarded statelessly to %s", pv.text("$rm"), target)
         if not ok(ksr.forward()):
             log.error("stateless forward of an orphan %s failed", pv.text("$rm"))
 
@@ -683,7 +688,11 @@ class Router:
 
     @guarded("branch")
     def ksr_branch_manage(self, msg: Any) -> int:
+        """MANAGE_BRANCH: the rtpengine set; a dispatched INVITE's gateway kept in the dialog
+        (replicated), where a CANCEL or ACK forwarded after a takeover must go."""
         self.use_rtp_set(self._policy())
+        if self.pv.text(AVP_GATEWAYS):
+            self.ksr.pv.sets(DLG_GATEWAY, self.pv.text("$du"))
         return 1
 
     @guarded("failure")
@@ -729,12 +738,13 @@ class Router:
 
     def failover_gateway(self, policy: Policy, name: str, status: int) -> bool:
         """After 408/5xx: the next gateway of the same priority (ds_next_dst), then the next
-        priority with one up. A 408 (no answer in fr_timer) marks the gateway down at once."""
+        priority with one up. No answer at all (tm's 408) marks the gateway down at once."""
         ksr = self.ksr
         gateways = policy.gateway_sets.get(name)
         if gateways is None or not decide.should_fail_over(status):
             return False  # a reload removed the set meanwhile, or a final answer
-        if dispatch.marks_down(status):
+        timed_out, replied = ok(ksr.tm.t_branch_timeout()), ok(ksr.tm.t_branch_replied())
+        if dispatch.marks_down(status, timed_out, replied):
             ksr.dispatcher.ds_mark_dst_state("ip")
             metrics.GATEWAY_MARKED_DOWN.labels(name).inc()
         if ok(ksr.dispatcher.ds_next_dst()):

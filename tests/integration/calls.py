@@ -136,6 +136,15 @@ def rtpengine_sessions(stack: Stack) -> int:
     return sum(len(stack.ng(vip).list_calls()) for vip in stack.policy.vips)
 
 
+def dialog_var(stack: Stack, name: str) -> str | None:
+    """The value of a dialog variable in the first dialog (of `dlg.list`) that has it."""
+    for dialog in stack.rpc.call("dlg.list") or []:
+        for entry in dialog.get("variables") or []:
+            if name in entry:
+                return str(entry[name])
+    return None
+
+
 def kamailio_pids(stack: Stack) -> set[int]:
     """Every Kamailio process (main and children), from core.psx."""
     return {int(p["PID"]) for p in stack.rpc.call("core.psx")}

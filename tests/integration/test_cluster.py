@@ -16,11 +16,13 @@ from functools import partial
 import pytest
 
 from kemi.cli import main as kemi_ha
+from kemi.core.dispatch import gateway_states
 from kemi.lab.cluster import (
     A_ADDR,
     B_ADDR,
     CLIENT,
     DMQ_PORT,
+    GATEWAY_PORT,
     NS_A,
     NS_B,
     NS_CLIENT,
@@ -34,7 +36,7 @@ from kemi.lab.cluster import (
 from kemi.lab.net import lab_ns
 from kemi.ops.netns import in_netns
 from kemi.ops.stack import Stack
-from tests.integration.calls import assert_ok, send_raw, wait_for
+from tests.integration.calls import assert_ok, dialog_var, send_raw, wait_for
 from tests.integration.streamuac import StreamUac
 
 pytestmark = pytest.mark.integration
@@ -146,6 +148,30 @@ def test_dmq_peers_in_metrics_and_status(
     assert kemi_ha(["status", "--run-dir", str(cluster.a.run_dir), "--json"]) == 0
     peers = json.loads(capsys.readouterr().out)["dmq_peers"]
     assert {(p["host"], p["status"]) for p in peers} == {(A_ADDR, "active"), (B_ADDR, "active")}
+
+
+def test_each_node_probes_the_gateway_on_its_own(cluster: Cluster) -> None:
+    """No gateway yet: both nodes' probes mark it down; once it answers, both see it up from
+    their own probes (the replies come back to the node that sent them, whichever VIPs it
+    holds); once it is gone, both see it down again."""
+
+    def states() -> list[str]:
+        return [
+            next(g.state for g in gateway_states(node.policy, node.rpc.call("dispatcher.list")))
+            for node in cluster.nodes
+        ]
+
+    wait_for(lambda: states() == ["down", "down"], 15, "no gateway: down on both nodes", states)
+    gateway = cluster.gateway()
+    wait_for(lambda: states() == ["up", "up"], 10, "the gateway up on both nodes", states)
+    # a call to it through node A: node B's copy of the dialog knows the gateway too (where
+    # B forwards an orphan CANCEL/ACK of that call after a takeover)
+    call = cluster.uac(VIP1, calls=1, duration_ms=2000, service="8000")
+    kept = wait_for(lambda: dialog_var(cluster.b, "kha_dst"), 5, "the gateway in B's dialog")
+    assert kept == f"sip:{CLIENT}:{GATEWAY_PORT}"
+    assert_ok(call)
+    gateway.stop()
+    wait_for(lambda: states() == ["down", "down"], 15, "the gateway down on both nodes", states)
 
 
 def test_d_kdmq_from_a_stranger_is_refused(cluster: Cluster) -> None:

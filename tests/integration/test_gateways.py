@@ -26,7 +26,14 @@ from kemi.core.dispatch import gateway_states
 from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.stack import Stack
 from kemi.policyfile import load_policy
-from tests.integration.calls import assert_ok, invite_text, start_load, wait_for
+from tests.integration.calls import (
+    assert_ok,
+    dialog_var,
+    invite_text,
+    start_load,
+    start_uac,
+    wait_for,
+)
 from tests.integration.conftest import SIP_PORT, TEST_POLICY, UAS_PORT, VIP1, free_port_pair
 from tests.integration.test_metrics import scrape, status_json, value
 
@@ -140,6 +147,15 @@ def test_weights_hold_over_300_calls(stack: Stack, gateways: Gateways, log_dir: 
     for n, weight in zip(got, WEIGHTS, strict=True):
         expected = 300 * weight / sum(WEIGHTS)
         assert abs(n - expected) <= 0.1 * expected, (got, WEIGHTS)
+
+
+def test_the_dialog_keeps_the_gateway_of_its_branch(
+    stack: Stack, gateways: Gateways, log_dir: Path
+) -> None:
+    """What a node taking the VIP over forwards an orphan CANCEL/ACK to ($dlg_var(kha_dst))."""
+    call = start_uac(log_dir, VIP1, f"gw-{uuid.uuid4().hex[:8]}", duration_ms=1500)
+    assert wait_for(lambda: dialog_var(stack, "kha_dst"), 5, "the gateway in the dialog") in URIS
+    assert_ok(call)
 
 
 def test_reload_changes_the_gateways(stack: Stack, gateways: Gateways, log_dir: Path) -> None:
@@ -377,6 +393,11 @@ def test_every_gateway_down_is_503_with_retry_after_at_once(
     status = status_json(stack, capsys)
     assert status["gateway_sets_down"] == ["carriers"]
     assert {g["state"] for g in status["gateways"]} == {"down"}
+    # a policy reload keeps them down (the list is written with their state): still 503 at once
+    reload(stack, gateway_policy(version="gw-reloaded"))
+    assert set(states(stack).values()) == {"down"}
+    answer, seconds = timed_invite()
+    assert answer.startswith("SIP/2.0 503 No Gateway Available") and seconds < 0.25, answer
 
 
 def timed_invite() -> tuple[str, float]:

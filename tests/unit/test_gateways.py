@@ -272,6 +272,15 @@ def test_timeout_marks_the_gateway_down_and_tries_the_next_of_its_priority() -> 
     assert not ksr.called("dispatcher.ds_select_dst")
 
 
+def test_a_408_the_gateway_sent_is_an_answer_it_is_not_marked_down() -> None:
+    ksr = failure(408, **{"tm.t_branch_replied": 1})
+    assert not ksr.called("dispatcher.ds_mark_dst_state")
+    assert ksr.called("dispatcher.ds_next_dst") and ksr.called("tm.t_relay")
+    assert dispatch.marks_down(408, timed_out=True, replied=False)
+    assert not dispatch.marks_down(408, timed_out=False, replied=False)
+    assert not dispatch.marks_down(503, timed_out=True, replied=False)
+
+
 def test_5xx_fails_over_without_marking_then_next_priority_when_the_set_is_spent() -> None:
     ksr = failure(503, **{"dispatcher.ds_next_dst": -1})
     assert not ksr.called("dispatcher.ds_mark_dst_state")
@@ -346,3 +355,18 @@ def test_status_lists_gateways_and_sets_with_none_up() -> None:
     assert lines[3].split()[-3:] == ["down", "P", "-"]
     assert lines[-1] == "gateway sets with no gateway up: none"
     assert render_gateways([], []) == []
+
+
+def test_a_dispatched_branch_keeps_its_gateway_for_a_forward_after_takeover() -> None:
+    router, ksr = make()
+    ksr.pvs.update({routes.AVP_GATEWAYS: "carriers", "$du": "sip:carrier-b:5060"})
+    router.ksr_branch_manage(None)
+    assert ksr.pvs[routes.DLG_GATEWAY] == "sip:carrier-b:5060"
+    cancel, ksr = make(is_CANCEL=True, is_INVITE=False)  # on the node that took the VIP over
+    ksr.pvs.update({**CARRIER, "$rm": "CANCEL", routes.DLG_GATEWAY: "sip:carrier-b:5060"})
+    cancel.ksr_request_route(None)
+    assert ksr.called("setdsturi", "sip:carrier-b:5060") and ksr.called("forward")
+    plain, ksr = make(is_CANCEL=True, is_INVITE=False)  # no gateway kept: the route's first
+    ksr.pvs.update({**CARRIER, "$rm": "CANCEL"})
+    plain.ksr_request_route(None)
+    assert ksr.called("setdsturi", "sip:carrier-a:5060")

@@ -139,6 +139,8 @@ def test_node_yaml_round_trips_into_the_launcher(tmp_path: Path) -> None:
         assert render_dispatcher_list(policy) == listed  # what the launcher writes at start
         cfg = (out / f"node{i}" / "kemi-ha-node.cfg").read_text()
         assert f'#!define DISPATCHER_LIST "{node.run_dir}/{DISPATCHER_LIST_NAME}"' in cfg
+        # gateways are probed from the node's own address, never from a VIP another node holds
+        assert f'"ds_default_socket", "udp:10.99.1.{i}:5090")' in cfg
         peers = {f'"sip:10.99.1.{j}:5090"' for j in (1, 2, 3) if j != i}
         assert {ln.split(", ")[-1][:-1] for ln in cfg.splitlines()
                 if "notification_address" in ln} == peers  # fmt: skip

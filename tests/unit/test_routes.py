@@ -103,6 +103,8 @@ HAPPY: dict[str, Any] = {
     "hdr.insert": 1,
     "textops.remove_hf_idx": 1,
     "tm.t_set_fr": 1,
+    "tm.t_branch_timeout": 1,
+    "tm.t_branch_replied": -1,
 }
 SDP_BODY = (
     "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
@@ -117,7 +119,8 @@ PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0
        "$jsonrpl(code)": "200", "$ua": "PBX/1.0", "$nh(u)": "sip:gw1:5060", "$fs": None,
        "$dlg_var(kha_nat)": None, "$dlg_var(kha_nmflags)": None, "$avp(kha_nat)": None,
        "$avp(kha_nmflags)": None, "$avp(kha_gws)": None, "$avp(kha_level)": None,
-       "$hdr(P-Asserted-Identity)": None, "$hdr(Diversion)": None}  # fmt: skip
+       "$hdr(P-Asserted-Identity)": None, "$hdr(Diversion)": None,
+       "$dlg_var(kha_dst)": None, "$du": None}  # fmt: skip
 
 
 def make(**returns: Any) -> tuple[Router, FakeKSR]:
