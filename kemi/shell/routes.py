@@ -542,6 +542,9 @@ class Router:
         log.info("failover after %s: trying %s", status, target)
         ksr.pv.seti(AVP_TRIED, tried + 1)
         ksr.setdsturi(target)
+        # tm adds a branch in a failure route only for an R-URI marked new; $du alone is not
+        # ("no branches for forwarding", 500 to the caller: measured on 5.6.3). Same R-URI.
+        ksr.seturi(self.pv.text("$ru"))
         self.arm_transaction()
         if not self.route_relay():
             self.count_final(500)
