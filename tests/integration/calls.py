@@ -33,11 +33,12 @@ def start_uac(
     call_id: str,
     scenario: str = "uac.xml",
     duration_ms: int = 2000,
+    service: str = "1000",
 ) -> SippRun:
     port, media = free_port_pair()
     run = sipp(
         f"uac-{call_id}", scenario, log_dir, "127.0.0.1", port, media,
-        "-s", "1000", "-m", "1", "-d", str(duration_ms), "-cid_str", call_id,
+        "-s", service, "-m", "1", "-d", str(duration_ms), "-cid_str", call_id,
         "-timeout", "60", "-timeout_error", "-recv_timeout", "10000",
         target=f"{vip}:{SIP_PORT}",
     )  # fmt: skip

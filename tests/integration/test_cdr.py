@@ -30,6 +30,7 @@ from tests.integration.calls import (
 from tests.integration.conftest import NG_PORT, UAS_PORT, VIP1, VIP2, loopback_stack
 
 MEDIA_TIMEOUT = 5
+UNAVAILABLE_PORT = UAS_PORT + 40  # a first destination answering 503
 MAX_DURATION = 3
 # VIP1's calls are tenant "metro" (R-URI domain 127.0.0.1): one channel, media timeout;
 # VIP2's are tenant "short": a maximum duration, no media timeout.
@@ -51,6 +52,9 @@ tenants:
 routes:
   - name: default
     destinations: ["sip:127.0.0.1:{UAS_PORT}"]
+  - name: failover
+    prefix: "2"
+    destinations: ["sip:127.0.0.1:{UNAVAILABLE_PORT}", "sip:127.0.0.1:{UAS_PORT}"]
 """
 
 
@@ -106,6 +110,19 @@ def test_answered_call_has_one_cdr(stack: Stack, log_dir: Path) -> None:
     invite, answer, end = int(cdr["invite_ms"]), int(cdr["answer_ms"]), int(cdr["end_ms"])
     assert t0 * 1000 - 50 <= invite <= answer <= end <= t1 * 1000 + 50
     assert 1.8 <= float(cdr["duration_s"]) <= 3.0  # SIPp: 2 s of RTP, then BYE
+
+
+def test_call_failed_over_to_its_second_destination_has_one_cdr(
+    stack: Stack, log_dir: Path
+) -> None:
+    unavailable = start_uas(log_dir, "uas_unavailable.xml", port=UNAVAILABLE_PORT)
+    uas = start_uas(log_dir)
+    assert_ok(start_uac(log_dir, VIP1, "cdr-failover", duration_ms=1000, service="2000"))
+    assert_ok(unavailable)
+    assert_ok(uas)
+    cdr = one_cdr(stack, "cdr-failover")
+    assert (cdr["reason"], cdr["code"], cdr["callee"]) == ("bye_caller", "200", f"2000@{VIP1}")
+    assert int(cdr["answer_ms"]) > int(cdr["invite_ms"])
 
 
 def test_cli_exports_the_records_of_a_time_range(
