@@ -453,6 +453,8 @@ class Router:
         """Kamailio 5.6 does not confirm a replicated early dialog on its ACK (#2423, fixed in
         6.1 only): confirm it by RPC, or it is cleaned as early and its BYE ends nothing."""
         self.dialog_rpc(takeover.confirm_command(*self.dialog_ids()), "confirm")
+        if self.calls is not None:
+            self.calls.answered_here()  # no dialog:start ran anywhere for this answer
 
     def dialog_rpc(self, command: str, what: str) -> bool:
         ksr = self.ksr

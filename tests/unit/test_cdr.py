@@ -424,3 +424,12 @@ def test_the_dialog_event_and_timer_entries_never_raise() -> None:
     assert router.ksr_dialog_event(None, "dialog:end") == 1
     assert ksr.called("is_BYE")
     assert router.ksr_hygiene_timer(None, "rtimer") == 1
+
+
+def test_a_takeover_confirmation_keeps_an_answer_time_once() -> None:
+    calls, ksr, _writer = make({DLG_ANSWER: None})
+    calls.answered_here()
+    assert ksr.pvs[DLG_ANSWER] == str(NOW)
+    ksr.pvs[DLG_ANSWER] = "123"
+    calls.answered_here()
+    assert ksr.pvs[DLG_ANSWER] == "123"
