@@ -22,9 +22,19 @@ from typing import Any
 
 import pytest
 
-from kemi.lab.cluster import CLIENT, UAS_PORT, VIP1, Cluster, node_ns, start_cluster
+from kemi.lab.cluster import (
+    A_ADDR,
+    B_ADDR,
+    CLIENT,
+    UAS_PORT,
+    VIP1,
+    Cluster,
+    node_ns,
+    start_cluster,
+)
 from kemi.lab.net import lab_ns
 from kemi.lab.sipp import SippRun, sipp
+from kemi.ops.cdrstore import read_cdrs
 from kemi.ops.stack import Stack
 from tests.integration.calls import assert_ok, packets_of, wait_for
 
@@ -120,6 +130,22 @@ def nothing_left_on_b(cluster: Cluster) -> None:
              state=lambda: "dialogs={} channels={} sessions={}".format(*left()))  # fmt: skip
 
 
+def one_record_on_b(cluster: Cluster, since_ms: int) -> dict[str, str]:
+    """Issue 15: the call's one CDR, written by B (each lab node's CDR store is its own
+    Redis: A's died with A)."""
+    b = cluster.b
+
+    def found() -> list[dict[str, str]]:
+        with b.net():
+            return list(read_cdrs(b.redis_client(0), since_ms, None))
+
+    wait_for(lambda: bool(found()), timeout=10, what="the call's CDR on B")
+    time.sleep(0.5)
+    (record,) = found()
+    assert (record["setup_node"], record["end_node"]) == (A_ADDR, B_ADDR), record
+    return record
+
+
 def log_of(node: Stack) -> str:
     return (node.run_dir / "kamailio.log").read_text(errors="replace")
 
@@ -137,6 +163,7 @@ def test_a_cancel_after_the_takeover(cluster: Cluster) -> None:
     """180 via A, A dies, the caller cancels 3 s after its INVITE: B forwards the CANCEL
     statelessly, the caller gets 200 (CANCEL) and 487, its ACK reaches the callee, and
     nothing is left: no active dialog, no channel, no rtpengine session."""
+    since = int(time.time() * 1000)
     uas = callee(cluster, "uas_ring.xml")
     caller = cluster.uac(VIP1, calls=1, duration_ms=3000, scenario="uac_cancel_late.xml")
     ringing(cluster)
@@ -149,12 +176,15 @@ def test_a_cancel_after_the_takeover(cluster: Cluster) -> None:
     assert "orphan CANCEL forwarded statelessly" in log
     assert "takeover reply 487 INVITE: end" in log
     assert "orphan ACK forwarded statelessly" in log
+    record = one_record_on_b(cluster, since)
+    assert (record["reason"], record["code"], record["answer_ms"]) == ("cancel", "487", "0")
 
 
 def test_b_ringing_call_is_answered_after_the_takeover(cluster: Cluster) -> None:
     """180 via A, A dies, the callee answers 4 s after the INVITE: the caller gets the 200
     through B, B's ACK confirms the replicated dialog (state 4), RTP flows through B's
     rtpengine for VIP1, the BYE ends the call and every count is back to 0."""
+    since = int(time.time() * 1000)
     uas = callee(cluster, "uas_ring_answer.xml", pause_ms=4000)
     caller = cluster.uac(VIP1, calls=1, duration_ms=3000)
     ringing(cluster)
@@ -166,6 +196,9 @@ def test_b_ringing_call_is_answered_after_the_takeover(cluster: Cluster) -> None
     log = log_of(cluster.b)
     assert "takeover reply 200 INVITE: answer" in log
     assert "exception in" not in log
+    record = one_record_on_b(cluster, since)
+    assert (record["reason"], record["code"]) == ("bye_caller", "200")
+    assert 2.5 <= float(record["duration_s"]) <= 4.5  # SIPp holds it 3 s after the answer
 
 
 def confirmed_on_b_with_media(cluster: Cluster) -> None:
@@ -181,6 +214,7 @@ def test_c_answered_call_is_acked_after_the_takeover(cluster: Cluster) -> None:
     """The 200 passes A, A dies before the caller's ACK (held 3 s): the callee's retransmitted
     200s reach the caller through B (answered again on B's rtpengine), the ACK confirms B's
     copy, RTP flows through B and the BYE ends the call."""
+    since = int(time.time() * 1000)
     uas = callee(cluster, "uas.xml")
     caller = cluster.uac(VIP1, calls=1, duration_ms=3000, scenario="uac_late_ack.xml")
     # Answered on A (state 3 there: 5.6.3 does not replicate it, B keeps an early copy).
@@ -193,3 +227,5 @@ def test_c_answered_call_is_acked_after_the_takeover(cluster: Cluster) -> None:
     assert_ok(uas, 10)
     nothing_left_on_b(cluster)
     assert "takeover reply 200 INVITE: answer" in log_of(cluster.b)
+    record = one_record_on_b(cluster, since)
+    assert (record["reason"], record["code"]) == ("bye_caller", "200")
