@@ -20,6 +20,7 @@ from kemi.core import cdr
 from kemi.core.cdr import EndReason, SetupFacts
 from kemi.ops.cdrstore import RedisAddress, RedisCdrStore, Written, read_cdrs
 from kemi.ops.stack import Stack
+from kemi.ops.status import media_reconciliation, remove_orphans
 from tests.integration.calls import (
     active_dialogs,
     assert_ok,
@@ -223,3 +224,30 @@ def test_max_duration_ends_the_call(stack: Stack, log_dir: Path) -> None:
     assert cdr["reason"] == "max_duration"
     assert MAX_DURATION <= float(cdr["duration_s"]) <= MAX_DURATION + 3
     wait_for(lambda: active_dialogs(stack) == 0, what="the dialog gone")
+
+
+def test_status_finds_and_removes_an_orphan_session(
+    stack: Stack, log_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An rtpengine session with no dialog (offered behind Kamailio's back) is an orphan; a
+    call up is consistent; `--remove-orphans` deletes the orphan (and its Redis key)."""
+    vip1 = stack.policy.vips[0]
+    sdp = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+           "m=audio 40000 RTP/AVP 8\r\n")  # fmt: skip
+    stack.ng(vip1).command("offer", sdp=sdp, **{"call-id": "cdr-orphan", "from-tag": "o1"})
+    uas = start_uas(log_dir)
+    uac = start_uac(log_dir, VIP1, "cdr-consistent", duration_ms=3000)
+    wait_for(lambda: active_dialogs(stack) == 1, what="the call up")
+    dialogs = list(stack.rpc.call("dlg.list") or [])
+    [vip] = [m for m in media_reconciliation(stack.policy, dialogs, min_age_s=0)
+             if m["vip"] == VIP1]  # fmt: skip
+    assert list(vip["orphan_sessions"]) == ["cdr-orphan"]
+    assert not vip["dialogs_without_media"]
+    assert (vip["dialogs"], vip["sessions"]) == (1, 2)
+    assert remove_orphans({"media": [vip]}) == ["cdr-orphan"]
+    assert stack.ng(vip1).list_calls() == ["cdr-consistent"]
+    assert_ok(uac)
+    assert_ok(uas)
+    capsys.readouterr()
+    assert main(["status", "--run-dir", str(stack.run_dir)]) == 0
+    assert "media per VIP" in capsys.readouterr().out
