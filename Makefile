@@ -13,7 +13,7 @@ APT_PACKAGES := kamailio kamailio-python3-modules kamailio-extra-modules kamaili
 	corosync-qdevice corosync-qnetd fence-agents
 PYTEST_ARGS ?=
 
-.PHONY: run test unit integration lint deps venv api-list schema bench drill clean
+.PHONY: run test unit integration lint deps venv api-list schema bench drill drill-all clean
 NODES ?= 2
 SCENARIO ?= power-off
 LINKS ?= 1
@@ -69,6 +69,10 @@ $(VENV)/.installed: pyproject.toml
 drill: deps venv
 	$(PY) -m kemi.lab drill --nodes $(NODES) --calls $(CALLS) --profile $(PROFILE) --repeat $(REPEAT) \
 		--scenario $(SCENARIO) --links $(LINKS) --transient $(TRANSIENT)
+
+# Every scenario at sizes CI has no time for (~40 min): writes docs/drill-all.md.
+drill-all: deps venv
+	$(PY) -m kemi.lab drill-all --out docs/drill-all.md
 
 # Refresh the KEMI export list the fake KSR is built from (starts a throwaway Kamailio).
 api-list: deps venv

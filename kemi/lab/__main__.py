@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 
-from kemi.lab.drill import SCENARIOS, drill
+from kemi.lab.drill import SCENARIOS, DrillCase, drill
+from kemi.lab.drill_all import drill_all
 from kemi.ops.render import COROSYNC_PROFILES
 
 
@@ -34,16 +36,22 @@ def main(argv: list[str] | None = None) -> int:
         "--transient",
         type=int,
         default=0,
-        help="also this many calls ringing, answered-not-ACKed and being cancelled "
+        help="also this many calls of each transient kind (ringing, answered-not-ACKed, "
+        "being cancelled, hold re-INVITE before/during the outage, BYE during it) "
         "on the powered-off node's VIP at the fault",
     )
     dr.add_argument("--keep", action="store_true", help="keep the work directory (logs, pcap)")
+    everything = sub.add_parser("drill-all", help="every scenario, larger; writes the table")
+    everything.add_argument("--out", type=Path, default=Path("docs/drill-all.md"))
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the drill removes every namespace and process it made.
     signal.signal(signal.SIGTERM, _interrupt)
-    return drill(nodes=args.nodes, calls=args.calls, profile=args.profile, repeat=args.repeat,
-                 keep=args.keep, scenario=args.scenario, links=args.links,
-                 qdevice=args.qdevice, transient=args.transient)  # fmt: skip
+    if args.command == "drill-all":
+        return drill_all(args.out)
+    case = DrillCase(scenario=args.scenario, nodes=args.nodes, calls=args.calls,
+                     repeat=args.repeat, profile=args.profile, links=args.links,
+                     qdevice=args.qdevice, transient=args.transient)  # fmt: skip
+    return drill(case, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,13 @@ removed on exit.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kemi.lab.net import Host, Lab, lab_ns
+from kemi.lab.net import Host, Lab, lab_ns, sh
 from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.stack import Stack, StackConfig
 
@@ -115,11 +116,13 @@ class Cluster:
         self.lab.del_address(src, vip)
         self.lab.add_address(dst, vip)
 
-    def power_off_a_and_take_vip1(self) -> int:
+    def power_off_a_and_take_vip1(self, outage_s: float = 0.0) -> tuple[int, float]:
         """Copy VIP1's Redis DB to B (Redis replication's job: the harness runs one Redis per
-        node without replication), power A off (link down, every process SIGKILLed), VIP1 and
-        its rtpengine up on B (cold restore from Redis). Returns the number of keys copied."""
+        node without replication), power A off (link down, every process SIGKILLed), and
+        `outage_s` later VIP1 and its rtpengine up on B (cold restore from Redis). Returns the
+        number of keys copied and the time (monotonic) of the power-off."""
         a, b = self.a, self.b
+        ns_a, ns_b = str(a.config.netns), str(b.config.netns)
         vip1 = a.policy.vips[0]
         with a.net():
             source = a.redis_client(vip1.set_id)
@@ -128,11 +131,20 @@ class Cluster:
             target = b.redis_client(vip1.set_id)
             for key, value in saved.items():
                 target.restore(key, 0, value, replace=True)
-        self.lab.link(str(a.config.netns), up=False)
+        self.lab.link(ns_a, up=False)
         a.kill_all()
-        self.lab.add_address(str(b.config.netns), vip1.address)
-        b.start_rtpengine(vip1)
-        return len(saved)
+        killed = time.monotonic()
+        time.sleep(outage_s)  # what reaches VIP1 meanwhile is lost: UAs retransmit
+        # In a cluster B's hot-standby rtpengine is ready before VIP1 arrives; here it is
+        # started after (its ng socket is on VIP1): SIP to VIP1 waits until it answers.
+        rule = ["INPUT", "-d", vip1.address, "-p", "udp", "--dport", "5060", "-j", "DROP"]
+        sh("ip", "netns", "exec", ns_b, "iptables", "-I", *rule)
+        try:
+            self.lab.add_address(ns_b, vip1.address)
+            b.start_rtpengine(vip1)
+        finally:
+            sh("ip", "netns", "exec", ns_b, "iptables", "-D", *rule)
+        return len(saved), killed
 
     def revive_a(self) -> None:
         """A back with VIP1 (B's VIP1 relay stopped, its copy of VIP1's DB flushed)."""

@@ -15,6 +15,7 @@ Run r powers off drill<((r - 1) mod N) + 1>, so REPEAT=N powers off each node on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -25,7 +26,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from kemi.lab.hanode import HaNode, install_node, kill_netns
 from kemi.lab.net import Host, Lab, lab_ns, sh
 from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.cdrstore import read_cdrs
+from kemi.ops.cluster_status import collect_cluster, render_cluster
 from kemi.ops.netns import in_netns
 from kemi.ops.ng import NgClient, rtp_streams
 from kemi.ops.procs import Daemon, NotReady, wait_until
@@ -82,6 +84,12 @@ TRANSIENT = (
     ("ringing", "71", "uas_ring_answer.xml", 2500, "uac.xml", 4000),  # answered after the fault
     ("late_ack", "72", "uas.xml", 0, "uac_late_ack.xml", 4000),  # 200 before, ACK after it
     ("cancelled", "73", "uas_ring.xml", 0, "uac_cancel_late.xml", 2000),  # CANCEL after it
+    # established, then a hold re-INVITE relayed before the fault, answered 2.5 s later
+    ("hold", "74", "uas_hold.xml", 2500, "uac_hold.xml", 500),
+    # established, then a hold re-INVITE sent during the outage (retransmitted)
+    ("hold_outage", "75", "uas_hold.xml", 0, "uac_hold.xml", 1200),
+    # established, then the BYE sent during the outage (retransmitted)
+    ("bye_outage", "76", "uas.xml", 0, "uac.xml", 1100),
 )
 
 
@@ -282,14 +290,21 @@ class RunResult:
         return [c for c in self.calls if c.vip == self.failed_vip]
 
 
-def log_times(text: str, pattern: re.Pattern[str], after: float) -> float | None:
+def line_time(line: str) -> float | None:
+    """The timestamp of a Corosync/Pacemaker log line (None if it has none)."""
+    m = LOG_TS.match(line)
+    if not m:
+        return None
     year = datetime.now().year
+    return datetime.strptime(f"{year} {m.group(1)}", "%Y %b %d %H:%M:%S.%f").timestamp()
+
+
+def log_times(text: str, pattern: re.Pattern[str], after: float) -> float | None:
     for line in text.splitlines():
-        m = LOG_TS.match(line)
-        if not m or not pattern.search(line):
+        if not pattern.search(line):
             continue
-        ts = datetime.strptime(f"{year} {m.group(1)}", "%Y %b %d %H:%M:%S.%f").timestamp()
-        if ts >= after - 0.05:
+        ts = line_time(line)
+        if ts is not None and ts >= after - 0.05:
             return ts
     return None
 
@@ -395,6 +410,8 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         observed.append(f"{victim.name} corosync links: {link_status(setup, victim)}")
         observed.append(f"VIP holders with link 0 cut: {vip_holders(setup)}")
         cut_peers(setup, victim, cut=False)
+        observed.append(f"Corosync membership changes while link 0 was cut: "
+                        f"{membership_changes(setup, t_fail)}")  # fmt: skip
     else:
         # Power off the victim: its links first (no goodbye on the wire), then every process.
         setup.lab.links(victim.netns, up=False)
@@ -476,7 +493,10 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
                        f"dialogs on {name} back to 0")  # fmt: skip
         except NotReady as exc:  # a leak is a finding of the run (survivor_dialogs), not a crash
             observed.append(str(exc))
-    cdrs_ok = cdrs_checked(survivors, call_vip, duration_ms / 1000, observed)
+    # who may end a call: every node still (or again) running at the end of the scenario
+    enders = nodes if scenario in ("one-link-lost", "link-cut", "rejoin", "failback") else [
+        n for n in nodes if n is not victim]  # fmt: skip
+    cdrs_ok = cdrs_checked(enders, call_vip, duration_ms / 1000, observed)
     return RunResult(
         cdrs_ok=cdrs_ok,
         holders_after=vip_holders(setup, up),
@@ -616,10 +636,15 @@ def quorum_state(setup: DrillSetup) -> str:
 
 
 def link_status(setup: DrillSetup, node: DrillNode) -> str:
-    """corosync-cfgtool -s on the node, one line per link."""
-    out = setup.ha[node.name].run(["corosync-cfgtool", "-s"]).stdout
-    return " | ".join(" ".join(ln.split()) for ln in out.splitlines()
-                      if "LINK" in ln or "nodeid" in ln)  # fmt: skip
+    """The link lines `kemi-ha status` prints on the node (from corosync-cfgtool -s)."""
+    ha = setup.ha[node.name]
+
+    def run(argv: Sequence[str]) -> tuple[int, str, str]:
+        done = ha.run(list(argv))
+        return done.returncode, done.stdout, done.stderr
+
+    lines = render_cluster(collect_cluster(run))
+    return " | ".join(line.strip() for line in lines if line.strip().startswith("link"))
 
 
 def rejoin(setup: DrillSetup, node: DrillNode, calls: int, observed: list[str]) -> None:
@@ -646,6 +671,19 @@ def rejoin(setup: DrillSetup, node: DrillNode, calls: int, observed: list[str]) 
     master = ha.promoted("redis-clone") or "?"
     observed.append(f"{node.name} back: {calls} dialogs resynced over DMQ, its Redis a synced "
                     f"replica, Redis master on {master}")  # fmt: skip
+
+
+def membership_changes(setup: DrillSetup, since: float) -> int:
+    """How many new memberships any node's Corosync formed after `since` (a lost link must
+    cause none: knet carries on over the other link)."""
+    pattern = re.compile(r"A new membership .* was formed")
+    count = 0
+    for node in setup.nodes:
+        log = setup.work / node.name / "log-corosync" / "corosync.log"
+        for line in log.read_text(errors="replace").splitlines():
+            ts = line_time(line) if pattern.search(line) else None
+            count += ts is not None and ts >= since
+    return count
 
 
 def failover_timeline(setup: DrillSetup, survivors: list[DrillNode], vip_no: int,
@@ -825,29 +863,52 @@ def distribution(medians: list[float]) -> str:
     )
 
 
-def drill(nodes: int = 2, calls: int = 10, profile: str = "tuned", repeat: int = 1,
-          keep: bool = False, scenario: str = "power-off", links: int = 1,
-          qdevice: bool = False, transient: int = 0) -> int:  # fmt: skip
-    """Run the drill `repeat` times; print the report, the JSON path and the summary line last."""
-    if profile not in COROSYNC_PROFILES:
-        raise ValueError(f"unknown profile {profile!r}")
-    if scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
-    if scenario == "one-link-lost":
-        links = max(links, 2)  # a second Corosync link to lose the first one to
-    if scenario == "link-cut":
-        qdevice = True  # without an arbiter both halves keep every VIP: nothing to measure
-    fencing = scenario == "fenced"
+@dataclass(frozen=True)
+class DrillCase:
+    """One `make drill` invocation: what to inflict on which cluster, how often."""
+
+    scenario: str = "power-off"
+    nodes: int = 2
+    calls: int = 10
+    repeat: int = 1
+    profile: str = "tuned"
+    links: int = 1
+    qdevice: bool = False
+    transient: int = 0
+
+    def checked(self) -> DrillCase:
+        """The case with what its scenario implies, or ValueError on an unknown name."""
+        if self.profile not in COROSYNC_PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}")
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {self.scenario!r}: one of {', '.join(SCENARIOS)}")
+        links = max(self.links, 2) if self.scenario == "one-link-lost" else self.links
+        # Without an arbiter both halves of a cut keep every VIP: nothing to measure.
+        qdevice = self.qdevice or self.scenario == "link-cut"
+        return dataclasses.replace(self, links=links, qdevice=qdevice)
+
+
+def run_case(case: DrillCase, keep: bool = False) -> list[RunResult]:
+    """Every run of `case`, each on a freshly installed cluster."""
+    case = case.checked()
     results: list[RunResult] = []
-    for run_no in range(1, repeat + 1):
+    for run_no in range(1, case.repeat + 1):
         work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-"))
-        with drill_cluster(work, profile, nodes, links, qdevice, fencing) as setup:
-            results.append(run_once(setup, calls, run_no, scenario=scenario, transient=transient))
+        with drill_cluster(work, case.profile, case.nodes, case.links, case.qdevice,
+                           case.scenario == "fenced") as setup:  # fmt: skip
+            results.append(run_once(setup, case.calls, run_no, scenario=case.scenario,
+                                    transient=case.transient))  # fmt: skip
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"drill: run {run_no} kept in {work}")
-    text, summary = report(results, calls, profile, scenario)
+    return results
+
+
+def drill(case: DrillCase, keep: bool = False) -> int:
+    """Run the drill; print the report, the JSON path and the summary line last."""
+    results = run_case(case, keep)
+    text, summary = report(results, case.calls, case.profile, case.scenario)
     print(text)
     name = "kemi-ha-drill-result" + ("" if PREFIX == "khad" else f"-{PREFIX}") + ".json"
     out = Path(tempfile.gettempdir()) / name

@@ -189,9 +189,10 @@ def without_nulls(data: Any) -> Any:
 
 
 def corosync_conf(spec: ClusterSpec, profile: str) -> str:
-    """Link 0 is each node's `address`, links 1.. its `links`, in falling knet priority: knet
-    (passive mode) carries the traffic on the best link up and fails over between links without a
-    membership change."""
+    """Link 0 is each node's `address`, links 1.. its `links`. knet's active mode sends every
+    packet on every link up: losing a link loses no packet, so no token is lost while knet takes
+    its ping timeout to declare the link down (in passive mode a 50 ms token was lost first and a
+    membership change moved VIPs: docs/ha.md, one-link-lost)."""
     p = COROSYNC_PROFILES[profile]
     count = 1 + len(spec.nodes[0].links)
     ifaces = ""
@@ -202,9 +203,8 @@ def corosync_conf(spec: ClusterSpec, profile: str) -> str:
             if p["knet_ping_interval"] is not None
             else ""
         )
-        priority = f"        knet_link_priority: {count - link}\n" if count > 1 else ""
-        if tuned or priority:
-            ifaces += f"    interface {{\n        linknumber: {link}\n{priority}{tuned}    }}\n"
+        if tuned:
+            ifaces += f"    interface {{\n        linknumber: {link}\n{tuned}    }}\n"
     nodes = "".join(
         f"    node {{\n        name: {n.name}\n        nodeid: {n.id}\n"
         + "".join(f"        ring{k}_addr: {a}\n" for k, a in enumerate([n.address, *n.links]))
@@ -225,7 +225,7 @@ def corosync_conf(spec: ClusterSpec, profile: str) -> str:
         )
     coefficient = p["token_coefficient"]
     token_coefficient = f"    token_coefficient: {coefficient}\n" if coefficient is not None else ""
-    link_mode = "    link_mode: passive\n" if count > 1 else ""
+    link_mode = "    link_mode: active\n" if count > 1 else ""
     return (
         f"# Rendered by kemi-ha render ({profile} profile). Do not edit: edit the cluster file.\n"
         "totem {\n    version: 2\n"

@@ -7,10 +7,15 @@ one Redis per node without replication, so what Redis replication does in a real
 drill's promotable Redis) is done by the test: VIP1's Redis DB is copied from A to B (DUMP +
 RESTORE) just before the power-off. After each test A comes back with VIP1.
 
-Known harness limit, measured: once VIP1 has been on B and left it again (the revival of A),
-some of B's workers fail to send ng commands to VIP1's rtpengine when B takes VIP1 a second
-time (`can't send command "delete"`, then "no available proxies"): the CANCEL test, whose
-only rtpengine command on B is that delete, runs first.
+Calls established before the fault then cross it: a re-INVITE (hold) sent during the outage,
+a re-INVITE relayed by A and answered after it, a BYE sent during the outage.
+
+B's rtpengine for VIP1 is started after VIP1 arrives (its ng socket is on VIP1), where a
+cluster has a hot standby ready before: SIP to VIP1 is held back meanwhile (iptables in B).
+Without that hold, a re-INVITE in that window failed its ng command and Kamailio's rtpengine
+module disabled the relay for RTPENGINE_DISABLE_TOUT in that worker ("no available proxies"),
+likely also the cause of the failures on a second takeover noted here before: with the hold,
+the six takeovers of this module pass in a row.
 """
 
 from __future__ import annotations
@@ -59,9 +64,13 @@ def dmq_ready(cluster: Cluster) -> bool:
     )
 
 
+TEST_STARTED_MS = [0]  # the current test's start: its CDRs are the newer ones
+
+
 @pytest.fixture
 def cluster(two_nodes: Cluster) -> Iterator[Cluster]:
     """After each test: SIPp stopped, B's VIP1 relay stopped, A back with VIP1 and resynced."""
+    TEST_STARTED_MS[0] = int(time.time() * 1000)
     yield two_nodes
     two_nodes.stop_sipps()
     revive_a(two_nodes)
@@ -103,11 +112,10 @@ def packets(node: Stack, call_id: str) -> int:
         return packets_of(node, 0, call_id)
 
 
-def power_off_a_and_take_vip1(cluster: Cluster) -> float:
-    """Power A off, VIP1 and its rtpengine up on B (Cluster.power_off_a_and_take_vip1).
-    Returns the time of the power-off."""
-    saved = cluster.power_off_a_and_take_vip1()
-    killed = time.monotonic()
+def power_off_a_and_take_vip1(cluster: Cluster, outage_s: float = 0.0) -> float:
+    """Power A off and `outage_s` later VIP1 and its rtpengine up on B
+    (Cluster.power_off_a_and_take_vip1). Returns the time of the power-off."""
+    saved, killed = cluster.power_off_a_and_take_vip1(outage_s)
     assert saved, "VIP1's rtpengine had no session in Redis before the power-off"
     return killed
 
@@ -163,7 +171,6 @@ def test_a_cancel_after_the_takeover(cluster: Cluster) -> None:
     """180 via A, A dies, the caller cancels 3 s after its INVITE: B forwards the CANCEL
     statelessly, the caller gets 200 (CANCEL) and 487, its ACK reaches the callee, and
     nothing is left: no active dialog, no channel, no rtpengine session."""
-    since = int(time.time() * 1000)
     uas = callee(cluster, "uas_ring.xml")
     caller = cluster.uac(VIP1, calls=1, duration_ms=3000, scenario="uac_cancel_late.xml")
     ringing(cluster)
@@ -176,7 +183,7 @@ def test_a_cancel_after_the_takeover(cluster: Cluster) -> None:
     assert "orphan CANCEL forwarded statelessly" in log
     assert "takeover reply 487 INVITE: end" in log
     assert "orphan ACK forwarded statelessly" in log
-    record = one_record_on_b(cluster, since)
+    record = one_record_on_b(cluster, TEST_STARTED_MS[0])
     assert (record["reason"], record["code"], record["answer_ms"]) == ("cancel", "487", "0")
 
 
@@ -184,21 +191,29 @@ def test_b_ringing_call_is_answered_after_the_takeover(cluster: Cluster) -> None
     """180 via A, A dies, the callee answers 4 s after the INVITE: the caller gets the 200
     through B, B's ACK confirms the replicated dialog (state 4), RTP flows through B's
     rtpengine for VIP1, the BYE ends the call and every count is back to 0."""
-    since = int(time.time() * 1000)
     uas = callee(cluster, "uas_ring_answer.xml", pause_ms=4000)
     caller = cluster.uac(VIP1, calls=1, duration_ms=3000)
     ringing(cluster)
     power_off_a_and_take_vip1(cluster)
     confirmed_on_b_with_media(cluster)
+    record = completed_through_b(cluster, caller, uas, "takeover reply 200 INVITE: answer")
+    # answered on B (no dialog:start anywhere): the ACK's time is its answer time
+    assert 2.5 <= float(record["duration_s"]) <= 4.5  # SIPp holds it 3 s after the answer
+
+
+def completed_through_b(cluster: Cluster, caller: SippRun, uas: SippRun,
+                        logged: str | None = None) -> dict[str, str]:  # fmt: skip
+    """Both UAs saw their whole flow succeed, B kept nothing and raised nothing, and wrote the
+    call's one CDR (returned)."""
     assert_ok(caller, 40)
     assert_ok(uas, 10)
     nothing_left_on_b(cluster)
     log = log_of(cluster.b)
-    assert "takeover reply 200 INVITE: answer" in log
+    assert logged is None or logged in log
     assert "exception in" not in log
-    record = one_record_on_b(cluster, since)
+    record = one_record_on_b(cluster, TEST_STARTED_MS[0])
     assert (record["reason"], record["code"]) == ("bye_caller", "200")
-    assert 2.5 <= float(record["duration_s"]) <= 4.5  # SIPp holds it 3 s after the answer
+    return record
 
 
 def confirmed_on_b_with_media(cluster: Cluster) -> None:
@@ -214,7 +229,6 @@ def test_c_answered_call_is_acked_after_the_takeover(cluster: Cluster) -> None:
     """The 200 passes A, A dies before the caller's ACK (held 3 s): the callee's retransmitted
     200s reach the caller through B (answered again on B's rtpengine), the ACK confirms B's
     copy, RTP flows through B and the BYE ends the call."""
-    since = int(time.time() * 1000)
     uas = callee(cluster, "uas.xml")
     caller = cluster.uac(VIP1, calls=1, duration_ms=3000, scenario="uac_late_ack.xml")
     # Answered on A (state 3 there: 5.6.3 does not replicate it, B keeps an early copy).
@@ -223,9 +237,54 @@ def test_c_answered_call_is_acked_after_the_takeover(cluster: Cluster) -> None:
              state=lambda: f"A {states(cluster.a)} B {states(cluster.b)}")  # fmt: skip
     power_off_a_and_take_vip1(cluster)
     confirmed_on_b_with_media(cluster)
-    assert_ok(caller, 40)
-    assert_ok(uas, 10)
-    nothing_left_on_b(cluster)
-    assert "takeover reply 200 INVITE: answer" in log_of(cluster.b)
-    record = one_record_on_b(cluster, since)
-    assert (record["reason"], record["code"]) == ("bye_caller", "200")
+    completed_through_b(cluster, caller, uas, "takeover reply 200 INVITE: answer")
+
+
+def established_on_both(cluster: Cluster) -> None:
+    """The call confirmed on A and its copy confirmed on B (DMQ)."""
+    wait_for(lambda: states(cluster.a) == [4] and states(cluster.b) == [4], timeout=5,
+             what="an established call on A, replicated to B",
+             state=lambda: f"A {states(cluster.a)} B {states(cluster.b)}")  # fmt: skip
+
+
+def caller_cseq(node: Stack) -> list[str]:
+    return [str(d["caller"]["cseq"]) for d in dialogs(node) if int(d["state"]) != 5]
+
+
+def test_d_hold_reinvite_sent_during_the_outage(cluster: Cluster) -> None:
+    """Established via A; A dies; the caller's re-INVITE (a=sendonly) is sent while VIP1 is
+    nowhere (lost, retransmitted) and reaches B once B holds VIP1: B offers it on VIP1's
+    rtpengine with the call's flags, relays it, the callee's 200 is answered there, the ACK
+    and later the BYE follow; RTP crosses B's rtpengine."""
+    uas = callee(cluster, "uas_hold.xml")
+    caller = cluster.uac(VIP1, calls=1, duration_ms=1500, scenario="uac_hold.xml")
+    established_on_both(cluster)
+    power_off_a_and_take_vip1(cluster, outage_s=2.5)  # the re-INVITE goes out at ~1.5 s
+    confirmed_on_b_with_media(cluster)
+    completed_through_b(cluster, caller, uas)
+
+
+def test_e_hold_reinvite_answered_after_the_takeover(cluster: Cluster) -> None:
+    """Established via A; A relays the caller's re-INVITE, then dies before the callee answers
+    it (3 s later): the callee's 200 (retransmitted) reaches B with no transaction, is answered
+    on VIP1's rtpengine (the offer came with the Redis copy) and forwarded by Via; the caller's
+    ACK and BYE go through B; RTP crosses B's rtpengine."""
+    uas = callee(cluster, "uas_hold.xml", pause_ms=3000)
+    caller = cluster.uac(VIP1, calls=1, duration_ms=500, scenario="uac_hold.xml")
+    established_on_both(cluster)
+    wait_for(lambda: caller_cseq(cluster.a) == ["2"], timeout=5, what="the re-INVITE relayed by A",
+             state=lambda: str(caller_cseq(cluster.a)))  # fmt: skip
+    power_off_a_and_take_vip1(cluster)
+    confirmed_on_b_with_media(cluster)
+    completed_through_b(cluster, caller, uas, "takeover reply 200 INVITE: answer")
+
+
+def test_f_bye_sent_during_the_outage(cluster: Cluster) -> None:
+    """Established via A; A dies; the caller's BYE is sent while VIP1 is nowhere and
+    retransmitted: B ends the call (rtpengine delete, dialog, channel), the callee answers
+    200 and the caller gets it."""
+    uas = callee(cluster, "uas.xml")
+    caller = cluster.uac(VIP1, calls=1, duration_ms=1000)
+    established_on_both(cluster)
+    power_off_a_and_take_vip1(cluster, outage_s=2.0)  # the BYE goes out at ~1 s
+    completed_through_b(cluster, caller, uas)

@@ -6,7 +6,17 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-from kemi.lab.drill import distribution, gap_around, log_times, sipp_stats, takeover_mode
+from kemi.lab.drill import (
+    CallResult,
+    DrillCase,
+    RunResult,
+    distribution,
+    gap_around,
+    log_times,
+    sipp_stats,
+    takeover_mode,
+)
+from kemi.lab.drill_all import row
 
 T0 = 1_000_000.0
 
@@ -67,3 +77,32 @@ def test_takeover_mode_from_the_agent_log(tmp_path: Path) -> None:
     assert takeover_mode(log, 200.0) == "hot standby (promoted 200 ms after the power-off)"
     assert takeover_mode(log, 50.0).startswith("cold restore")
     assert takeover_mode(log, 300.0) == "no promote logged"
+
+
+def test_drill_all_row_counts_drops_and_keeps_the_observations() -> None:
+    """One table row per case: drops summed over runs, gaps of the moved VIP's calls only, the
+    scenario's observations kept, implied options shown (link-cut always has a quorum device)."""
+    moved, still = "10.0.0.101", "10.0.0.102"
+    calls = [
+        CallResult("a", moved, 300.0, 14, True),
+        CallResult("b", moved, 500.0, 24, True),
+        CallResult("c", still, 40.0, 1, True),
+        CallResult("d", moved, float("inf"), -1, False),
+    ]
+    run = RunResult(
+        victim="drill1",
+        failed_vip=moved,
+        calls=calls,
+        bye_ok=4,
+        survivor_dialogs=0,
+        survivor_channels=0,
+        timeline_ms={},
+        takeover="hot standby (promoted)",
+        scenario="link-cut",
+        observed=["quorum: drill1 Yes, drill2 No", "noise"],
+    )
+    line = row(DrillCase("link-cut", calls=4), [run], 1.5)
+    assert "`link-cut` (2 nodes, qdevice)" in line
+    assert "| 4 x 1 | **1** | 400 | 500 | 40 |" in line
+    assert "quorum: drill1 Yes, drill2 No" in line and "noise" not in line
+    assert "rtpengine: hot standby (promoted)" in line

@@ -36,6 +36,20 @@ def test_tuned_and_default_profiles() -> None:
     assert "two_node: 1" in tuned
 
 
+def test_two_links_carry_every_packet_on_both() -> None:
+    """knet active mode with the tuned timers on each link: a lost link loses no token."""
+    spec = load_cluster(EXAMPLE)
+    one = corosync_conf(spec, "tuned")
+    assert "link_mode" not in one and "ring1_addr" not in one
+    nodes = tuple(dataclasses.replace(n, links=(f"10.99.2.{n.id}",)) for n in spec.nodes)
+    two = corosync_conf(dataclasses.replace(spec, nodes=nodes), "tuned")
+    assert "    link_mode: active\n" in two
+    assert "ring0_addr: 10.99.1.1\n" in two and "ring1_addr: 10.99.2.1\n" in two
+    for link in (0, 1):
+        iface = two.split(f"linknumber: {link}\n")[1].split("}")[0]
+        assert "knet_ping_interval: 50" in iface and "knet_ping_timeout: 400" in iface
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
