@@ -37,7 +37,7 @@ from kemi.ops.procs import StartError
 from kemi.ops.render import load_node_config, render
 from kemi.ops.rpc import KamailioRpc, RpcError
 from kemi.ops.stack import NODE_INFO, REPO_ROOT, Stack, StackConfig
-from kemi.ops.status import collect, render_status
+from kemi.ops.status import collect, remove_orphans, render_status
 from kemi.policyfile import load_policy, parse_spec
 
 DEFAULT_POLICY = REPO_ROOT / "policies" / "default.yaml"
@@ -247,6 +247,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"Error: cannot read the node in {args.run_dir}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(status, indent=1) if args.json else render_status(status))
+    if args.remove_orphans:
+        deleted = remove_orphans(status)
+        print(f"removed {len(deleted)} orphan rtpengine sessions: {' '.join(deleted)}")
     return 0
 
 
@@ -343,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="one screen about the running node (over JSON-RPC)")
     status.add_argument("--run-dir", default="run")
     status.add_argument("--json", action="store_true", help="machine-readable")
+    status.add_argument(
+        "--remove-orphans",
+        action="store_true",
+        help="delete rtpengine sessions with no dialog, older than 60 s",
+    )
     status.set_defaults(func=cmd_status)
 
     ban = sub.add_parser(

@@ -128,12 +128,13 @@ class Cluster:
         self.lab.del_address(src, vip)
         self.lab.add_address(dst, vip)
 
-    def power_off_a_and_take_vip1(self, outage_s: float = 0.0) -> int:
+    def power_off_a_and_take_vip1(self, outage_s: float = 0.0) -> tuple[int, float]:
         """Copy VIP1's Redis DB to B (Redis replication's job: the harness runs one Redis per
         node without replication), power A off (link down, every process SIGKILLed), and
         `outage_s` later VIP1 and its rtpengine up on B (cold restore from Redis). Returns the
-        number of keys copied."""
+        number of keys copied and the time (monotonic) of the power-off."""
         a, b = self.a, self.b
+        ns_a, ns_b = str(a.config.netns), str(b.config.netns)
         vip1 = a.policy.vips[0]
         with a.net():
             source = a.redis_client(vip1.set_id)
@@ -142,12 +143,12 @@ class Cluster:
             target = b.redis_client(vip1.set_id)
             for key, value in saved.items():
                 target.restore(key, 0, value, replace=True)
-        self.lab.link(str(a.config.netns), up=False)
+        self.lab.link(ns_a, up=False)
         a.kill_all()
+        killed = time.monotonic()
         time.sleep(outage_s)  # what reaches VIP1 meanwhile is lost: UAs retransmit
         # In a cluster B's hot-standby rtpengine is ready before VIP1 arrives; here it is
         # started after (its ng socket is on VIP1): SIP to VIP1 waits until it answers.
-        ns_b = str(b.config.netns)
         rule = ["INPUT", "-d", vip1.address, "-p", "udp", "--dport", "5060", "-j", "DROP"]
         sh("ip", "netns", "exec", ns_b, "iptables", "-I", *rule)
         try:
@@ -155,7 +156,7 @@ class Cluster:
             b.start_rtpengine(vip1)
         finally:
             sh("ip", "netns", "exec", ns_b, "iptables", "-D", *rule)
-        return len(saved)
+        return len(saved), killed
 
     def revive_a(self) -> None:
         """A back with VIP1 (B's VIP1 relay stopped, its copy of VIP1's DB flushed)."""

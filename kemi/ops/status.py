@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+from kemi.core.cdr import SetupFacts, dialog_variables
 from kemi.core.dispatch import gateway_states, sets_up
 from kemi.core.policy import Policy
+from kemi.core.reconcile import ORPHAN_MIN_AGE_S, reconcile
 from kemi.core.structure import SpecError
 from kemi.ops.bans import as_json, list_bans
 from kemi.ops.cluster_status import collect_cluster, render_cluster
@@ -39,6 +42,7 @@ def collect(info: dict[str, Any]) -> dict[str, Any]:
         global_limit = policy.global_limit.max if policy.global_limit else None
     except SpecError:  # the file on disk was changed and is broken: counts only
         tenants, trunks, global_limit = {}, {}, None
+        policy = None
 
     def size(profile: str, *key: str) -> int:
         return int(rpc.call("dlg.profile_get_size", profile, *key))
@@ -81,9 +85,53 @@ def collect(info: dict[str, Any]) -> dict[str, Any]:
         "bans": as_json(list_bans(rpc)),
         "gateways": gateways,
         "gateway_sets_down": no_gateway_up,
+        "media": media_reconciliation(policy, list(rpc.call("dlg.list") or []))
+        if policy is not None
+        else [],
         "metrics_url": info["metrics_url"],
         "cluster": collect_cluster(),
     }
+
+
+def media_reconciliation(
+    policy: Policy, dialogs: list[dict[str, Any]], min_age_s: float = ORPHAN_MIN_AGE_S
+) -> list[dict[str, Any]]:
+    """Per VIP: dialogs on it, its rtpengine's sessions, orphans and dialogs without media
+    (kemi.core.reconcile)."""
+    by_vip: dict[str, dict[str, bool]] = {v.address: {} for v in policy.vips}
+    for entry in dialogs:
+        facts = SetupFacts.decode(dialog_variables(entry).get("kha_cdr", ""))
+        state = int(entry.get("state", 0))
+        if facts is not None and facts.vip in by_vip and state < 5:
+            by_vip[facts.vip][str(entry.get("call-id", ""))] = state == 4
+    out = []
+    for vip in policy.vips:
+        sessions: dict[str, float] | None = {}
+        try:
+            ng = NgClient.from_socket(vip.rtpengine[0], 0.5)
+            for call_id in ng.command("list", limit=1_000_000).get("calls", []):
+                created = time.time()  # a call with a dialog: its age does not matter
+                if str(call_id) not in by_vip[vip.address]:
+                    created = float(ng.query(str(call_id)).get("created", created))
+                sessions[str(call_id)] = created  # type: ignore[index]
+        except (OSError, NgError):
+            sessions = None
+        report = reconcile(vip.address, by_vip[vip.address], sessions, time.time(), min_age_s)
+        out.append(dataclasses.asdict(report) | {"socket": vip.rtpengine[0]})
+    return out
+
+
+def remove_orphans(status: dict[str, Any]) -> list[str]:
+    """ng delete of every orphan session the status found; returns what was deleted."""
+    deleted = []
+    for vip in status.get("media", []):
+        for call_id in vip["orphan_sessions"]:
+            try:
+                NgClient.from_socket(vip["socket"], 0.5).command("delete", **{"call-id": call_id})
+                deleted.append(call_id)
+            except (OSError, NgError):
+                continue
+    return deleted
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -104,6 +152,16 @@ def render_status(status: dict[str, Any]) -> str:
         calls = "-" if rs["sessions"] is None else str(rs["sessions"])
         lines.append(f"  {str(rs['set']) + ' ' + rs['url']:<26}{state:>8}{calls:>8}")
     lines += render_gateways(status.get("gateways", []), status.get("gateway_sets_down", []))
+    if status.get("media"):
+        lines += ["", f"{'media per VIP':<28}{'dialogs':>8}{'calls':>8}{'orphans':>8}"
+                  f"{'no media':>9}"]  # fmt: skip
+        for m in status["media"]:
+            calls = "-" if m["sessions"] is None else str(m["sessions"])
+            orphans, no_media = len(m["orphan_sessions"]), len(m["dialogs_without_media"])
+            lines.append(f"  {m['vip']:<26}{m['dialogs']:>8}{calls:>8}{orphans:>8}{no_media:>9}")
+            for what in ("orphan_sessions", "dialogs_without_media"):
+                if m[what]:
+                    lines.append(f"    {what.replace('_', ' ')}: {', '.join(m[what][:5])}")
     peers = status["dmq_peers"]
     lines += ["", "DMQ peers: " + ("not configured" if peers is None else json.dumps(peers))]
     bans = status.get("bans", [])

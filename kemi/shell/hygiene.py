@@ -156,6 +156,12 @@ class CallRecords:
         elif event == "dialog:end":
             self.dialog_ended()
 
+    def answered_here(self) -> None:
+        """A dead node's call confirmed here on its ACK (TAKEOVER): its 200 passed statelessly,
+        so no dialog:start ran and the copy may have no start_ts: the ACK's time stands in."""
+        if not self.pv.text(DLG_ANSWER):
+            self.ksr.pv.sets(DLG_ANSWER, str(self.clock_ms()))
+
     def dialog_ended(self) -> None:
         facts = self.setup_facts()
         if facts is None:

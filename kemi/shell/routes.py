@@ -619,6 +619,8 @@ class Router:
         """Kamailio 5.6 does not confirm a replicated early dialog on its ACK (#2423, fixed in
         6.1 only): confirm it by RPC, or it is cleaned as early and its BYE ends nothing."""
         self.dialog_rpc(takeover.confirm_command(*self.dialog_ids()), "confirm")
+        if self.calls is not None:
+            self.calls.answered_here()  # no dialog:start ran anywhere for this answer
 
     def dialog_rpc(self, command: str, what: str) -> bool:
         ksr = self.ksr
@@ -734,6 +736,9 @@ class Router:
         log.info("failover after %s: trying %s", status, target)
         self.ksr.pv.seti(AVP_TRIED, tried + 1)
         self.ksr.setdsturi(target)
+        # tm adds a branch in a failure route only for an R-URI marked new; $du alone is not
+        # ("no branches for forwarding", 500 to the caller: measured on 5.6.3). Same R-URI.
+        self.ksr.seturi(self.pv.text("$ru"))
         return True
 
     def failover_gateway(self, policy: Policy, name: str, status: int) -> bool:

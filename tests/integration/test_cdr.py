@@ -20,6 +20,7 @@ from kemi.core import cdr
 from kemi.core.cdr import EndReason, SetupFacts
 from kemi.ops.cdrstore import RedisAddress, RedisCdrStore, Written, read_cdrs
 from kemi.ops.stack import Stack
+from kemi.ops.status import media_reconciliation, remove_orphans
 from tests.integration.calls import (
     active_dialogs,
     assert_ok,
@@ -30,6 +31,7 @@ from tests.integration.calls import (
 from tests.integration.conftest import NG_PORT, UAS_PORT, VIP1, VIP2, loopback_stack
 
 MEDIA_TIMEOUT = 5
+UNAVAILABLE_PORT = UAS_PORT + 40  # a first destination answering 503
 MAX_DURATION = 3
 # VIP1's calls are tenant "metro" (R-URI domain 127.0.0.1): one channel, media timeout;
 # VIP2's are tenant "short": a maximum duration, no media timeout.
@@ -51,6 +53,9 @@ tenants:
 routes:
   - name: default
     destinations: ["sip:127.0.0.1:{UAS_PORT}"]
+  - name: failover
+    prefix: "2"
+    destinations: ["sip:127.0.0.1:{UNAVAILABLE_PORT}", "sip:127.0.0.1:{UAS_PORT}"]
 """
 
 
@@ -106,6 +111,19 @@ def test_answered_call_has_one_cdr(stack: Stack, log_dir: Path) -> None:
     invite, answer, end = int(cdr["invite_ms"]), int(cdr["answer_ms"]), int(cdr["end_ms"])
     assert t0 * 1000 - 50 <= invite <= answer <= end <= t1 * 1000 + 50
     assert 1.8 <= float(cdr["duration_s"]) <= 3.0  # SIPp: 2 s of RTP, then BYE
+
+
+def test_call_failed_over_to_its_second_destination_has_one_cdr(
+    stack: Stack, log_dir: Path
+) -> None:
+    unavailable = start_uas(log_dir, "uas_unavailable.xml", port=UNAVAILABLE_PORT)
+    uas = start_uas(log_dir)
+    assert_ok(start_uac(log_dir, VIP1, "cdr-failover", duration_ms=1000, service="2000"))
+    assert_ok(unavailable)
+    assert_ok(uas)
+    cdr = one_cdr(stack, "cdr-failover")
+    assert (cdr["reason"], cdr["code"], cdr["callee"]) == ("bye_caller", "200", f"2000@{VIP1}")
+    assert int(cdr["answer_ms"]) > int(cdr["invite_ms"])
 
 
 def test_cli_exports_the_records_of_a_time_range(
@@ -206,3 +224,30 @@ def test_max_duration_ends_the_call(stack: Stack, log_dir: Path) -> None:
     assert cdr["reason"] == "max_duration"
     assert MAX_DURATION <= float(cdr["duration_s"]) <= MAX_DURATION + 3
     wait_for(lambda: active_dialogs(stack) == 0, what="the dialog gone")
+
+
+def test_status_finds_and_removes_an_orphan_session(
+    stack: Stack, log_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An rtpengine session with no dialog (offered behind Kamailio's back) is an orphan; a
+    call up is consistent; `--remove-orphans` deletes the orphan (and its Redis key)."""
+    vip1 = stack.policy.vips[0]
+    sdp = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+           "m=audio 40000 RTP/AVP 8\r\n")  # fmt: skip
+    stack.ng(vip1).command("offer", sdp=sdp, **{"call-id": "cdr-orphan", "from-tag": "o1"})
+    uas = start_uas(log_dir)
+    uac = start_uac(log_dir, VIP1, "cdr-consistent", duration_ms=3000)
+    wait_for(lambda: active_dialogs(stack) == 1, what="the call up")
+    dialogs = list(stack.rpc.call("dlg.list") or [])
+    [vip] = [m for m in media_reconciliation(stack.policy, dialogs, min_age_s=0)
+             if m["vip"] == VIP1]  # fmt: skip
+    assert list(vip["orphan_sessions"]) == ["cdr-orphan"]
+    assert not vip["dialogs_without_media"]
+    assert (vip["dialogs"], vip["sessions"]) == (1, 2)
+    assert remove_orphans({"media": [vip]}) == ["cdr-orphan"]
+    assert stack.ng(vip1).list_calls() == ["cdr-consistent"]
+    assert_ok(uac)
+    assert_ok(uas)
+    capsys.readouterr()
+    assert main(["status", "--run-dir", str(stack.run_dir)]) == 0
+    assert "media per VIP" in capsys.readouterr().out

@@ -27,9 +27,19 @@ from typing import Any
 
 import pytest
 
-from kemi.lab.cluster import CLIENT, UAS_PORT, VIP1, Cluster, node_ns, start_cluster
+from kemi.lab.cluster import (
+    A_ADDR,
+    B_ADDR,
+    CLIENT,
+    UAS_PORT,
+    VIP1,
+    Cluster,
+    node_ns,
+    start_cluster,
+)
 from kemi.lab.net import lab_ns
 from kemi.lab.sipp import SippRun, sipp
+from kemi.ops.cdrstore import read_cdrs
 from kemi.ops.stack import Stack
 from tests.integration.calls import assert_ok, packets_of, wait_for
 
@@ -54,9 +64,13 @@ def dmq_ready(cluster: Cluster) -> bool:
     )
 
 
+TEST_STARTED_MS = [0]  # the current test's start: its CDRs are the newer ones
+
+
 @pytest.fixture
 def cluster(two_nodes: Cluster) -> Iterator[Cluster]:
     """After each test: SIPp stopped, B's VIP1 relay stopped, A back with VIP1 and resynced."""
+    TEST_STARTED_MS[0] = int(time.time() * 1000)
     yield two_nodes
     two_nodes.stop_sipps()
     revive_a(two_nodes)
@@ -99,10 +113,9 @@ def packets(node: Stack, call_id: str) -> int:
 
 
 def power_off_a_and_take_vip1(cluster: Cluster, outage_s: float = 0.0) -> float:
-    """Power A off, and `outage_s` later VIP1 and its rtpengine up on B
+    """Power A off and `outage_s` later VIP1 and its rtpengine up on B
     (Cluster.power_off_a_and_take_vip1). Returns the time of the power-off."""
-    killed = time.monotonic()
-    saved = cluster.power_off_a_and_take_vip1(outage_s)
+    saved, killed = cluster.power_off_a_and_take_vip1(outage_s)
     assert saved, "VIP1's rtpengine had no session in Redis before the power-off"
     return killed
 
@@ -123,6 +136,22 @@ def nothing_left_on_b(cluster: Cluster) -> None:
 
     wait_for(lambda: left() == (0, 0, 0), timeout=10, what="nothing left on B",
              state=lambda: "dialogs={} channels={} sessions={}".format(*left()))  # fmt: skip
+
+
+def one_record_on_b(cluster: Cluster, since_ms: int) -> dict[str, str]:
+    """Issue 15: the call's one CDR, written by B (each lab node's CDR store is its own
+    Redis: A's died with A)."""
+    b = cluster.b
+
+    def found() -> list[dict[str, str]]:
+        with b.net():
+            return list(read_cdrs(b.redis_client(0), since_ms, None))
+
+    wait_for(lambda: bool(found()), timeout=10, what="the call's CDR on B")
+    time.sleep(0.5)
+    (record,) = found()
+    assert (record["setup_node"], record["end_node"]) == (A_ADDR, B_ADDR), record
+    return record
 
 
 def log_of(node: Stack) -> str:
@@ -154,6 +183,8 @@ def test_a_cancel_after_the_takeover(cluster: Cluster) -> None:
     assert "orphan CANCEL forwarded statelessly" in log
     assert "takeover reply 487 INVITE: end" in log
     assert "orphan ACK forwarded statelessly" in log
+    record = one_record_on_b(cluster, TEST_STARTED_MS[0])
+    assert (record["reason"], record["code"], record["answer_ms"]) == ("cancel", "487", "0")
 
 
 def test_b_ringing_call_is_answered_after_the_takeover(cluster: Cluster) -> None:
@@ -165,18 +196,24 @@ def test_b_ringing_call_is_answered_after_the_takeover(cluster: Cluster) -> None
     ringing(cluster)
     power_off_a_and_take_vip1(cluster)
     confirmed_on_b_with_media(cluster)
-    completed_through_b(cluster, caller, uas, "takeover reply 200 INVITE: answer")
+    record = completed_through_b(cluster, caller, uas, "takeover reply 200 INVITE: answer")
+    # answered on B (no dialog:start anywhere): the ACK's time is its answer time
+    assert 2.5 <= float(record["duration_s"]) <= 4.5  # SIPp holds it 3 s after the answer
 
 
 def completed_through_b(cluster: Cluster, caller: SippRun, uas: SippRun,
-                        logged: str | None = None) -> None:  # fmt: skip
-    """Both UAs saw their whole flow succeed, B kept nothing and raised nothing."""
+                        logged: str | None = None) -> dict[str, str]:  # fmt: skip
+    """Both UAs saw their whole flow succeed, B kept nothing and raised nothing, and wrote the
+    call's one CDR (returned)."""
     assert_ok(caller, 40)
     assert_ok(uas, 10)
     nothing_left_on_b(cluster)
     log = log_of(cluster.b)
     assert logged is None or logged in log
     assert "exception in" not in log
+    record = one_record_on_b(cluster, TEST_STARTED_MS[0])
+    assert (record["reason"], record["code"]) == ("bye_caller", "200")
+    return record
 
 
 def confirmed_on_b_with_media(cluster: Cluster) -> None:

@@ -424,3 +424,32 @@ def test_the_dialog_event_and_timer_entries_never_raise() -> None:
     assert router.ksr_dialog_event(None, "dialog:end") == 1
     assert ksr.called("is_BYE")
     assert router.ksr_hygiene_timer(None, "rtimer") == 1
+
+
+def test_a_takeover_confirmation_keeps_an_answer_time_once() -> None:
+    calls, ksr, _writer = make({DLG_ANSWER: None})
+    calls.answered_here()
+    assert ksr.pvs[DLG_ANSWER] == str(NOW)
+    ksr.pvs[DLG_ANSWER] = "123"
+    calls.answered_here()
+    assert ksr.pvs[DLG_ANSWER] == "123"
+
+
+# ----- dialogs against media sessions (kemi-ha status) --------------------------------------
+
+
+def test_reconcile_orphans_and_dialogs_without_media() -> None:
+    from kemi.core.reconcile import reconcile
+
+    report = reconcile(
+        "10.0.0.1",
+        {"up": True, "ringing": False, "dead": True},
+        {"up": 100.0, "ringing": 100.0, "old-orphan": 100.0, "young": 195.0},
+        now_s=200.0,
+        min_age_s=60,
+    )
+    assert report.orphan_sessions == ("old-orphan",)  # "young" may be a call being set up
+    assert report.dialogs_without_media == ("dead",)  # an early one may have no answer yet
+    assert (report.dialogs, report.sessions, report.consistent) == (3, 4, False)
+    silent = reconcile("10.0.0.1", {"up": True}, None, now_s=200.0)
+    assert (silent.sessions, silent.consistent) == (None, True)

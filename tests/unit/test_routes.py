@@ -286,9 +286,13 @@ def test_failure_route_fails_over(status: int, next_hop: str) -> None:
     router, ksr = make(**{"tm.t_get_status_code": status})
     ksr.pvs[routes.AVP_DESTINATIONS] = "sip:gw1:5060 sip:gw2:5060"
     ksr.pvs[routes.AVP_TRIED] = 0
+    ksr.pvs["$ru"] = "sip:1000@10.0.0.2"
+    ksr.returns["seturi"] = True
     router.ksr_failure_manage(None)
     assert ksr.called("setdsturi", next_hop)
-    assert ksr.called("tm.t_relay")
+    # the R-URI marked new (unchanged), or tm forwards no branch from a failure route
+    assert ksr.called("seturi", "sip:1000@10.0.0.2")
+    assert ksr.names().index("seturi") < ksr.names().index("tm.t_relay")
     assert ksr.pvs[routes.AVP_TRIED] == 1
     assert not ksr.called("rtpengine.rtpengine_delete0")
 
