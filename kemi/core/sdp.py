@@ -49,8 +49,9 @@ def sdp_refusal(body: str, limits: SdpLimits) -> Reject | None:
     """None when the SDP may go to rtpengine, else the 488 to answer."""
     if len(body) > limits.max_bytes:
         return _refuse("sdp_too_large")
-    lines = [line for line in body.replace("\r\n", "\n").split("\n") if line]
-    if not lines or not lines[0].startswith("v="):
+    # RFC 4566: `v=` first, no blank line (trailing line ends are tolerated)
+    lines = body.replace("\r\n", "\n").rstrip("\n").split("\n")
+    if not lines[0].startswith("v=") or "" in lines:
         return _refuse("sdp_malformed")
     streams = 0
     session_c = False

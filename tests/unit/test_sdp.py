@@ -42,3 +42,15 @@ def test_sdp_refusal(body: str, why: str | None) -> None:
         assert refusal is None
     else:
         assert refusal is not None and (refusal.code, refusal.why) == (488, why)
+
+
+@pytest.mark.parametrize("where", ["before", "inside"])
+def test_a_blank_line_is_malformed(where: str) -> None:
+    """RFC 4566 has no blank line: one before `v=` (found by hypothesis) or between lines is
+    refused; the line end after the last line is not a blank line."""
+    good = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+    media = "m=audio 4000 RTP/AVP 0\r\n"
+    body = "\r\n" + good + media if where == "before" else good + "\r\n" + media
+    refused = sdp_refusal(body, SdpLimits())
+    assert refused is not None and refused.why == "sdp_malformed"
+    assert sdp_refusal(good + media, SdpLimits()) is None
