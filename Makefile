@@ -13,7 +13,7 @@ APT_PACKAGES := kamailio kamailio-python3-modules kamailio-extra-modules kamaili
 	corosync-qdevice corosync-qnetd fence-agents kamailio-tls-modules openssl
 PYTEST_ARGS ?=
 
-.PHONY: run test unit integration lint deps venv api-list schema bench drill drill-all clean
+.PHONY: run test unit integration lint deps venv api-list schema bench bench-cpu drill drill-all clean
 NODES ?= 2
 SCENARIO ?= power-off
 LINKS ?= 1
@@ -83,6 +83,17 @@ bench: deps venv
 	$(PY) bench/cdr_write.py
 	$(PY) bench/dmq_lag.py 100
 	$(PY) bench/flood_setup.py
+
+# Kamailio CPU per call, kemi-ha vs bench/native.cfg (issue 18), in a network namespace of its
+# own (loopback, make run's ports): ~12 min. BENCH_CPU_ARGS e.g. "--pairs 5 --ramp ''".
+BENCH_NETNS ?= khw-cpu-bench
+BENCH_CPU_ARGS ?=
+bench-cpu: deps venv
+	@created=; if ! ip netns list | grep -qw '$(BENCH_NETNS)'; then \
+		ip netns add $(BENCH_NETNS) && created=1; fi; \
+	ip -n $(BENCH_NETNS) link set lo up; \
+	ip netns exec $(BENCH_NETNS) $(PY) bench/cpu_bench.py $(BENCH_CPU_ARGS); rc=$$?; \
+	if [ -n "$$created" ]; then ip netns del $(BENCH_NETNS); fi; exit $$rc
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) *.egg-info .pytest_cache .ruff_cache

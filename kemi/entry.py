@@ -8,6 +8,7 @@ node values come from the environment the launcher (kemi-ha run) sets.
 from __future__ import annotations
 
 import functools
+import gc
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from kemi.shell import metrics
 from kemi.shell.gateways import GatewayList
 from kemi.shell.hygiene import CallRecords
 from kemi.shell.policy_holder import PolicyHolder
+from kemi.shell.profiling import PROFILE_ENV, profiled
 from kemi.shell.routes import Router
 
 POLICY_ENV = "KEMI_HA_POLICY"
@@ -74,7 +76,7 @@ def mod_init() -> Router:
         media_query=media_query,
         media_delete=media_delete,
     )
-    return Router(
+    router = Router(
         KSR,
         holder,
         node_address=node_address,
@@ -89,6 +91,12 @@ def mod_init() -> Router:
         gateway_listing=lambda: rpc.call("dispatcher.list"),
         calls=calls,
     )
+    profile_dir = os.environ.get(PROFILE_ENV)  # a measured run only (bench-cpu --profile)
+    # Everything loaded so far (modules, the compiled policy) lives as long as the process:
+    # out of the cyclic GC's reach, so that its full collections in every worker do not walk
+    # it again and again (and the pages stay shared after Kamailio forks).
+    gc.freeze()
+    return profiled(router, profile_dir) if profile_dir else router
 
 
 def http_token(run_dir: Path) -> str:

@@ -49,8 +49,10 @@ class NodeConfigSpec:
         "SIP OPTIONS from this host (options: a node holding every VIP, e.g. make run)",
         "rpc",
     )
-    children: int = doc("Kamailio UDP workers per listener", 4)
-    shm_mb: int = doc("Kamailio shared memory (MB)", 256)
+    # Sizing for a 2-core node: docs/performance.md (measured with make bench-cpu).
+    children: int = doc("Kamailio UDP workers per listener (each VIP is a listener)", 4)
+    tcp_children: int = doc("Kamailio TCP workers (SIP over TCP/TLS, management HTTP)", 4)
+    shm_mb: int = doc("Kamailio shared memory (MB): transactions, dialogs", 1024)
     pkg_mb: int = doc("Kamailio private memory per process (MB)", 16)
     cdr_redis: str = doc(
         "the CDR store, host:port/db: the cluster's Redis master (its VIP), DB 0",

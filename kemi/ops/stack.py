@@ -81,10 +81,14 @@ class StackConfig:
     # "options": Kamailio is ready when every VIP answers OPTIONS (one node holding every VIP);
     # "rpc": when its JSON-RPC answers (in a cluster, other nodes hold some VIPs).
     ready_check: Literal["rpc", "options"] = "options"
+    # Sized for a 2-core node, reasoning and figures in docs/performance.md.
     children: int = 4
-    shm_mb: int = 256
+    tcp_children: int = 4
+    shm_mb: int = 1024
     pkg_mb: int = 16
     kemi_root: Path = REPO_ROOT  # where kemi-ha is installed on the node
+    # None: kemi_root/kamailio.cfg; another cfg only for bench-cpu's native reference
+    kamailio_cfg: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     # CDR store (host:port/db): a cluster node's is the Redis VIP; None: this node's Redis, DB 0
     cdr_redis: str | None = None
@@ -112,6 +116,7 @@ class StackConfig:
             components=tuple(node.components),
             ready_check=node.ready_check,
             children=node.children,
+            tcp_children=node.tcp_children,
             shm_mb=node.shm_mb,
             pkg_mb=node.pkg_mb,
             kemi_root=kemi_root,
@@ -346,7 +351,7 @@ class Stack:
                 "-DD",
                 "-E",
                 "-f",
-                str(cfg.kemi_root / "kamailio.cfg"),
+                str(cfg.kamailio_cfg or cfg.kemi_root / "kamailio.cfg"),
                 "-x",
                 "tlsf",
                 "-m",
@@ -355,6 +360,8 @@ class Stack:
                 str(cfg.pkg_mb),
                 "-n",
                 str(cfg.children),
+                "-N",
+                str(cfg.tcp_children),
                 "-Y",
                 str(self.run_dir),
                 "-P",

@@ -1,9 +1,11 @@
 """Every Prometheus object of kemi-ha, and the /metrics page.
 
 Rules:
-- counters and the latency histogram are recorded by each Kamailio process in multiprocess mode:
-  the launcher empties PROMETHEUS_MULTIPROC_DIR at start and sets it in Kamailio's environment;
-  /metrics sums the files of every process, so a scrape answered by one worker shows all;
+- counters and the latency histogram are recorded by each Kamailio process into its own file in
+  prometheus-client's multiprocess format (kemi.shell.procmetrics: one memory store per event,
+  no lock, no syscall): the launcher empties PROMETHEUS_MULTIPROC_DIR at start and sets it in
+  Kamailio's environment; /metrics sums the files of every process, so a scrape answered by one
+  worker shows all;
 - the objects are created once per process, when this module is first imported (a KEMI reload
   re-runs the script, not this module, so nothing is registered twice);
 - gauges of the running state are computed at scrape time (ScrapeState), not stored;
@@ -16,9 +18,12 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from kemi.shell.procmetrics import Counter, Histogram
+from kemi.shell.procmetrics import after_fork as after_fork  # for the router's child_init
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

@@ -153,6 +153,7 @@ class Router:
         self.calls = calls  # CDRs, dead and overlong calls (kemi.shell.hygiene); None: off
 
     def child_init(self, rank: int) -> int:
+        metrics.after_fork()  # this process counts into its own metrics file
         return 0
 
     # ----- request_route -------------------------------------------------------------

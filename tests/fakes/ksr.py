@@ -96,6 +96,9 @@ class FakeKSR:
         if qualified in ("pv.sets", "pv.seti"):
             self.pvs[args[0]] = args[1]
             return 1
+        if qualified == "pv.unset":
+            self.pvs[args[0]] = None  # reads back as $null
+            return None
         if qualified in self.returns:
             value = self.returns[qualified]
             return value(*args) if callable(value) else value

@@ -1,0 +1,65 @@
+"""Per-process metrics (kemi.shell.procmetrics): the unchanged prometheus-client multiprocess
+collector reads what every process counted, immediately, names and labels as before."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from kemi.shell import procmetrics
+
+
+def scrape(directory: Path) -> dict[str, float]:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    samples = {}
+    for line in generate_latest(registry).decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_counts_of_every_process_are_summed_at_scrape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(procmetrics.MULTIPROC_ENV, str(tmp_path))
+    counter = procmetrics.Counter("t_calls_total", "calls", ["vip", "result"])
+    histogram = procmetrics.Histogram("t_seconds", "time", buckets=(0.001, 0.01))
+    procmetrics.after_fork()
+    counter.labels("10.0.0.1", "2xx").inc()
+    counter.labels("10.0.0.1", "2xx").inc()
+    histogram.observe(0.0005)
+    pid = os.fork()
+    if pid == 0:  # a second Kamailio process: its own file
+        try:
+            procmetrics.after_fork()
+            counter.labels("10.0.0.1", "2xx").inc(3)
+            counter.labels("10.0.0.2", "4xx").inc()
+            histogram.observe(0.5)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    samples = scrape(tmp_path)
+    assert samples['t_calls_total{result="2xx",vip="10.0.0.1"}'] == 5
+    assert samples['t_calls_total{result="4xx",vip="10.0.0.2"}'] == 1
+    assert samples['t_seconds_bucket{le="0.001"}'] == 1
+    assert samples['t_seconds_bucket{le="+Inf"}'] == 2
+    assert samples["t_seconds_count"] == 2
+    assert samples["t_seconds_sum"] == pytest.approx(0.5005)
+    assert len(list(tmp_path.glob("counter_kha*.db"))) == 2
+
+
+def test_without_a_multiprocess_dir_counts_stay_in_the_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(procmetrics.MULTIPROC_ENV, raising=False)
+    procmetrics.after_fork()  # as in a fresh process
+    counter = procmetrics.Counter("t_local_total", "local", ["k"])
+    counter.labels("a").inc()
+    counter.labels("a").inc()
+    assert counter.labels("a").get() == 2
