@@ -196,7 +196,8 @@ def test_dialog_end_without_a_bye_is_the_dialog_timeout() -> None:
         {"is_BYE": False},
     )  # fmt: skip
     calls.dialog_event("dialog:end")
-    assert [(r.reason, r.duration_s) for r in writer.records] == [(R.DIALOG_TIMEOUT, 5.0)]
+    # no answer time in ms on this copy: the middle of its start_ts second (5 s ago)
+    assert [(r.reason, r.duration_s) for r in writer.records] == [(R.DIALOG_TIMEOUT, 4.5)]
 
 
 def test_dialog_start_keeps_the_answer_time_in_the_dialog() -> None:
@@ -241,12 +242,12 @@ def test_sweep_ends_dead_and_overlong_calls_on_held_vips_only() -> None:
     entries = [
         dialog("dead", 60),
         dialog("alive", 60),
-        dialog("long", 3600),
+        dialog("long", 3601),  # start_ts counts from the middle of its second
         dialog("early", 60, state=2),
         dialog("elsewhere", 60, facts=with_vip("10.0.0.2")),  # a VIP another node holds
         dialog("unknown", 60),  # rtpengine did not answer: nothing decided
         dialog("dead-too", 60),  # same VIP: its rtpengine is not asked again in this sweep
-        dialog("long-too", 3600),  # ... but the duration still counts
+        dialog("long-too", 3601),  # ... but the duration still counts
     ]
     ksr, writer = sweep_with(
         entries, {"dead": silent, "alive": live, "long": live, "dead-too": silent}
