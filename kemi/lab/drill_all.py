@@ -50,7 +50,7 @@ def label(case: DrillCase) -> str:
     if case.links > 1 or case.scenario == "one-link-lost":
         extras.append("2 links")
     if case.transient:
-        extras.append(f"+{case.transient} x 3 kinds transient")
+        extras.append(f"+{case.transient} of each transient kind")
     return f"`{case.scenario}` ({', '.join(extras)})"
 
 
