@@ -359,7 +359,7 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     capture.start()
     setup.capture = capture
     time.sleep(1.0)
-    uas = sipp("uas", "uas.xml", work, CLIENT, UAS_PORT, 6000, "-rtp_echo", netns=CLIENT_NS)
+    uas = sipp("uas", "uas_drill.xml", work, CLIENT, UAS_PORT, 6000, "-rtp_echo", netns=CLIENT_NS)
     setup.runs.append(uas)
     duration_ms = int((hold_s + after_s) * 1000)
     uacs: list[SippRun] = []
