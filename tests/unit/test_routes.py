@@ -86,6 +86,7 @@ HAPPY: dict[str, Any] = {
     "jsonrpcs.exec": 1,
     "forward": 1,
     "set_drop": None,
+    "seturi": True,
     "htable.sht_get": None,  # no ban
     "htable.sht_inc": 1,  # first request of its window
     "htable.sht_setxi": 0,  # what 5.6.3 answers when it set the item
@@ -120,7 +121,7 @@ PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0
        "$dlg_var(kha_nat)": None, "$dlg_var(kha_nmflags)": None, "$avp(kha_nat)": None,
        "$avp(kha_nmflags)": None, "$avp(kha_gws)": None, "$avp(kha_level)": None,
        "$hdr(P-Asserted-Identity)": None, "$hdr(Diversion)": None,
-       "$dlg_var(kha_dst)": None, "$du": None}  # fmt: skip
+       "$dlg_var(kha_dst)": None, "$du": None, "$ru": "sip:1000@10.0.0.2"}  # fmt: skip
 
 
 def make(**returns: Any) -> tuple[Router, FakeKSR]:
