@@ -18,6 +18,7 @@ from pathlib import Path
 from kemi.lab.net import Host, Lab, lab_ns, sh
 from kemi.lab.passwords import write_password
 from kemi.lab.sipp import SippRun, sipp
+from kemi.ops.cdrstore import read_cdrs
 from kemi.ops.stack import Stack, StackConfig
 
 NET = "10.99.0"
@@ -157,6 +158,13 @@ class Cluster:
         finally:
             sh("ip", "netns", "exec", ns_b, "iptables", "-D", *rule)
         return len(saved), killed
+
+    def cdr_records(self, since_ms: int) -> list[dict[str, str]]:
+        """The CDR store's records of calls ended at or after `since_ms` (cdr_store=True)."""
+        store = self.cdr_store
+        assert store is not None, "a cluster started without cdr_store"
+        with store.net():
+            return list(read_cdrs(store.redis_client(0), since_ms, None))
 
     def revive_a(self) -> None:
         """A back with VIP1 (B's VIP1 relay stopped, its copy of VIP1's DB flushed)."""

@@ -16,7 +16,6 @@ import pytest
 
 from kemi.lab.cluster import A_ADDR, B_ADDR, VIP1, VIP2, Cluster, node_ns, start_cluster
 from kemi.lab.net import lab_ns
-from kemi.ops.cdrstore import read_cdrs
 from kemi.ops.stack import Stack
 from tests.integration.calls import assert_ok, wait_for
 
@@ -40,10 +39,7 @@ def confirmed(node: Stack) -> int:
 
 
 def records(cluster: Cluster, since_ms: int) -> list[dict[str, str]]:
-    store = cluster.cdr_store
-    assert store is not None
-    with store.net():
-        return list(read_cdrs(store.redis_client(0), since_ms, None))
+    return cluster.cdr_records(since_ms)
 
 
 def settled_records(cluster: Cluster, since_ms: int, n: int) -> list[dict[str, str]]:

@@ -18,7 +18,6 @@ import pytest
 
 from kemi.lab.cluster import A_ADDR, B_ADDR, VIP1, Cluster, node_ns, start_cluster
 from kemi.lab.net import lab_ns
-from kemi.ops.cdrstore import read_cdrs
 from kemi.ops.stack import Stack
 from tests.integration.calls import wait_for
 
@@ -38,10 +37,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> Ite
 
 
 def records(cluster: Cluster, since_ms: int) -> list[dict[str, str]]:
-    store = cluster.cdr_store
-    assert store is not None
-    with store.net():
-        return list(read_cdrs(store.redis_client(0), since_ms, None))
+    return cluster.cdr_records(since_ms)
 
 
 def ended_once(cluster: Cluster, since_ms: int) -> dict[str, str]:
