@@ -14,7 +14,14 @@ from kemi.core.structure import SpecError
 from kemi.lab.drill import FENCE_AGENT, DrillNode, cluster_yaml, drill_policy
 from kemi.lab.hanode import install_node
 from kemi.ops.nodecfg import DISPATCHER_LIST_NAME, render_dispatcher_list, render_node_cfg
-from kemi.ops.render import corosync_conf, load_cluster, load_node_config, render
+from kemi.ops.render import (
+    COROSYNC_PROFILES,
+    corosync_conf,
+    corosync_timer_problems,
+    load_cluster,
+    load_node_config,
+    render,
+)
 from kemi.ops.stack import StackConfig
 from kemi.policyfile import load_policy
 from tests.cluster_files import cluster_file, example
@@ -31,10 +38,33 @@ def test_example_cluster_loads() -> None:
 def test_tuned_and_default_profiles() -> None:
     spec = load_cluster(EXAMPLE)
     tuned, default = corosync_conf(spec, "tuned"), corosync_conf(spec, "default")
-    assert "token: 50\n" in tuned and "token_retransmits_before_loss_const: 1\n" in tuned
+    assert "token: 36\n" in tuned and "token_retransmits_before_loss_const: 1\n" in tuned
+    assert "join: 40\n" in tuned and "consensus: 44\n" in tuned
     assert "knet_ping_interval: 50" in tuned and "knet_ping_timeout: 400" in tuned
     assert "token: 3000\n" in default and "knet_ping" not in default
     assert "two_node: 1" in tuned
+
+
+@pytest.mark.parametrize("profile", sorted(COROSYNC_PROFILES))
+def test_profiles_pass_corosync_runtime_checks(profile: str) -> None:
+    """Corosync 3.1 refuses at start what `corosync -t` accepts (seen: token 30, consensus <
+    join): the shipped profiles satisfy its run-time rules."""
+    assert corosync_timer_problems(profile) == []
+
+
+@pytest.mark.parametrize(
+    ("timers", "problem"),
+    [
+        ({"token": 30}, "token retransmit 25.0 ms < 30 ms"),
+        ({"join": 50}, "consensus 44 ms < join 50 ms"),
+        ({"consensus": 40}, "consensus 40 ms < 1.2 x token 36 ms"),
+    ],
+)
+def test_timer_rules_catch_what_corosync_refuses(
+    monkeypatch: pytest.MonkeyPatch, timers: dict[str, int], problem: str
+) -> None:
+    monkeypatch.setitem(COROSYNC_PROFILES, "tuned", {**COROSYNC_PROFILES["tuned"], **timers})
+    assert problem in corosync_timer_problems("tuned")
 
 
 def test_two_links_carry_every_packet_on_both() -> None:
