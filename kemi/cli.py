@@ -38,6 +38,7 @@ from kemi.ops.render import load_node_config, render
 from kemi.ops.rpc import KamailioRpc, RpcError
 from kemi.ops.stack import NODE_INFO, REPO_ROOT, Stack, StackConfig
 from kemi.ops.status import collect, remove_orphans, render_status
+from kemi.ops.vip_claim import VipClaimer
 from kemi.policyfile import load_policy, parse_spec
 
 DEFAULT_POLICY = REPO_ROOT / "policies" / "default.yaml"
@@ -60,8 +61,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         redis_port=args.redis_port,
         children=args.children,
     )
-    if args.node_config:
-        config = StackConfig.from_node(load_node_config(args.node_config))
+    node = load_node_config(args.node_config) if args.node_config else None
+    if node is not None:
+        config = StackConfig.from_node(node)
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     stack = Stack(config)
@@ -69,9 +71,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Before anything starts: a foreign Python on PATH or a venv of another Python would
         # otherwise only show as Kamailio failing to load its script.
         check_embedded_python(stack.kamailio_env())
+    claimer: VipClaimer | None = None
     try:
         stack.start()
         print(node_banner(stack) if args.node_config else banner(stack), flush=True)
+        if node is not None and node.fast_takeover is not None:
+            # Kamailio is up: from now on this node may take the peer's VIPs at once.
+            claimer = VipClaimer(node.fast_takeover, log=lambda line: print(line, flush=True))
+            claimer.start()
         while True:
             dead = stack.dead()
             if dead:
@@ -86,6 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if claimer is not None:
+            claimer.stop()
         stack.stop()
         print("kemi-ha: stopped (every process it started has exited)", flush=True)
 

@@ -138,6 +138,23 @@ class ClusterSpec:
     quorum_device: QuorumDeviceSpec | None = doc(
         "a quorum device: a partition without quorum then stops its resources"
     )
+    fast_takeover: bool = doc(
+        "two nodes without fencing or quorum device: the survivor claims the VIPs when Corosync "
+        "forms the membership without its peer (~100-170 ms before Pacemaker would start "
+        "them; Pacemaker confirms, docs/ha.md); ignored where Pacemaker alone can decide",
+        True,
+    )
+
+    @property
+    def fast_takeover_applies(self) -> bool:
+        """Only where Pacemaker's transition can place the VIPs nowhere but on the survivor."""
+        fenced = any(n.fence is not None for n in self.nodes)
+        return (
+            self.fast_takeover
+            and len(self.nodes) == 2
+            and self.quorum_device is None
+            and not fenced
+        )
 
     @property
     def redis_password_path(self) -> str:

@@ -20,6 +20,25 @@ Component = Literal["redis", "rtpengine", "kamailio"]
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimedVipSpec:
+    """A VIP the fast-takeover watcher may claim (the same address Pacemaker's vipN holds)."""
+
+    resource: str = required("its Pacemaker resource id (vipN)")
+    address: str = required("the IPv4 address")
+    prefix: int = doc("prefix length", 24)
+    nic: str = doc("interface it goes on", "eth0")
+
+
+@dataclass(frozen=True, slots=True)
+class FastTakeoverSpec:
+    """Two-node clusters without fencing or quorum device: claim the peer's VIPs as soon as
+    Corosync forms the membership without it (kemi.core.vip_claim); Pacemaker confirms."""
+
+    node_name: str = required("this node's name in Corosync and Pacemaker")
+    vips: list[ClaimedVipSpec] = required("every VIP of the cluster")
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfigSpec:
     """A kemi-ha node: what it runs, where its files are, its identity in the cluster."""
 
@@ -60,6 +79,10 @@ class NodeConfigSpec:
     )
     cdr_redis_password_file: str = doc(
         "file holding the CDR store's password (the cluster's redis.pass); empty: none", ""
+    )
+    fast_takeover: FastTakeoverSpec | None = doc(
+        "claim the peer's VIPs at the membership change (two nodes, no fencing, no quorum "
+        "device: kemi-ha render sets it); unset: Pacemaker alone moves them"
     )
 
 

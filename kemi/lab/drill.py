@@ -486,6 +486,16 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
                   for t in times if t > t_fail + 0.05]  # fmt: skip
     if resumed_at and failed_vip:
         timeline["first RTP after failover"] = (min(resumed_at) - t_fail) * 1000
+    vip_id = f"vip{nodes.index(victim) + 1}"
+    claimed = [claim_time(setup.work / s.name / "log-kemi-ha" / "kemi-ha-run.log", vip_id, t_fail)
+               for s in survivors if s is not victim]  # fmt: skip
+    for s in survivors:
+        if s is not victim:
+            observed += claim_outcomes(setup.work / s.name / "log-kemi-ha" / "kemi-ha-run.log")
+    if failed_vip and any(t is not None for t in claimed):
+        timeline[f"VIP{nodes.index(victim) + 1} claimed (fast takeover)"] = min(
+            t for t in claimed if t is not None
+        )
     if scenario == "fenced":
         observed += fencing_checked(setup, victim, survivors, timeline, nodes.index(victim) + 1)
     up = nodes if scenario != "power-off" else [n for n in nodes if n is not victim]
@@ -738,6 +748,31 @@ def call_result(call_id: str, vip: str, legs: list[tuple[float, bool]]) -> CallR
     return CallResult(call_id, vip, gap, max(0, round(gap / PACKET_MS) - 1), True)
 
 
+CLAIM_LOG = re.compile(r"^\[(\d+\.\d+)\] kemi-ha: fast takeover: (\S+) \S+ claimed")
+
+
+def claim_outcomes(log: Path) -> list[str]:
+    """What the node's fast-takeover watcher said after the claim (confirmed, released)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [line for line in lines if line.startswith("fast takeover:")]
+
+
+def claim_time(log: Path, vip_id: str, t_fail: float) -> float | None:
+    """ms after the power-off at which `kemi-ha run` claimed the VIP (kemi.ops.vip_claim)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        m = CLAIM_LOG.match(line)
+        if m and m.group(2) == vip_id and float(m.group(1)) >= t_fail - 0.05:
+            return (float(m.group(1)) - t_fail) * 1000
+    return None
+
+
 AGENT_LOG = re.compile(r"^\[(\d+\.\d+)\] kemi-ha: (start|promoted)")
 
 
@@ -834,8 +869,9 @@ def report(results: list[RunResult], calls: int, profile: str,
         )
         lines.append(f"  Pacemaker DC at the fault: {r.dc_before}")
         lines += [f"  observed: {line}" for line in r.observed]
+        events = sorted(r.timeline_ms.items(), key=lambda kv: kv[1])
         lines.append("  timeline (ms after power-off): " + ", ".join(
-            f"{k} {v:.0f}" for k, v in r.timeline_ms.items()))  # fmt: skip
+            f"{k} {v:.0f}" for k, v in events))  # fmt: skip
         lines.append(f"  {'call':<20}{'vip':>14}{'gap_ms':>10}{'lost':>6}  resumed")
         for c in r.calls:
             resumed = "yes" if c.media_resumed else "NO"

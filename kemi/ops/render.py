@@ -39,7 +39,7 @@ from kemi import specfile
 from kemi.core.cluster_resources import cluster_resources
 from kemi.core.cluster_spec import REDIS_PASSWORD_NAME, ClusterSpec, NodeSpec
 from kemi.core.compile import compile_policy
-from kemi.core.node_spec import NodeConfigSpec, check_node
+from kemi.core.node_spec import ClaimedVipSpec, FastTakeoverSpec, NodeConfigSpec, check_node
 from kemi.core.pacemaker import to_cib, to_cib_configuration, to_crm
 from kemi.core.rtpengine_dbs import cli_port, redis_databases, rtpengine_db, subscribed_dbs
 from kemi.core.spec import PolicySpec, VipSpec
@@ -406,6 +406,15 @@ def node_config(spec: ClusterSpec, node: NodeSpec) -> NodeConfigSpec:
         ready_check="rpc",  # the other nodes hold some of the VIPs
         cdr_redis=f"{spec.redis.vip}:{spec.redis.port}/0",  # the master, wherever it is
         cdr_redis_password_file=spec.redis_password_path,
+        fast_takeover=FastTakeoverSpec(
+            node_name=node.name,
+            vips=[
+                ClaimedVipSpec(f"vip{i}", v.address, spec.netmask, node.interface)
+                for i, v in enumerate(spec.vips, start=1)
+            ],
+        )
+        if spec.fast_takeover_applies
+        else None,
     )
 
 

@@ -59,6 +59,12 @@ def test_node_power_off_drops_no_call(require_root: None) -> None:
         assert f"{kind}=2/2 completed (caller's SIPp)" in result.observed, text
     # Media came back through the standby that held the calls, not a cold restore.
     assert result.takeover.startswith("hot standby"), result.takeover
+    # The survivor claimed the VIP at the membership change, before Pacemaker's transition
+    # started it, and Pacemaker then confirmed the claim (kemi.ops.vip_claim).
+    claimed = result.timeline_ms.get("VIP1 claimed (fast takeover)")
+    assert claimed is not None and claimed < result.timeline_ms["VIP1 up"], text
+    assert any(line.startswith("fast takeover: vip1 confirmed by Pacemaker")
+               for line in result.observed), text  # fmt: skip
 
 
 def test_a_powered_off_node_rejoins_and_takes_its_vip_back(require_root: None) -> None:

@@ -186,6 +186,8 @@ def test_from_node_carries_every_field() -> None:
     config = StackConfig.from_node(node)
     mapped = {"policy": "policy_path"}
     for f in dataclasses.fields(NodeConfigSpec):
+        if f.name == "fast_takeover":  # read by `kemi-ha run` itself (kemi.ops.vip_claim)
+            continue
         got = getattr(config, mapped.get(f.name, f.name))
         want = getattr(node, f.name)
         if isinstance(got, Path):
@@ -335,3 +337,42 @@ def test_every_vip_listens_on_udp_tcp_and_tls_with_the_clusters_certificate(
         sockets = (("udp", 5060), ("tcp", 5060), ("tls", 5071))
         assert listens == [f"listen={proto}:10.99.1.{v}:{port}" for v in (101, 102)
                            for proto, port in sockets]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cluster", "applies"),
+    [
+        ("cluster.example.yaml", True),
+        ("cluster.3nodes.example.yaml", False),  # Pacemaker chooses among the survivors
+        ("cluster.fencing.example.yaml", False),  # Pacemaker moves nothing before the fence
+    ],
+)
+def test_fast_takeover_only_where_pacemaker_can_only_agree(
+    tmp_path: Path, cluster: str, applies: bool
+) -> None:
+    """node.yaml carries the fast-takeover watcher's VIPs on two-node clusters without fencing
+    or quorum device, and nothing elsewhere (kemi.core.vip_claim)."""
+    out = tmp_path / "out"
+    spec = load_cluster(example(tmp_path, REPO / "deploy" / cluster))
+    render(tmp_path / cluster, out)
+    for node in spec.nodes:
+        fast = load_node_config(out / node.name / "node.yaml").fast_takeover
+        if not applies:
+            assert fast is None
+            continue
+        assert fast is not None and fast.node_name == node.name
+        assert [(v.resource, v.address, v.prefix, v.nic) for v in fast.vips] == [
+            (f"vip{i}", v.address, spec.netmask, node.interface)
+            for i, v in enumerate(spec.vips, start=1)
+        ]
+
+
+def test_fast_takeover_off_or_with_a_quorum_device(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    off = tmp_path / "off"
+    render(cluster_file(off, text + "fast_takeover: false\n"), off / "out")
+    assert load_node_config(off / "out" / "node1" / "node.yaml").fast_takeover is None
+    qdev = tmp_path / "qdev"
+    device = "quorum_device: {address: 10.99.0.50}\n"
+    render(cluster_file(qdev, text + device), qdev / "out")
+    assert load_node_config(qdev / "out" / "node1" / "node.yaml").fast_takeover is None
