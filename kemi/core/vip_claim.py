@@ -107,6 +107,8 @@ def parse_eligibility(crm_mon_xml: str, node: str, vip_ids: Iterable[str]) -> El
     why = ""
     if options.get("maintenance-mode", "false") == "true":
         why = "cluster in maintenance mode"
+    elif options.get("stop-all-resources", "false") == "true":
+        why = "stop-all-resources is set"
     me = next((n for n in root.iterfind("./nodes/node") if n.get("name") == node), None)
     if me is None:
         why = why or f"node {node} not in crm_mon's node list"

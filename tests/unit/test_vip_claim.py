@@ -80,6 +80,7 @@ def test_eligibility_from_crm_mon() -> None:
     ("old", "new", "why"),
     [
         ('maintenance-mode="false"', 'maintenance-mode="true"', "cluster in maintenance mode"),
+        ('stop-all-resources="false"', 'stop-all-resources="true"', "stop-all-resources is set"),
         ('name="drill2" id="2" online="true" standby="false"',
          'name="drill2" id="2" online="true" standby="true"', "node drill2 standby=true"),
         ('name="drill2" id="2"', 'name="other" id="2"', "node drill2 not in crm_mon's node list"),
