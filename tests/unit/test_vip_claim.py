@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from kemi.core.node_spec import ClaimedVipSpec, FastTakeoverSpec
 from kemi.core.vip_claim import (
     Eligibility,
     Membership,
@@ -17,6 +18,7 @@ from kemi.core.vip_claim import (
     quorumtool_blocks,
     vips_to_claim,
 )
+from kemi.ops.vip_claim import VipClaimer
 
 DATA = Path(__file__).parent / "data" / "cluster_status"
 VIPS = {"vip1": "10.98.0.201", "vip2": "10.98.0.202"}
@@ -158,3 +160,55 @@ def test_no_claim_where_pacemaker_may_decide_otherwise(
 def test_locate_output() -> None:
     assert located_on("resource vip1 is running on: drill1\n") == ["drill1"]
     assert located_on("resource vip1 is NOT running\n") == []
+
+
+class Commands:
+    """The commands VipClaimer runs, answered from a script (no root, no cluster)."""
+
+    def __init__(self, answers: dict[str, list[tuple[int, str]]]) -> None:
+        self.answers = answers
+        self.ran: list[list[str]] = []
+
+    def __call__(self, argv: list[str], timeout: float = 10.0) -> tuple[int, str]:
+        self.ran.append(argv)
+        key = " ".join(argv[:3])
+        queue = self.answers.get(key, [(0, "")])
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+
+def claimer(commands: Commands, lines: list[str]) -> VipClaimer:
+    spec = FastTakeoverSpec("drill2", [ClaimedVipSpec("vip1", "10.98.0.101", 24, "eth0")])
+    made = VipClaimer(spec, lines.append, commands)
+    made.members = frozenset({"drill2", "drill3"})
+    return made
+
+
+def test_a_claim_pacemaker_runs_elsewhere_is_released() -> None:
+    commands = Commands({
+        "crm_resource --locate --resource": [
+            (0, "resource vip1 is running on: drill1\n"),  # the lost node: not yet cleared
+            (0, "resource vip1 is running on: drill3\n"),  # Pacemaker chose another node
+        ],
+    })  # fmt: skip
+    lines: list[str] = []
+    made = claimer(commands, lines)
+    made.stopping.wait = lambda _t=None: False  # type: ignore[method-assign]
+    made.confirm("vip1")
+    assert ["ip", "addr", "del", "10.98.0.101/24", "dev", "eth0"] in commands.ran
+    assert lines[-1] == "fast takeover: vip1 10.98.0.101 released: Pacemaker runs it on drill3"
+
+
+def test_a_claim_pacemaker_runs_here_is_kept() -> None:
+    commands = Commands({"crm_resource --locate --resource": [
+        (0, "resource vip1 is running on: drill2\n")]})  # fmt: skip
+    lines: list[str] = []
+    claimer(commands, lines).confirm("vip1")
+    assert not any(argv[:3] == ["ip", "addr", "del"] for argv in commands.ran)
+    assert lines[-1].startswith("fast takeover: vip1 confirmed by Pacemaker")
+
+
+def test_a_vip_already_here_is_not_claimed_again() -> None:
+    commands = Commands({"ip addr add": [(2, "Error: ipv4: Address already assigned.\n")]})
+    lines: list[str] = []
+    claimer(commands, lines).claim("vip1", "drill1", 0.0)
+    assert lines == [] and not any(a[0] == "crm_resource" for a in commands.ran)
