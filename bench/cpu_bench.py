@@ -45,6 +45,7 @@ SIP_PORT, UAS_PORT, UAC_PORT = 5060, 5080, 5070
 TENANT, TENANT_NET, TRUSTED = "bench", "127.0.0.0/24", "127.0.0.0/8"
 LIMIT_GLOBAL, LIMIT_TENANT = 100_000, 50_000
 MEDIA_FLAGS = "replace-origin replace-session-connection"
+REWRITE_STRIP, REWRITE_PREFIX = 1, "49"  # the route's number rewrite: 1000 -> 49000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 POLICY = f"""\
@@ -60,11 +61,13 @@ tenants:
   - name: {TENANT}
     sources: ["{TENANT_NET}"]
     limit: {{max: {LIMIT_TENANT}, code: 486}}
+    nat: {{mode: detect}}
 routes:
   - name: bench
     tenant: {TENANT}
     prefix: "1"
     destinations: ["sip:127.0.0.1:{UAS_PORT}", "sip:127.0.0.1:{UAS_PORT + 1}"]
+    rewrite: {{strip: {REWRITE_STRIP}, prefix: "{REWRITE_PREFIX}"}}
 global_limit: {{max: {LIMIT_GLOBAL}, code: 503, retry_after: 10}}
 trusted_peers: ["{TRUSTED}"]
 """
