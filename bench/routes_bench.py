@@ -15,7 +15,12 @@ a stub, so that two versions of kemi/shell/routes.py can be compared determinist
 - first every call runs once against tests/fakes' strict fake KSR (it knows Kamailio's real KEMI
   export list and argument types, and records every call): the KSR calls per message; then
   the timed runs use a stub built from the same export list (a function per exported name that
-  answers what the fake was scripted to: no recording, no checks), median of the runs.
+  answers what the fake was scripted to: no recording, no checks): the time of each message's
+  callbacks (the scripting of the stub between messages left out), median of the runs, and
+  per message in the fastest run (the least disturbed by other work on the machine).
+
+Before/after on the same machine state: export the other version (`git archive REV | tar -x -C
+DIR`) and run it with PYTHONPATH=DIR (an installed checkout otherwise wins).
 
 Run: make bench  (or .venv/bin/python bench/routes_bench.py [--calls N] [--runs N])
 """
@@ -193,7 +198,9 @@ class StubKSR:
 
 
 def build_router(ksr: Any) -> Router:
+    """As kemi.entry.mod_init builds it."""
     kamailio_log.install(ksr)
+    kamailio_log.lean_records()
     policy = parse_policy(bench_policy_text())
     holder = PolicyHolder(ksr, Path("/nonexistent/policy.yaml"), Path("/nonexistent"), policy,
                           load=lambda path: policy)  # fmt: skip
@@ -202,9 +209,12 @@ def build_router(ksr: Any) -> Router:
 
 
 def run_call(router: Router, ksr: Any, messages: list[Message],
-             per_message: Callable[[str], None] | None = None) -> None:  # fmt: skip
+             per_message: Callable[[str], None] | None = None,
+             seconds: dict[str, float] | None = None) -> None:  # fmt: skip
     """One call through the router; the PVs of the call carry from one message to the next
-    (AVPs and dialog variables written by one callback are read by the next)."""
+    (AVPs and dialog variables written by one callback are read by the next). `seconds`: the
+    time of each message's callbacks added in (the stub's scripting between them left out)."""
+    clock = time.perf_counter
     pvs, returns = ksr.pvs, ksr.returns
     pvs.clear()
     pvs.update(CALL_PVS)
@@ -220,10 +230,13 @@ def run_call(router: Router, ksr: Any, messages: list[Message],
         returns.update(message.returns)
         returns["tm.t_on_branch"] = arm_branch
         pvs.update(message.pvs)
+        start = clock()
         for method, args in message.steps:
             if method == "ksr_branch_manage" and not armed:
                 continue  # Kamailio runs a branch route only where t_on_branch() armed one
             getattr(router, method)(*args)
+        if seconds is not None:
+            seconds[message.name] = seconds.get(message.name, 0.0) + clock() - start
         if per_message is not None:
             per_message(message.name)
 
@@ -248,21 +261,18 @@ def count_calls(messages: list[Message]) -> dict[str, Counter[str]]:
     return counts
 
 
-def time_calls(messages: list[Message], calls: int, runs: int) -> list[float]:
-    """µs of Python per call, one figure per run."""
+def time_calls(messages: list[Message], calls: int, runs: int) -> list[dict[str, float]]:
+    """µs of Python per message of a call (its callbacks), one dict per run."""
     ksr = StubKSR({}, {})
     router = build_router(ksr)
     for _ in range(200):  # warm the caches (metric slots, method lookups)
         run_call(router, ksr, messages)
     out = []
-    clock = time.perf_counter
     for _ in range(runs):
-        total = 0.0
+        seconds: dict[str, float] = {}
         for _ in range(calls):
-            start = clock()
-            run_call(router, ksr, messages)
-            total += clock() - start
-        out.append(total / calls * 1e6)
+            run_call(router, ksr, messages, seconds=seconds)
+        out.append({name: total / calls * 1e6 for name, total in seconds.items()})
     return out
 
 
@@ -276,10 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         messages = call(sdp)
         counts = count_calls(messages)
         per_call = sum(sum(c.values()) for c in counts.values())
-        times = time_calls(messages, args.calls, args.runs)
+        runs = time_calls(messages, args.calls, args.runs)
+        times = [sum(run.values()) for run in runs]
+        best = min(runs, key=lambda run: sum(run.values()))
         print(f"routes-bench {label}: {statistics.median(times):.1f} us of Python per call "
-              f"(runs {min(times):.1f}-{max(times):.1f}), {per_call} KSR calls per call: "
-              + ", ".join(f"{name} {sum(c.values())}" for name, c in counts.items()),
+              f"(runs {min(times):.1f}-{max(times):.1f}), {per_call} KSR calls per call; per "
+              "message (KSR calls, us in the fastest run): "
+              + ", ".join(f"{name} {sum(c.values())} {best[name]:.1f}"
+                          for name, c in counts.items()),
               flush=True)  # fmt: skip
         if args.verbose:
             for name, c in counts.items():

@@ -72,7 +72,7 @@ class SetupFacts:
             return None
         try:
             data = json.loads(text)
-            return SetupFacts(**{name: type_of(name)(data[name]) for name in _SETUP_FIELDS})
+            return SetupFacts(*[convert(data[name]) for name, convert in _SETUP_TYPES])
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -83,6 +83,9 @@ _INT_FIELDS = frozenset({"invite_ms", "media_timeout", "max_duration"})
 
 def type_of(name: str) -> type:
     return int if name in _INT_FIELDS else str
+
+
+_SETUP_TYPES = tuple((name, type_of(name)) for name in _SETUP_FIELDS)  # decoded at every call end
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,15 +9,17 @@ Route order follows Kamailio's etc/kamailio.cfg so it reads at a glance:
                    -> INVITE (limits, DISPATCH to a gateway set, REWRITE numbers, SDP
                       bounds, NATMANAGE, rtpengine offer, dialog, record-route)
                    -> RELAY (from the VIP it came in on, with the next hop's transport)
-    reply_route: replies without a transaction pass only for a known dialog (else dropped);
+    reply_route: a reply with a transaction: nothing (MANAGE_REPLY does the rest); one
+                 without passes only for a known dialog (else dropped);
                  those (a dead node's transactions, after a takeover) go to TAKEOVER_REPLY:
                  rtpengine answer/offer on the VIP's set, or the end of the call, then the
                  core forwards them by Via (kemi.core.takeover)
     onreply (MANAGE_REPLY): NATMANAGE of the replying party, SDP of 1xx/2xx -> rtpengine
                             answer, or offer when the request had none (late offer: the
                             answer then comes in the ACK)
-    branch (MANAGE_BRANCH), failure (MANAGE_FAILURE): failover (next destination, or next
-                      gateway of the set, then of the next priority) or rtpengine delete
+    branch (MANAGE_BRANCH, dispatched INVITEs only): the branch's gateway kept in the dialog
+    failure (MANAGE_FAILURE): failover (next destination, or next gateway of the set, then of
+                              the next priority) or rtpengine delete
 
 Every PV is read through kemi.shell.pv (any bytes; not UTF-8 -> Garbled, refused 400 where the
 grammar allows no such bytes); every SDP goes through kemi.core.sdp before rtpengine (488).
@@ -26,9 +28,16 @@ NAT traversal and TCP/TLS connection reuse follow kemi.core.nat (the call's tena
 the NAT handling, kept in the dialog); a call whose legs use different transports gets rr's
 double Record-Route, and in-dialog requests leave from the socket loose_route() chose.
 
-The rtpengine set is chosen from the VIP the message arrived on and set again in every
-callback: Kamailio keeps that choice for one message only. Each ksr_* entry is guarded: an
+The rtpengine set is chosen from the VIP the message arrived on, right before each rtpengine
+command: Kamailio keeps that choice for one message only. Each ksr_* entry is guarded: an
 exception is logged with the Call-ID and answered 500 (requests) or dropped (replies).
+
+Hot path (issue 18, bench/routes_bench.py): each PV is read once per message and passed down
+($rm once instead of one is_*() per test, $si, $Ri); a callback that has nothing to do for a
+message does nothing (no branch route for fixed destinations, nothing in reply_route for a
+reply with a transaction, the policy looked at in MANAGE_REPLY only for a reply with SDP);
+nothing is written that reads back as its default (media flags equal to the VIP's, failover
+index 0); KSR ints are compared with `> 0` in place where hot.
 """
 
 from __future__ import annotations
