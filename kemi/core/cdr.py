@@ -62,8 +62,7 @@ class SetupFacts:
     def encode(self) -> str:
         """JSON of the fields in order (what asdict gives: every field is a str or an int, so
         no deep copy is needed; this runs for every INVITE)."""
-        return json.dumps({name: getattr(self, name) for name in _SETUP_FIELDS},
-                          separators=(",", ":"))  # fmt: skip
+        return _COMPACT.encode({name: getattr(self, name) for name in _SETUP_FIELDS})
 
     @staticmethod
     def decode(text: str) -> SetupFacts | None:
@@ -78,6 +77,7 @@ class SetupFacts:
 
 
 _SETUP_FIELDS = tuple(f.name for f in fields(SetupFacts))
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call
 _INT_FIELDS = frozenset({"invite_ms", "media_timeout", "max_duration"})
 
 
