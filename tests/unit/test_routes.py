@@ -9,7 +9,7 @@ import pytest
 
 from kemi.policyfile import load_policy, parse_policy
 from kemi.shell import log as kamailio_log
-from kemi.shell import routes
+from kemi.shell import metrics, routes
 from kemi.shell.policy_holder import PolicyHolder
 from kemi.shell.routes import Router
 from tests.fakes.ksr import FakeKSR
@@ -894,3 +894,38 @@ def test_a_call_without_nat_handling_keeps_nothing_of_it_in_the_dialog() -> None
     router.ksr_request_route(None)
     assert routes.DLG_NAT not in ksr.pvs or ksr.pvs[routes.DLG_NAT] is None
     assert routes.AVP_NAT not in ksr.pvs or ksr.pvs[routes.AVP_NAT] is None
+
+
+# ----- hot path (issue 18): nothing written or read that changes nothing ------------------
+
+
+def test_the_final_result_of_an_initial_invite_is_counted_once() -> None:
+    router, ksr = make()
+    router.ksr_request_route(None)  # the initial INVITE marks its transaction (kha_vip)
+    counter = metrics.INVITES.labels("10.0.0.2", "2xx")
+    before = counter.get()
+    ksr.pvs["$rs"] = 200
+    router.ksr_onreply_manage(None)
+    router.ksr_onreply_manage(None)  # a retransmitted or forked 2xx
+    assert counter.get() == before + 1
+    assert ksr.pvs[routes.AVP_VIP] is None  # the marker removed, nothing else written
+
+
+def test_a_tenants_own_media_flags_are_kept_for_the_dialog_and_the_replies() -> None:
+    router, ksr = make()
+    router.policies.policy = parse_policy(
+        POLICY_TEXT + "tenants: [{name: acme, sources: ['192.0.2.0/28'],"
+        " media: {codec_mask: [opus]}}]\n"
+    )
+    router.ksr_request_route(None)
+    flags = ksr.pvs[routes.DLG_MEDIA_FLAGS]
+    assert flags and flags != router.policies.policy.vips[1].media_flags
+    assert ksr.pvs[routes.AVP_MEDIA_FLAGS] == flags
+
+
+def test_an_ack_on_a_node_without_dmq_peers_does_not_read_the_dialog_state() -> None:
+    router, ksr = in_dialog_ack("2")
+    router.dmq = False  # only a DMQ copy can be early at its ACK
+    router.ksr_request_route(None)
+    assert not ksr.called("pv.get", routes.DLG_STATE)
+    assert not ksr.called("jsonrpcs.exec") and ksr.called("tm.t_relay")
