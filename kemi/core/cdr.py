@@ -173,9 +173,17 @@ def answer_time_ms(answer_var: str, start_ts: int) -> int:
     node that only holds the replicated copy, the middle of the dialog's start_ts second (whole
     seconds, truncated: the answer was within it), so the duration is off by 0.5 s at most (the
     drill saw 1.0 s with the start of the second)."""
+    answered = answer_from_var(answer_var)
+    if answered is not None:
+        return answered
+    return start_ts * 1000 + 500 if start_ts > 0 else 0
+
+
+def answer_from_var(answer_var: str) -> int | None:
+    """The answer time the dialog variable holds (ms); None: none, start_ts decides."""
     if answer_var.isdigit() and int(answer_var) > 0:
         return int(answer_var)
-    return start_ts * 1000 + 500 if start_ts > 0 else 0
+    return None
 
 
 def bye_reason(bye_from_tag: str, dialog_from_tag: str) -> EndReason:

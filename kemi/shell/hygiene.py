@@ -177,7 +177,9 @@ class CallRecords:
             reason = cdr.bye_reason(self.pv.text("$ft"), from_tag)
         else:  # no BYE passed: the dialog module's timer (or an RPC) ended it
             reason = EndReason.DIALOG_TIMEOUT
-        answer = cdr.answer_time_ms(self.pv.text(DLG_ANSWER), self.pv.number("$dlg(start_ts)"))
+        answer = cdr.answer_from_var(self.pv.text(DLG_ANSWER))  # where the 200 passed
+        if answer is None:  # a replicated copy: the dialog's start second
+            answer = cdr.answer_time_ms("", self.pv.number("$dlg(start_ts)"))
         self.store(cdr.build_cdr(facts, call_id, from_tag, self.node, self.clock_ms(), reason,
                                  200, answer))  # fmt: skip
 
