@@ -15,7 +15,7 @@ from typing import Any
 
 PROFILE_ENV = "KEMI_HA_PROFILE"
 ENTRIES = ("ksr_request_route", "ksr_reply_route", "ksr_onreply_manage", "ksr_branch_manage",
-           "ksr_failure_manage")  # fmt: skip
+           "ksr_failure_manage", "ksr_dialog_event")  # fmt: skip (call records: 2 per call)
 
 
 def profiled(router: Any, directory: str) -> Any:
