@@ -83,6 +83,7 @@ bench: deps venv
 	$(PY) bench/cdr_write.py
 	$(PY) bench/dmq_lag.py 100
 	$(PY) bench/flood_setup.py
+	$(PY) bench/routes_bench.py
 
 # Kamailio CPU per call, kemi-ha vs bench/native.cfg (issue 18), in a network namespace of its
 # own (loopback, make run's ports): ~12 min. BENCH_CPU_ARGS e.g. "--pairs 5 --ramp ''".

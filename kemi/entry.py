@@ -44,6 +44,7 @@ CDR_PASSWORD_ENV = "KEMI_HA_CDR_REDIS_PASSWORD_FILE"  # its password file (the c
 
 def mod_init() -> Router:
     kamailio_log.install(KSR)
+    kamailio_log.lean_records()
     policy_path = Path(os.environ[POLICY_ENV])
     run_dir = Path(os.environ[RUN_DIR_ENV])
     # Scrape-time reads of what KEMI does not export go through our own JSON-RPC FIFO,

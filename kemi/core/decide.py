@@ -17,12 +17,22 @@ After a failed branch, RFC 3261 16.7: 408 and 5xx try the next destination; 6xx 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kemi.core.nat import NAT_OFF, Nat
 from kemi.core.numbers import Rewrite, rewrite_user
-from kemi.core.policy import Limit, Policy, Route, RouteKey, Tenant, Trunk, Vip
+from kemi.core.policy import (
+    Address,
+    Limit,
+    Policy,
+    Route,
+    RouteKey,
+    Tenant,
+    Trunk,
+    Vip,
+    parse_address,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +76,14 @@ def vip_for(policy: Policy, local_address: str) -> Vip | None:
     return policy.vip_by_address.get(local_address)
 
 
-def identify(policy: Policy, source: str, ruri_domain: str) -> tuple[Trunk | None, Tenant | None]:
-    trunk = policy.trunk_by_source.lookup(source)
+def identify(
+    policy: Policy, source: Address | None, ruri_domain: str
+) -> tuple[Trunk | None, Tenant | None]:
+    """`source`: the parsed source address (parse_address; None: not an address)."""
+    trunk = policy.trunk_by_source.lookup_parsed(source) if source is not None else None
     if trunk is not None and trunk.tenant is not None:
         return trunk, policy.tenants[trunk.tenant]
-    tenant = policy.tenant_by_source.lookup(source)
+    tenant = policy.tenant_by_source.lookup_parsed(source) if source is not None else None
     if tenant is None:
         tenant = policy.tenant_by_domain.get(ruri_domain.lower())
     return trunk, tenant
@@ -104,8 +117,9 @@ def decide_invite(policy: Policy, facts: InviteFacts) -> Admit | Reject:
     vip = policy.vip_by_address.get(facts.local_address)
     if vip is None:
         return Reject(500, "No Media Relay For This Address", why="no_vip")
-    trunk, tenant = identify(policy, facts.source, facts.ruri_domain)
-    if trunk is None and policy.trusted.lookup(facts.source) is None:
+    source = parse_address(facts.source)  # once, for the three tables
+    trunk, tenant = identify(policy, source, facts.ruri_domain)
+    if trunk is None and (source is None or policy.trusted.lookup_parsed(source) is None):
         return Reject(403, "Forbidden", why="untrusted_source")
     tenant_name = tenant.name if tenant else None
     user = facts.ruri_user
@@ -128,10 +142,11 @@ def decide_invite(policy: Policy, facts: InviteFacts) -> Admit | Reject:
     )  # fmt: skip
 
 
-def over_limit(limits: tuple[Limit, ...], counts: Mapping[Limit, int]) -> Reject | None:
-    """The first limit whose current count leaves no room for one more call."""
-    for limit in limits:
-        if counts.get(limit, 0) >= limit.max:
+def over_limit(limits: Sequence[Limit], counts: Sequence[int]) -> Reject | None:
+    """The first limit whose current count (`counts`, aligned with `limits`) leaves no room
+    for one more call."""
+    for limit, count in zip(limits, counts, strict=True):
+        if count >= limit.max:
             return Reject(limit.code, limit.reason, limit.retry_after, why=f"limit_{limit.scope}")
     return None
 

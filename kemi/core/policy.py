@@ -5,6 +5,8 @@ Rules:
   same numbering is rendered into Kamailio's `rtpengine_sock` modparams (kemi.ops.nodecfg);
 - every per-message lookup is a dict access prepared here (CIDR tables by prefix length,
   prefixes by length, domains by name, media flags per VIP and tenant): no list scan;
+- an address is looked up as an integer (parse_address, once per message for several tables),
+  never as an ipaddress object built per message;
 - the tables are plain dicts so a policy pickles; nothing mutates them after compile.
 """
 
@@ -113,6 +115,38 @@ class Route:
         return self.gateway_set.first_uri if self.gateway_set else self.destinations[0]
 
 
+# A dotted IPv4 address exactly as ipaddress accepts it (no leading zeros, each part <= 255).
+_IPV4_PART = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_IPV4_PART}(?:\.{_IPV4_PART}){{3}}")
+Address = tuple[int, int]  # (IP version, address as an integer)
+_PARSED: dict[str, Address | None] = {}  # the sources seen lately (peers, trunks, phones)
+_PARSED_MAX = 4096  # emptied when full: a scan from many sources cannot grow it
+
+
+def parse_address(address: str) -> Address | None:
+    """An IP address as (version, integer); None if it is none. The same answer as ipaddress
+    for any text, without building an ipaddress object per message: a source seen lately is one
+    dict lookup; a new dotted IPv4 one regex match and four int(); IPv6 goes through ipaddress."""
+    if address in _PARSED:
+        return _PARSED[address]
+    parsed = _parse_address(address)
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    _PARSED[address] = parsed
+    return parsed
+
+
+def _parse_address(address: str) -> Address | None:
+    if _IPV4.fullmatch(address) is not None:
+        a, b, c, d = address.split(".")
+        return 4, int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return ip.version, int(ip)
+
+
 @dataclass(frozen=True, slots=True)
 class CidrTable(Generic[V]):
     """Longest-prefix match: one dict per (IP version, prefix length), longest first."""
@@ -129,15 +163,18 @@ class CidrTable(Generic[V]):
         return CidrTable(tuple((v, n, grouped[(v, n)]) for v, n in order))
 
     def lookup(self, address: str) -> V | None:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return None
-        value, bits = int(ip), ip.max_prefixlen
-        for version, length, table in self.tables:
-            if version != ip.version:
+        parsed = parse_address(address)
+        return None if parsed is None else self.lookup_parsed(parsed)
+
+    def lookup_parsed(self, address: Address) -> V | None:
+        """`address` from parse_address: parse once, look up in several tables."""
+        version, value = address
+        shift_base = 32 if version == 4 else 128
+        for table_version, length, table in self.tables:
+            if table_version != version:
                 continue
-            found = table.get(value >> (bits - length) << (bits - length))
+            shift = shift_base - length
+            found = table.get(value >> shift << shift)
             if found is not None:
                 return found
         return None

@@ -108,13 +108,14 @@ class CallRecords:
 
     # ----- the routes' hooks -----------------------------------------------------------
 
-    def facts_of(self, policy: Policy, decision: Admit) -> SetupFacts:
+    def facts_of(self, policy: Policy, decision: Admit, callee: str | None = None) -> SetupFacts:
+        """`callee`: $rU@$rd as the route already read (and maybe rewrote) them; None: read."""
         pv = self.pv
         tenant = decision.tenant.name if decision.tenant else ""
         timers = policy.timers_for(tenant or None)
         return SetupFacts(
             caller=f"{pv.text('$fU')}@{pv.text('$fd')}",
-            callee=f"{pv.text('$rU')}@{pv.text('$rd')}",
+            callee=callee if callee is not None else f"{pv.text('$rU')}@{pv.text('$rd')}",
             tenant=tenant,
             trunk=decision.trunk.name if decision.trunk else "",
             vip=decision.vip.address,
@@ -124,19 +125,22 @@ class CallRecords:
             max_duration=timers.max_duration,
         )
 
-    def dialog_created(self, policy: Policy, decision: Admit) -> None:
+    def dialog_created(self, policy: Policy, decision: Admit, callee: str | None = None) -> None:
         """After dlg_manage: the facts the node that ends the call needs, and the backstop."""
-        facts = self.facts_of(policy, decision)
+        facts = self.facts_of(policy, decision, callee)
         self.ksr.pv.sets(DLG_SETUP, facts.encode())
         if facts.max_duration:
             self.ksr.dialog.dlg_set_timeout(facts.max_duration + MAX_DURATION_BACKSTOP_S)
 
-    def refused(self, policy: Policy, decision: Admit, reject: Reject) -> None:
+    def refused(
+        self, policy: Policy, decision: Admit, reject: Reject, callee: str | None = None
+    ) -> None:
         """Refused before any dialog (limit, SDP bounds, media relay): recorded at once."""
         call_id, from_tag = self.ids()
         now = self.clock_ms()
-        self.store(cdr.build_cdr(self.facts_of(policy, decision), call_id, from_tag, self.node,
-                                 now, cdr.reject_reason(reject.why), reject.code))  # fmt: skip
+        facts = self.facts_of(policy, decision, callee)
+        self.store(cdr.build_cdr(facts, call_id, from_tag, self.node, now,
+                                 cdr.reject_reason(reject.why), reject.code))  # fmt: skip
 
     def failed(self, status: int, cancelled: bool) -> None:
         """The INVITE's final failure (MANAGE_FAILURE, or an orphan's end after a takeover)."""
@@ -173,7 +177,9 @@ class CallRecords:
             reason = cdr.bye_reason(self.pv.text("$ft"), from_tag)
         else:  # no BYE passed: the dialog module's timer (or an RPC) ended it
             reason = EndReason.DIALOG_TIMEOUT
-        answer = cdr.answer_time_ms(self.pv.text(DLG_ANSWER), self.pv.number("$dlg(start_ts)"))
+        answer = cdr.answer_from_var(self.pv.text(DLG_ANSWER))  # where the 200 passed
+        if answer is None:  # a replicated copy: the dialog's start second
+            answer = cdr.answer_time_ms("", self.pv.number("$dlg(start_ts)"))
         self.store(cdr.build_cdr(facts, call_id, from_tag, self.node, self.clock_ms(), reason,
                                  200, answer))  # fmt: skip
 

@@ -29,6 +29,16 @@ class KamailioLogHandler(logging.Handler):
             self.handleError(record)
 
 
+def lean_records() -> None:
+    """Log records without what our format never prints (logging's documented optimisations):
+    no caller lookup (a walk up the stack for every line), no thread or process fields. For
+    Kamailio's embedded interpreter, where only kemi-ha logs (kemi.entry.mod_init)."""
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def install(ksr: Any, level: int = logging.INFO) -> None:
     """Route the `kemi` logger to Kamailio; idempotent, as a KEMI reload re-runs it."""
     logger = logging.getLogger("kemi")

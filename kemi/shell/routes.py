@@ -9,15 +9,17 @@ Route order follows Kamailio's etc/kamailio.cfg so it reads at a glance:
                    -> INVITE (limits, DISPATCH to a gateway set, REWRITE numbers, SDP
                       bounds, NATMANAGE, rtpengine offer, dialog, record-route)
                    -> RELAY (from the VIP it came in on, with the next hop's transport)
-    reply_route: replies without a transaction pass only for a known dialog (else dropped);
+    reply_route: a reply with a transaction: nothing (MANAGE_REPLY does the rest); one
+                 without passes only for a known dialog (else dropped);
                  those (a dead node's transactions, after a takeover) go to TAKEOVER_REPLY:
                  rtpengine answer/offer on the VIP's set, or the end of the call, then the
                  core forwards them by Via (kemi.core.takeover)
     onreply (MANAGE_REPLY): NATMANAGE of the replying party, SDP of 1xx/2xx -> rtpengine
                             answer, or offer when the request had none (late offer: the
                             answer then comes in the ACK)
-    branch (MANAGE_BRANCH), failure (MANAGE_FAILURE): failover (next destination, or next
-                      gateway of the set, then of the next priority) or rtpengine delete
+    branch (MANAGE_BRANCH, dispatched INVITEs only): the branch's gateway kept in the dialog
+    failure (MANAGE_FAILURE): failover (next destination, or next gateway of the set, then of
+                              the next priority) or rtpengine delete
 
 Every PV is read through kemi.shell.pv (any bytes; not UTF-8 -> Garbled, refused 400 where the
 grammar allows no such bytes); every SDP goes through kemi.core.sdp before rtpengine (488).
@@ -26,9 +28,16 @@ NAT traversal and TCP/TLS connection reuse follow kemi.core.nat (the call's tena
 the NAT handling, kept in the dialog); a call whose legs use different transports gets rr's
 double Record-Route, and in-dialog requests leave from the socket loose_route() chose.
 
-The rtpengine set is chosen from the VIP the message arrived on and set again in every
-callback: Kamailio keeps that choice for one message only. Each ksr_* entry is guarded: an
+The rtpengine set is chosen from the VIP the message arrived on, right before each rtpengine
+command: Kamailio keeps that choice for one message only. Each ksr_* entry is guarded: an
 exception is logged with the Call-ID and answered 500 (requests) or dropped (replies).
+
+Hot path (issue 18, bench/routes_bench.py): each PV is read once per message and passed down
+($rm once instead of one is_*() per test, $si, $Ri); a callback that has nothing to do for a
+message does nothing (no branch route for fixed destinations, nothing in reply_route for a
+reply with a transaction, the policy looked at in MANAGE_REPLY only for a reply with SDP);
+nothing is written that reads back as its default (media flags equal to the VIP's, failover
+index 0); KSR ints are compared with `> 0` in place where hot.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from kemi.core import decide, dispatch, floods, nat, takeover
 from kemi.core.decide import Admit, InviteFacts, Reject
 from kemi.core.nat import Nat
 from kemi.core.numbers import header_action, rewrite_header
-from kemi.core.policy import GatewaySet, Limit, Policy, Vip
+from kemi.core.policy import FloodGuard, GatewaySet, Limit, Policy, Vip
 from kemi.core.sdp import sdp_refusal
 from kemi.shell import metrics
 from kemi.shell.hygiene import CallRecords
@@ -65,8 +74,7 @@ MANAGE_FAILURE = "ksr_failure_manage"
 AVP_DESTINATIONS = "$avp(kha_dsts)"
 AVP_TRIED = "$avp(kha_tried)"
 AVP_MEDIA_FLAGS = "$avp(kha_mflags)"  # for MANAGE_REPLY of this transaction
-AVP_VIP = "$avp(kha_vip)"  # set on initial INVITEs only: their final result is counted
-AVP_COUNTED = "$avp(kha_counted)"
+AVP_VIP = "$avp(kha_vip)"  # set on initial INVITEs only, removed once their result is counted
 AVP_LATE = "$avp(kha_late)"  # the INVITE of this transaction had no SDP: the reply offers
 AVP_GATEWAYS = "$avp(kha_gws)"  # the gateway set of this INVITE (dispatcher failover)
 AVP_LEVEL = "$avp(kha_level)"  # index of the priority (dispatcher set) being tried
@@ -87,6 +95,11 @@ AVP_NAT = "$avp(kha_nat)"  # the same two for MANAGE_REPLY of this transaction
 AVP_NAT_FLAGS = "$avp(kha_nmflags)"
 DLG_GATEWAY = "$dlg_var(kha_dst)"  # the gateway a dispatched INVITE's branch went to
 RPC_CODE = "$jsonrpl(code)"
+SEND_SOCKETS_MAX = 64  # (VIP, transport) -> listen socket text: a handful per node
+# $rm as Kamailio's method tests see it: it parses the name without case (parse_method_name)
+METHODS = {m: m for m in ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO", "PRACK",
+                          "NOTIFY", "REFER", "KDMQ", "REGISTER", "SUBSCRIBE", "MESSAGE",
+                          "PUBLISH")}  # fmt: skip
 
 MAX_FORWARDS = 10
 SANITY_MFLAGS = 17895  # Kamailio's default: URI, required headers, CSeq, Content-Length...
@@ -95,6 +108,15 @@ SDP = "application/sdp"
 AUTHORIZATION = "$hdr(Authorization)"  # management HTTP: "Bearer <token>" for state changes
 JSON = "application/json"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def request_method(text: str) -> str:
+    """A request's method ($rm) as Kamailio's is_INVITE() and friends compare it: known names
+    without case (ASCII only); read once per request instead of one KSR call per test."""
+    known = METHODS.get(text)
+    if known is not None:
+        return known
+    return text.upper() if text.isascii() else text
 
 
 def ok(rc: Any) -> bool:
@@ -151,6 +173,7 @@ class Router:
         self.policies = policies
         self._policy = policies.current
         self.calls = calls  # CDRs, dead and overlong calls (kemi.shell.hygiene); None: off
+        self.send_sockets: dict[tuple[str, str], str] = {}  # (VIP, transport) -> socket text
 
     def child_init(self, rank: int) -> int:
         metrics.after_fork()  # this process counts into its own metrics file
@@ -169,35 +192,39 @@ class Router:
     def route_request(self, msg: Any) -> int:
         ksr = self.ksr
         policy = self._policy()
-        if ksr.is_KDMQ():
+        method = request_method(self.pv.text("$rm"))
+        if method == "KDMQ":
             self.route_kdmq(policy)
             return 1
-        if not self.route_floods(policy):
-            return 1
+        source = ""
+        if policy.floods.enabled:
+            source = self.pv.text("$si")
+            if not self.route_floods(policy.floods, source):
+                return 1
         if not self.route_reqinit():
             return 1
         ksr.force_rport()  # NATDETECT: replies go where the request came from (RFC 3581)
-        if ksr.is_CANCEL():
+        if method == "CANCEL":
             self.route_cancel(policy)
             return 1
-        if ok(ksr.siputils.has_totag()):
-            self.route_withindlg(policy)
+        if ksr.siputils.has_totag() > 0:
+            self.route_withindlg(policy, method)
             return 1
-        if ksr.is_ACK():
+        if method == "ACK":
             # An ACK with no To-tag belongs to a negative reply tm already absorbed.
-            if ok(ksr.tm.t_check_trans()):
-                self.route_relay()
+            if ksr.tm.t_check_trans() > 0:
+                self.route_relay(self.pv.text("$Ri"))
             return 1
-        if ksr.is_OPTIONS() and ksr.is_myself_ruri():
+        if method == "OPTIONS" and ksr.is_myself_ruri():
             ksr.sl.sl_send_reply(200, "OK")
             return 1
-        if not ksr.is_INVITE():
+        if method != "INVITE":
             ksr.sl.sl_send_reply(405, "Method Not Allowed")
             return 1
-        if ok(ksr.tmx.t_precheck_trans()):
+        if ksr.tmx.t_precheck_trans() > 0:
             ksr.tm.t_check_trans()  # a retransmission: tm resends the last reply
             return 1
-        self.route_invite(policy)
+        self.route_invite(policy, source)
         return 1
 
     def route_kdmq(self, policy: Policy) -> None:
@@ -219,14 +246,10 @@ class Router:
         metrics.KDMQ.labels("refused").inc()
         ksr.sl.sl_send_reply(403, "Forbidden")
 
-    def route_floods(self, policy: Policy) -> bool:
+    def route_floods(self, guard: FloodGuard, source: str) -> bool:
         """FLOODS: exempt sources pass untouched; a banned source, a scanner or a source over
         its rate is dropped without an answer (kemi.core.floods gives the order). A ban is set
         in kha_ban, which DMQ replicates: every node drops the source from then on."""
-        guard = policy.floods
-        if not guard.enabled:
-            return True
-        source = self.pv.text("$si")
         if floods.is_exempt(guard, source):
             return True
         ksr = self.ksr
@@ -261,91 +284,102 @@ class Router:
     def route_reqinit(self) -> bool:
         """REQINIT: hop limit (483) and well-formedness (sanity answers 400 itself)."""
         ksr = self.ksr
-        if not ok(ksr.maxfwd.process_maxfwd(MAX_FORWARDS)):
+        if not ksr.maxfwd.process_maxfwd(MAX_FORWARDS) > 0:
             ksr.sl.sl_send_reply(483, "Too Many Hops")
             return False
-        if not ok(ksr.sanity.sanity_check(SANITY_MFLAGS, SANITY_UFLAGS)):
+        if not ksr.sanity.sanity_check(SANITY_MFLAGS, SANITY_UFLAGS) > 0:
             log.warning("malformed request from %s:%s dropped", self.pv.text("$si"),
                         self.pv.text("$sp"))  # fmt: skip
             return False
         return True
 
     def route_cancel(self, policy: Policy) -> None:
-        """CANCEL: relayed statefully to the branches of its INVITE; failure route cleans up.
+        """CANCEL: relayed statefully to the branches of its INVITE; failure route cleans up
+        (the media too: nothing in the CANCEL's own route talks to rtpengine).
 
         No INVITE transaction but a known (early) dialog: the INVITE went through a node that
         died; forwarded statelessly to the callee, whose 487 ends the call (TAKEOVER_REPLY)."""
         ksr = self.ksr
-        if ok(ksr.tm.t_check_trans()):
-            self.use_rtp_set(policy)
-            self.route_relay()
+        if ksr.tm.t_check_trans() > 0:
+            self.route_relay(self.pv.text("$Ri"))
         elif ok(ksr.dialog.is_known_dlg()):
-            self.forward_orphan(policy)
+            self.forward_orphan(policy, "CANCEL")
         # Otherwise there is nothing to cancel.
 
-    def route_withindlg(self, policy: Policy) -> None:
+    def route_withindlg(self, policy: Policy, method: str) -> None:
         """WITHINDLG: follow Record-Route; keep the media session in step with the dialog."""
         ksr = self.ksr
-        if not ok(ksr.rr.loose_route()):
-            if ksr.is_ACK():
-                if ok(ksr.tm.t_check_trans()):
-                    self.route_relay()
+        if not ksr.rr.loose_route() > 0:
+            if method == "ACK":
+                if ksr.tm.t_check_trans() > 0:
+                    self.route_relay(self.pv.text("$Ri"))
                 else:
                     # the ACK of a negative reply whose INVITE transaction died with its node
-                    self.forward_orphan(policy)
+                    self.forward_orphan(policy, method)
                 return
             ksr.sl.sl_send_reply(404, "Not here")
             return
-        if not ok(ksr.dialog.is_known_dlg()):
+        if not ksr.dialog.is_known_dlg() > 0:
             # A To-tag and our Route, but no such dialog (here or replicated over DMQ): no
             # media session and no relay for it (RFC 3261 12.2.2). An ACK gets no answer.
-            log.info("in-dialog %s for no known dialog refused", self.pv.text("$rm"))
-            if not ksr.is_ACK():
+            log.info("in-dialog %s for no known dialog refused", method)
+            if method != "ACK":
                 ksr.sl.sl_send_reply(481, "Call/Transaction Does Not Exist")
             return
-        method = self.pv.text("$rm")
         metrics.INDIALOG.labels(method if method in INDIALOG_METHODS else "other").inc()
-        if ksr.is_ACK() and takeover.ack_confirms(self.pv.number(DLG_STATE)):
+        # Only a DMQ copy can still be early at its ACK (the 2xx passed another node).
+        if method == "ACK" and self.dmq and takeover.ack_confirms(self.pv.number(DLG_STATE)):
             self.confirm_dialog()
         call_nat = nat.decode(self.pv.text(DLG_NAT))
         nated = self.route_natmanage(call_nat, nat.REQUEST_TESTS)
-        if call_nat.enabled:
-            ksr.pv.sets(AVP_NAT, call_nat.encoded)  # for the replies (MANAGE_REPLY)
-            ksr.pv.sets(AVP_NAT_FLAGS, self.pv.text(DLG_NAT_FLAGS))
-        vip = self.use_rtp_set(policy)
-        has_sdp = ok(ksr.textops.has_body_type(SDP))
-        if ksr.is_BYE():
+        local = self.pv.text("$Ri")
+        vip = policy.vip_by_address.get(local)
+        if method == "BYE":
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
-        elif (ksr.is_INVITE() or ksr.is_UPDATE()) and has_sdp:
-            refused = sdp_refusal(self.pv.text("$rb"), policy.sdp_limits)
-            if refused is not None:
-                log.info("in-dialog %s refused: %s", method, refused.why)
-                ksr.sl.sl_send_reply(refused.code, refused.reason)
-                return
-            ksr.pv.sets(AVP_MEDIA_FLAGS, self.dialog_media_flags(vip))
-            flags = self.dialog_media_flags(vip, nated)
-            if vip is not None and not self.rtp_command(
-                vip, "offer", ksr.rtpengine.rtpengine_offer, flags
-            ):
-                log.error("rtpengine offer failed on re-INVITE/UPDATE (set %d)", vip.set_id)
-            ksr.tm.t_on_reply(MANAGE_REPLY)
-        elif ksr.is_ACK() and has_sdp and vip is not None:
+        elif method == "INVITE" or method == "UPDATE":
+            if ksr.textops.has_body_type(SDP) > 0:
+                refused = sdp_refusal(self.pv.text("$rb"), policy.sdp_limits)
+                if refused is not None:
+                    log.info("in-dialog %s refused: %s", method, refused.why)
+                    ksr.sl.sl_send_reply(refused.code, refused.reason)
+                    return
+                self.keep_nat_for_replies(call_nat)
+                ksr.pv.sets(AVP_MEDIA_FLAGS, self.dialog_media_flags(vip))
+                flags = self.dialog_media_flags(vip, nated)
+                if vip is not None and not self.rtp_command(
+                    vip, "offer", ksr.rtpengine.rtpengine_offer, flags
+                ):
+                    log.error("rtpengine offer failed on re-INVITE/UPDATE (set %d)", vip.set_id)
+                ksr.tm.t_on_reply(MANAGE_REPLY)
+            elif method == "INVITE":
+                self.keep_nat_for_replies(call_nat)
+                ksr.pv.seti(AVP_LATE, 1)  # re-INVITE without SDP: the 2xx offers
+                ksr.pv.sets(AVP_MEDIA_FLAGS, self.dialog_media_flags(vip))
+                ksr.tm.t_on_reply(MANAGE_REPLY)
+        elif (
+            method == "ACK"
+            and vip is not None
+            and ksr.textops.has_body_type(SDP) > 0
+            and sdp_refusal(self.pv.text("$rb"), policy.sdp_limits) is None
+        ):
             # late offer: the SDP answer is in the ACK
-            if sdp_refusal(self.pv.text("$rb"), policy.sdp_limits) is None:
-                self.rtp_command(vip, "answer", ksr.rtpengine.rtpengine_answer,
-                                 self.dialog_media_flags(vip, nated))  # fmt: skip
-        elif ksr.is_INVITE():
-            ksr.pv.seti(AVP_LATE, 1)  # re-INVITE without SDP: the 2xx offers
-            ksr.pv.sets(AVP_MEDIA_FLAGS, self.dialog_media_flags(vip))
-            ksr.tm.t_on_reply(MANAGE_REPLY)
+            self.rtp_command(vip, "answer", ksr.rtpengine.rtpengine_answer,
+                             self.dialog_media_flags(vip, nated))  # fmt: skip
         self.route_dlguri()
-        self.route_relay(in_dialog=True)
+        self.route_relay(local, in_dialog=True)
+
+    def keep_nat_for_replies(self, call_nat: Nat) -> None:
+        """The call's NAT handling for MANAGE_REPLY of this transaction (none: nothing kept)."""
+        if call_nat.enabled:
+            ksr = self.ksr
+            ksr.pv.sets(AVP_NAT, call_nat.encoded)
+            ksr.pv.sets(AVP_NAT_FLAGS, self.pv.text(DLG_NAT_FLAGS))
 
     def route_natmanage(self, call_nat: Nat, tests: int) -> bool:
         """NATMANAGE for the sender of this message (kemi.core.nat): is it behind NAT (asks
         nathelper only in `detect` mode), and its Contact fixed when it is the first hop."""
         ksr = self.ksr
-        detected = call_nat.needs_test and ok(ksr.nathelper.nat_uac_test(tests))
+        detected = call_nat.needs_test and ksr.nathelper.nat_uac_test(tests) > 0
         nated = nat.behind_nat(call_nat, detected)
         fix = nat.contact_fix(call_nat, nated, self.pv.text("$pr"))
         if fix is not nat.ContactFix.NONE and ok(ksr.siputils.is_first_hop()):
@@ -362,35 +396,41 @@ class Router:
         """DLGURI: a Request-URI carrying our Contact alias goes back to the address, port
         and transport (connection) its owner used; a destination already set stays."""
         ksr = self.ksr
-        if not ok(ksr.isdsturiset()):
+        if not ksr.isdsturiset() > 0:
             ksr.nathelper.handle_ruri_alias()
 
-    def route_invite(self, policy: Policy) -> None:
-        """Initial INVITE: decide, then media first (nothing to undo if it fails), dialog, RR."""
+    def route_invite(self, policy: Policy, source: str) -> None:
+        """Initial INVITE: decide, then media first (nothing to undo if it fails), dialog, RR.
+
+        Nothing is written that reads back as its default: the media flags when they are the
+        VIP's (MANAGE_REPLY and WITHINDLG fall back to the VIP's), the failover index 0; the
+        rtpengine set is selected only before an rtpengine command."""
         ksr = self.ksr
         pv = self.pv
+        local = pv.text("$Ri")
         facts = InviteFacts(
-            local_address=pv.text("$Ri"),
-            source=pv.text("$si"),
+            local_address=local,
+            source=source or pv.text("$si"),
             ruri_user=pv.text("$rU"),
             ruri_domain=pv.text("$rd"),
         )
         if isinstance(facts.ruri_user, Garbled) or isinstance(facts.ruri_domain, Garbled):
             # RFC 3261 25.1: a SIP URI holds ASCII (escaped otherwise); these bytes are not UTF-8.
-            self.send_reject(Reject(400, "Bad Request-URI", why="ruri_bytes"), facts.local_address)
+            self.send_reject(Reject(400, "Bad Request-URI", why="ruri_bytes"), local)
             return
         decision = decide.decide_invite(policy, facts)
         if isinstance(decision, Reject):
-            self.send_reject(decision, facts.local_address)
+            self.send_reject(decision, local)
             return
         vip = decision.vip
-        ksr.rtpengine.set_rtpengine_set(vip.set_id)
-        refused = decide.over_limit(decision.limits, self.channel_counts(decision.limits))
+        limits = decision.limits
+        callee = f"{facts.ruri_user}@{facts.ruri_domain}"  # $rU@$rd for the call record
+        refused = decide.over_limit(limits, [self.channel_count(limit) for limit in limits])
         if refused is not None:
             metrics.LIMIT_REJECTIONS.labels(refused.why.removeprefix("limit_"),
                                             self.limit_key(decision, refused)).inc()  # fmt: skip
-            self.send_reject(refused, facts.local_address)
-            self.record_refusal(policy, decision, refused)
+            self.send_reject(refused, local)
+            self.record_refusal(policy, decision, refused, callee)
             return
         gateways = decision.route.gateway_set
         level = 0
@@ -404,31 +444,35 @@ class Router:
             level = found
             if gateways.timeout_ms:
                 ksr.tm.t_set_fr(0, gateways.timeout_ms)  # this transaction's branches only
+        if decision.ruri_user != facts.ruri_user:
+            callee = f"{decision.ruri_user}@{facts.ruri_domain}"
         self.route_rewrite(decision, facts.ruri_user)
         nated = self.route_natmanage(decision.nat, nat.REQUEST_TESTS)
         flags = decision.flags_for(nated)
-        late = not ok(ksr.textops.has_body_type(SDP))
+        late = not ksr.textops.has_body_type(SDP) > 0
         if late:
             ksr.pv.seti(AVP_LATE, 1)  # late offer: the 2xx carries it, the ACK the answer
         else:
             refused = sdp_refusal(pv.text("$rb"), policy.sdp_limits)
             if refused is not None:
                 self.send_reject(refused, vip.address)
-                self.record_refusal(policy, decision, refused)
+                self.record_refusal(policy, decision, refused, callee)
                 return
             if not self.rtp_command(vip, "offer", ksr.rtpengine.rtpengine_offer, flags):
                 log.error("rtpengine set %d (VIP %s) refused the offer", vip.set_id, vip.address)
                 ksr.rtpengine.rtpengine_delete0()  # whatever half a session it kept
                 refused = Reject(503, "Media Relay Unavailable", why="rtpengine")
                 self.send_reject(refused, vip.address)
-                self.record_refusal(policy, decision, refused)
+                self.record_refusal(policy, decision, refused, callee)
                 return
         ksr.dialog.dlg_manage()
         if self.calls is not None:
-            self.calls.dialog_created(policy, decision)
+            self.calls.dialog_created(policy, decision, callee)
         self.count_channel(decision)
         ksr.rr.record_route()
-        ksr.pv.sets(DLG_MEDIA_FLAGS, decision.media_flags)
+        plain_flags = decision.media_flags != vip.media_flags
+        if plain_flags:
+            ksr.pv.sets(DLG_MEDIA_FLAGS, decision.media_flags)
         if decision.nat.enabled:
             for name, value in ((DLG_NAT, decision.nat.encoded), (AVP_NAT, decision.nat.encoded),
                                 (DLG_NAT_FLAGS, decision.nat_media_flags),
@@ -442,17 +486,20 @@ class Router:
         )
         if profiles:
             ksr.pv.sets(DLG_PROFILES, profiles)
-        ksr.pv.sets(AVP_MEDIA_FLAGS, decision.media_flags)
-        ksr.pv.sets(AVP_VIP, vip.address)
+        if plain_flags:
+            ksr.pv.sets(AVP_MEDIA_FLAGS, decision.media_flags)
+        ksr.pv.sets(AVP_VIP, vip.address)  # its final result is counted once (count_final)
+        next_hop = None
         if gateways is not None:  # dispatcher set $du and keeps the set's other gateways
             ksr.pv.sets(AVP_GATEWAYS, gateways.name)
-            ksr.pv.seti(AVP_LEVEL, level)
+            if level:
+                ksr.pv.seti(AVP_LEVEL, level)
         else:
+            next_hop = decision.route.destinations[0]
             ksr.pv.sets(AVP_DESTINATIONS, " ".join(decision.route.destinations))
-            ksr.pv.seti(AVP_TRIED, 0)
-            ksr.setdsturi(decision.route.destinations[0])
-        self.arm_transaction()
-        if not self.route_relay():
+            ksr.setdsturi(next_hop)  # AVP_TRIED unset: destination 0 tried
+        self.arm_transaction(dispatched=gateways is not None)
+        if not self.route_relay(local, next_hop):
             metrics.INVITES.labels(vip.address, "5xx").inc()
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
             self.record_failure(500, cancelled=False)
@@ -489,14 +536,9 @@ class Router:
                 ksr.textops.remove_hf_idx(name, 0)
                 ksr.hdr.insert(f"{name}: {new}\r\n")
 
-    def channel_counts(self, limits: tuple[Limit, ...]) -> dict[Limit, int]:
-        """Active calls per limit, from the dialog profiles (replicated between nodes)."""
-        return {
-            limit: int(
-                self.profile_size(limit.profile, None if limit.scope == "global" else limit.key)
-            )
-            for limit in limits
-        }
+    def channel_count(self, limit: Limit) -> int:
+        """Active calls counted by a limit, from its dialog profile (replicated between nodes)."""
+        return int(self.profile_size(limit.profile, None if limit.scope == "global" else limit.key))
 
     @staticmethod
     def limit_key(decision: Admit, refused: Reject) -> str:
@@ -522,44 +564,54 @@ class Router:
             ksr.hdr.append_to_reply(f"Retry-After: {reject.retry_after}\r\n")
         ksr.sl.sl_send_reply(reject.code, reject.reason)
 
-    def arm_transaction(self) -> None:
+    def arm_transaction(self, dispatched: bool) -> None:
+        """The transaction's callbacks; a branch route only for a dispatched INVITE (it keeps
+        the gateway of each branch), where Kamailio then runs one per branch."""
         ksr = self.ksr
-        ksr.tm.t_on_branch(MANAGE_BRANCH)
+        if dispatched:
+            ksr.tm.t_on_branch(MANAGE_BRANCH)
         ksr.tm.t_on_reply(MANAGE_REPLY)
         ksr.tm.t_on_failure(MANAGE_FAILURE)
 
-    def route_relay(self, in_dialog: bool = False) -> bool:
-        """RELAY: out of the VIP the request came in on, with the next hop's transport (a
-        different one than the request's gives two Record-Routes). In a dialog, loose_route()
-        has already chosen the socket when the Route set held both of ours: it stays."""
+    def route_relay(self, local: str, next_hop: str | None = None, in_dialog: bool = False) -> bool:
+        """RELAY: out of the VIP the request came in on (`local`, $Ri), with the transport of
+        the next hop (`next_hop` when the route just set it, else $nh(u)); a different one than
+        the request's gives two Record-Routes. In a dialog, loose_route() has already chosen
+        the socket when the Route set held both of ours: it stays."""
         ksr = self.ksr
         if not (in_dialog and self.pv.text("$fs")):
-            self.send_from_vip(self.pv.text("$nh(u)"))
-        if ok(ksr.tm.t_relay()):
+            self.send_from_vip(self.pv.text("$nh(u)") if next_hop is None else next_hop, local)
+        if ksr.tm.t_relay() > 0:
             return True
         ksr.sl.sl_reply_error()
         return False
 
-    def send_from_vip(self, next_hop: str) -> None:
-        """Send from the VIP the message came in on, with the transport of `next_hop`."""
+    def send_from_vip(self, next_hop: str, local: str) -> None:
+        """Send from the VIP the message came in on (`local`), with the transport of
+        `next_hop` (the socket's text kept per VIP and transport: a handful per node)."""
         transport = nat.uri_transport(next_hop)
-        socket = nat.send_socket(transport, self.pv.text("$Ri"), self.ports)
-        if socket is not None:
-            self.ksr.corex.set_send_socket(socket)
+        socket = self.send_sockets.get((local, transport))
+        if socket is None:
+            socket = nat.send_socket(transport, local, self.ports)
+            if socket is None:
+                return
+            if len(self.send_sockets) < SEND_SOCKETS_MAX:
+                self.send_sockets[(local, transport)] = socket
+        self.ksr.corex.set_send_socket(socket)
 
     # ----- replies, branches, failures -------------------------------------------------
 
     @guarded("reply")
     def ksr_reply_route(self, msg: Any) -> int:
-        """Every reply, before transaction matching: the rtpengine set is chosen here.
+        """Every reply, before transaction matching. One of a transaction is left to
+        MANAGE_REPLY (armed by its request): nothing to do here.
 
         A reply with no transaction would be forwarded statelessly to its second Via: only
         one we can vouch for passes (our own Via on top: core `check_via=1`, and a dialog this
         node knows, replicated ones included: the takeover of a dead node's calls needs it);
         any other is dropped, never reflected."""
         ksr = self.ksr
-        if ok(ksr.tm.t_check_trans()):
-            self.use_rtp_set(self._policy())
+        if ksr.tm.t_check_trans() > 0:
             return 1
         if not ok(ksr.dialog.is_known_dlg()):
             log.info("stray %s reply from %s dropped", self.pv.text("$rs"), self.pv.text("$si"))
@@ -573,7 +625,7 @@ class Router:
         (this node took its VIP over). MANAGE_REPLY will not run (no transaction): the media
         is handled here, then the core forwards the reply by its Via."""
         ksr = self.ksr
-        vip = self.use_rtp_set(policy)
+        vip = decide.vip_for(policy, self.pv.text("$Ri"))
         status = int(ksr.pv.geti("$rs"))
         has_sdp = ok(ksr.textops.has_body_type(SDP))
         reply = takeover.OrphanReply(
@@ -633,41 +685,45 @@ class Router:
             log.error("dialog %s by RPC failed (code %s): %s", what, code, command)
         return done
 
-    def forward_orphan(self, policy: Policy) -> None:
+    def forward_orphan(self, policy: Policy, method: str) -> None:
         """A CANCEL or a negative reply's ACK with no transaction: stateless, from the VIP it
         came in on, to the gateway its INVITE went to (kept in the dialog), else to the
         destination the policy routes the call to (first one)."""
         ksr = self.ksr
         pv = self.pv
+        local = pv.text("$Ri")
         facts = InviteFacts(
-            local_address=pv.text("$Ri"), source=pv.text("$si"),
+            local_address=local, source=pv.text("$si"),
             ruri_user=pv.text("$rU"), ruri_domain=pv.text("$rd"),
         )  # fmt: skip
         decision = decide.decide_invite(policy, facts)
         if isinstance(decision, Reject):
-            log.info("orphan %s not forwarded: %s", pv.text("$rm"), decision.why)
+            log.info("orphan %s not forwarded: %s", method, decision.why)
             return
         target = pv.text(DLG_GATEWAY) or decision.route.first_hop
         ksr.setdsturi(target)
-        self.send_from_vip(target)
-        log.info("orphan %s forwarded statelessly to %s", pv.text("$rm"), target)
+        self.send_from_vip(target, local)
+        log.info("orphan %s forwarded statelessly to %s", method, target)
         if not ok(ksr.forward()):
-            log.error("stateless forward of an orphan %s failed", pv.text("$rm"))
+            log.error("stateless forward of an orphan %s failed", method)
 
     @guarded("reply")
     def ksr_onreply_manage(self, msg: Any) -> int:
-        """MANAGE_REPLY: the SDP of a 1xx/2xx goes to the same rtpengine set: an answer to the
-        request's offer, or the offer itself when the request had no SDP (late offer)."""
+        """MANAGE_REPLY: the SDP of a 1xx/2xx goes to the VIP's rtpengine set: an answer to the
+        request's offer, or the offer itself when the request had no SDP (late offer). The
+        policy and the set are looked at only for a reply with SDP."""
         ksr = self.ksr
-        policy = self._policy()
-        vip = self.use_rtp_set(policy)
         status = ksr.pv.geti("$rs")
         if 200 <= status < 300:
             self.count_final(status)
         if not 100 < status < 300:
             return 1
         nated = self.route_natmanage(nat.decode(self.pv.text(AVP_NAT)), nat.REPLY_TESTS)
-        if vip is None or not ok(ksr.textops.has_body_type(SDP)):
+        if not ksr.textops.has_body_type(SDP) > 0:
+            return 1
+        policy = self._policy()
+        vip = policy.vip_by_address.get(self.pv.text("$Ri"))
+        if vip is None:
             return 1
         if sdp_refusal(self.pv.text("$rb"), policy.sdp_limits) is not None:
             # Relayed as it is, its media would bypass the relay: drop it (the callee resends).
@@ -691,11 +747,9 @@ class Router:
 
     @guarded("branch")
     def ksr_branch_manage(self, msg: Any) -> int:
-        """MANAGE_BRANCH: the rtpengine set; a dispatched INVITE's gateway kept in the dialog
-        (replicated), where a CANCEL or ACK forwarded after a takeover must go."""
-        self.use_rtp_set(self._policy())
-        if self.pv.text(AVP_GATEWAYS):
-            self.ksr.pv.sets(DLG_GATEWAY, self.pv.text("$du"))
+        """MANAGE_BRANCH, armed for dispatched INVITEs only: the gateway of this branch kept in
+        the dialog (replicated), where a CANCEL or ACK forwarded after a takeover must go."""
+        self.ksr.pv.sets(DLG_GATEWAY, self.pv.text("$du"))
         return 1
 
     @guarded("failure")
@@ -703,44 +757,47 @@ class Router:
         """MANAGE_FAILURE: next destination on 408/5xx, otherwise release the media session."""
         ksr = self.ksr
         policy = self._policy()
-        vip = self.use_rtp_set(policy)
-        if ok(ksr.tm.t_is_canceled()):
+        local = self.pv.text("$Ri")
+        vip = policy.vip_by_address.get(local)
+        if ksr.tm.t_is_canceled() > 0:
             self.count_final(487)
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
             self.record_failure(487, cancelled=True)
             return 1
         status = int(ksr.tm.t_get_status_code())
         gateways = self.pv.text(AVP_GATEWAYS)
+        next_hop = None  # a gateway: dispatcher set $du
         if gateways:
             moved = self.failover_gateway(policy, gateways, status)
         else:
-            moved = self.failover_destination(status)
+            next_hop = self.failover_destination(status)
+            moved = next_hop is not None
         if not moved:
             self.count_final(status)
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
             self.record_failure(int(status), cancelled=False)
             return 1
-        self.arm_transaction()
-        if not self.route_relay():
+        self.arm_transaction(dispatched=bool(gateways))
+        if not self.route_relay(local, next_hop):
             self.count_final(500)
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
             self.record_failure(500, cancelled=False)
         return 1
 
-    def failover_destination(self, status: int) -> bool:
-        """The route's next fixed destination after 408/5xx; False when none is left."""
+    def failover_destination(self, status: int) -> str | None:
+        """The route's next fixed destination after 408/5xx, now set; None when none is left."""
         destinations = tuple(self.pv.text(AVP_DESTINATIONS).split())
         tried = self.pv.number(AVP_TRIED)
         target = decide.next_destination(destinations, tried, status)
         if target is None:
-            return False
+            return None
         log.info("failover after %s: trying %s", status, target)
         self.ksr.pv.seti(AVP_TRIED, tried + 1)
         self.ksr.setdsturi(target)
         # tm adds a branch in a failure route only for an R-URI marked new; $du alone is not
         # ("no branches for forwarding", 500 to the caller: measured on 5.6.3). Same R-URI.
         self.ksr.seturi(self.pv.text("$ru"))
-        return True
+        return target
 
     def failover_gateway(self, policy: Policy, name: str, status: int) -> bool:
         """After 408/5xx: the next gateway of the same priority (ds_next_dst), then the next
@@ -780,9 +837,9 @@ class Router:
             self.calls.tick()
         return 1
 
-    def record_refusal(self, policy: Policy, decision: Admit, refused: Reject) -> None:
+    def record_refusal(self, policy: Policy, decision: Admit, refused: Reject, callee: str) -> None:
         if self.calls is not None:
-            self.calls.refused(policy, decision, refused)
+            self.calls.refused(policy, decision, refused, callee)
 
     def record_failure(self, status: int, cancelled: bool) -> None:
         if self.calls is not None:
@@ -919,18 +976,16 @@ class Router:
 
     # ----- helpers -------------------------------------------------------------------
 
-    def use_rtp_set(self, policy: Policy) -> Vip | None:
-        """Select the rtpengine set of the VIP this message arrived on, for this message."""
-        vip = decide.vip_for(policy, self.pv.text("$Ri"))
-        if vip is not None:
-            self.ksr.rtpengine.set_rtpengine_set(vip.set_id)
-        return vip
-
     def rtp_command(
         self, vip: Vip | None, command: str, call: Callable[..., Any], *args: Any
     ) -> bool:
-        """Send one rtpengine command on the current set, counted per set (errors too)."""
-        label = str(vip.set_id) if vip is not None else "none"
+        """Select the VIP's rtpengine set (Kamailio keeps it for this message only, so right
+        before each command), send the command, count it per set (errors too)."""
+        if vip is not None:
+            self.ksr.rtpengine.set_rtpengine_set(vip.set_id)
+            label = str(vip.set_id)
+        else:
+            label = "none"
         metrics.RTPENGINE_CALLS.labels(label, command).inc()
         if ok(call(*args)):
             return True
@@ -938,12 +993,12 @@ class Router:
         return False
 
     def count_final(self, status: int) -> None:
-        """Count the final result of an initial INVITE transaction, once."""
-        ksr = self.ksr
+        """Count the final result of an initial INVITE transaction, once: AVP_VIP is set on
+        initial INVITEs only, and removed when counted."""
         vip = self.pv.text(AVP_VIP)
-        if not vip or self.pv.text(AVP_COUNTED):
+        if not vip:
             return
-        ksr.pv.seti(AVP_COUNTED, 1)
+        self.ksr.pv.unset(AVP_VIP)
         metrics.INVITES.labels(vip, metrics.code_class(status)).inc()
 
     def dialog_media_flags(self, vip: Vip | None, nated: bool = False) -> str:

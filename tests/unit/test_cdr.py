@@ -4,6 +4,7 @@ strict fake KSR: who writes which record, how a dead or overlong call is ended."
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from dataclasses import dataclass, field
@@ -454,3 +455,9 @@ def test_reconcile_orphans_and_dialogs_without_media() -> None:
     assert (report.dialogs, report.sessions, report.consistent) == (3, 4, False)
     silent = reconcile("10.0.0.1", {"up": True}, None, now_s=200.0)
     assert (silent.sessions, silent.consistent) == (None, True)
+
+
+def test_setup_facts_encode_as_the_dataclass_fields_in_order_and_round_trip() -> None:
+    assert FACTS.encode() == json.dumps(dataclasses.asdict(FACTS), separators=(",", ":"))
+    assert SetupFacts.decode(FACTS.encode()) == FACTS
+    assert SetupFacts.decode('{"caller": "x"}') is None  # a dialog of another version

@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kemi.core import decide
+from kemi.core.policy import parse_address
 from kemi.policyfile import parse_policy
 
 POLICY = parse_policy(
@@ -122,9 +127,9 @@ def test_media_flags_per_vip_and_tenant() -> None:
 def test_over_limit_picks_the_first_exhausted_limit_with_its_code() -> None:
     d = decide_invite(EXAMPLE, InviteFacts(VIP_A, "203.0.113.3", "7001", "x"))
     assert isinstance(d, Admit)
-    glob, tenant, trunk = d.limits
-    assert over_limit(d.limits, {glob: 199, tenant: 10, trunk: 29}) is None
-    refused = over_limit(d.limits, {glob: 10, tenant: 60, trunk: 30})
+    assert [limit.scope for limit in d.limits] == ["global", "tenant", "trunk"]
+    assert over_limit(d.limits, [199, 10, 29]) is None
+    refused = over_limit(d.limits, [10, 60, 30])
     assert refused == Reject(503, "Metro Channels Busy", 30, why="limit_tenant")
 
 
@@ -134,3 +139,26 @@ def test_example_phones_tenant_has_nat_detection() -> None:
     assert (decision.nat.mode, decision.nat.contact) == ("detect", "alias")
     assert "SIP-source-address" in decision.flags_for(True)
     assert "SIP-source-address" not in decision.flags_for(False)
+
+
+def ipaddress_answer(text: str) -> tuple[int, int] | None:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return ip.version, int(ip)
+
+
+@given(st.one_of(st.ip_addresses().map(str), st.text(alphabet="0123456789.:abcdef%x ", max_size=20),
+                 st.text(max_size=12)))  # fmt: skip
+def test_parse_address_answers_what_ipaddress_answers(text: str) -> None:
+    assert parse_address(text) == ipaddress_answer(text)
+
+
+EDGES = ["01.2.3.4", "1.2.3.256", "1.2.3", "1.2.3.4.5", "\u0661.2.3.4", " 1.2.3.4", "1.2.3.4\n",
+         "0.0.0.0", "255.255.255.255", "::1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", EDGES)
+def test_parse_address_edge_cases_match_ipaddress(text: str) -> None:
+    assert parse_address(text) == ipaddress_answer(text)

@@ -18,6 +18,7 @@ from kemi.ops.status import render_gateways
 from kemi.policyfile import parse_policy
 from kemi.shell import routes
 from kemi.shell.gateways import GatewayList
+from kemi.shell.pv import Pv
 from tests.fakes.ksr import FakeKSR
 from tests.unit.test_policy_validation import errors_of
 from tests.unit.test_routes import POLICY, make
@@ -234,7 +235,9 @@ def test_invite_to_a_gateway_set_is_dispatched_rewritten_then_relayed() -> None:
     assert ksr.called("textops.remove_hf_idx", "P-Asserted-Identity", 0)
     assert ksr.called("hdr.insert", "P-Asserted-Identity: <sip:+49301@pbx>\r\n")
     assert ksr.called("hdr.remove", "Diversion")
-    assert ksr.pvs[routes.AVP_GATEWAYS] == "carriers" and ksr.pvs[routes.AVP_LEVEL] == 0
+    assert ksr.pvs[routes.AVP_GATEWAYS] == "carriers"
+    assert Pv(ksr).number(routes.AVP_LEVEL) == 0  # not written: unset reads as 0
+    assert ksr.called("tm.t_on_branch", routes.MANAGE_BRANCH)  # keeps each branch's gateway
     names = ksr.names()
     order = ["dispatcher.ds_select_dst", "rtpengine.rtpengine_offer", "tm.t_relay"]
     assert [n for n in names if n in order] == order
@@ -362,11 +365,11 @@ def test_a_dispatched_branch_keeps_its_gateway_for_a_forward_after_takeover() ->
     ksr.pvs.update({routes.AVP_GATEWAYS: "carriers", "$du": "sip:carrier-b:5060"})
     router.ksr_branch_manage(None)
     assert ksr.pvs[routes.DLG_GATEWAY] == "sip:carrier-b:5060"
-    cancel, ksr = make(is_CANCEL=True, is_INVITE=False)  # on the node that took the VIP over
+    cancel, ksr = make()  # on the node that took the VIP over
     ksr.pvs.update({**CARRIER, "$rm": "CANCEL", routes.DLG_GATEWAY: "sip:carrier-b:5060"})
     cancel.ksr_request_route(None)
     assert ksr.called("setdsturi", "sip:carrier-b:5060") and ksr.called("forward")
-    plain, ksr = make(is_CANCEL=True, is_INVITE=False)  # no gateway kept: the route's first
+    plain, ksr = make()  # no gateway kept: the route's first
     ksr.pvs.update({**CARRIER, "$rm": "CANCEL"})
     plain.ksr_request_route(None)
     assert ksr.called("setdsturi", "sip:carrier-a:5060")

@@ -9,7 +9,7 @@ import pytest
 
 from kemi.policyfile import load_policy, parse_policy
 from kemi.shell import log as kamailio_log
-from kemi.shell import routes
+from kemi.shell import metrics, routes
 from kemi.shell.policy_holder import PolicyHolder
 from kemi.shell.routes import Router
 from tests.fakes.ksr import FakeKSR
@@ -44,13 +44,8 @@ POLICY = parse_policy(POLICY_TEXT)
 HAPPY: dict[str, Any] = {
     "maxfwd.process_maxfwd": 1,
     "sanity.sanity_check": 1,
-    "is_KDMQ": False,
-    "is_CANCEL": False,
-    "is_ACK": False,
-    "is_OPTIONS": False,
-    "is_INVITE": True,
-    "is_BYE": False,
-    "is_UPDATE": False,
+    "is_ACK": False,  # only the exception guard asks (no 500 to an ACK); routes read $rm
+    "is_BYE": False,  # the call record of a dialog:end (kemi.shell.hygiene)
     "is_myself_ruri": False,
     "siputils.has_totag": -1,
     "tmx.t_precheck_trans": -1,
@@ -202,24 +197,41 @@ def test_message_on_unknown_address_gets_500_without_media() -> None:
 
 
 def test_options_to_the_proxy_get_200() -> None:
-    router, ksr = make(is_INVITE=False, is_OPTIONS=True, is_myself_ruri=True)
+    router, ksr = make(is_myself_ruri=True)
+    ksr.pvs["$rm"] = "OPTIONS"
     router.ksr_request_route(None)
     assert ksr.replies() == [(200, "OK")]
 
 
-def test_other_out_of_dialog_methods_get_405() -> None:
-    router, ksr = make(is_INVITE=False)
+@pytest.mark.parametrize("method", ["MESSAGE", "SUBSCRIBE", "FOO", "INV\u0131TE"])
+def test_other_out_of_dialog_methods_get_405(method: str) -> None:
+    router, ksr = make()
+    ksr.pvs["$rm"] = method
     router.ksr_request_route(None)
     assert ksr.replies() == [(405, "Method Not Allowed")]
 
 
+@pytest.mark.parametrize("method", ["invite", "Invite", "INVITE"])
+def test_method_names_are_compared_without_case_as_kamailio_does(method: str) -> None:
+    router, ksr = make()
+    ksr.pvs["$rm"] = method
+    router.ksr_request_route(None)
+    assert ksr.called("tm.t_relay") and ksr.replies() == []
+    assert not any(n.startswith("is_") for n in ksr.names())  # $rm read once instead
+
+
 def test_in_dialog_bye_deletes_media_and_relays() -> None:
-    router, ksr = make(**{"siputils.has_totag": 1, "is_INVITE": False, "is_BYE": True})
+    router, ksr = make(**{"siputils.has_totag": 1})
+    ksr.pvs["$rm"] = "BYE"
     router.ksr_request_route(None)
     assert ksr.called("rr.loose_route")
+    names = ksr.names()  # the set selected right before the command (for this message only)
+    assert names.index("rtpengine.set_rtpengine_set") + 1 == names.index(
+        "rtpengine.rtpengine_delete0"
+    )
     assert ksr.called("rtpengine.set_rtpengine_set", 2)
-    assert ksr.called("rtpengine.rtpengine_delete0")
     assert ksr.called("tm.t_relay")
+    assert not ksr.called("textops.has_body_type")  # a BYE's body changes nothing
 
 
 def test_in_dialog_reinvite_with_sdp_is_offered() -> None:
@@ -237,16 +249,22 @@ def test_in_dialog_request_without_route_gets_404() -> None:
 
 
 def test_cancel_is_relayed_to_its_transaction() -> None:
-    router, ksr = make(is_CANCEL=True, **{"tm.t_check_trans": 1})
+    router, ksr = make(**{"tm.t_check_trans": 1})
+    ksr.pvs["$rm"] = "CANCEL"
     router.ksr_request_route(None)
     assert ksr.called("tm.t_relay")
+    assert not any(n.startswith("rtpengine.") for n in ksr.names())  # MANAGE_FAILURE's job
 
 
 def test_reply_with_sdp_is_answered_on_the_vip_set() -> None:
     router, ksr = make()
     ksr.pvs["$rs"] = 200
     router.ksr_onreply_manage(None)
-    assert ksr.names()[:3] == ["pvx.shv_get", "pv.get", "rtpengine.set_rtpengine_set"]
+    names = ksr.names()
+    assert ksr.called("rtpengine.set_rtpengine_set", 2)
+    assert names.index("rtpengine.set_rtpengine_set") + 1 == names.index(
+        "rtpengine.rtpengine_answer"
+    )
     assert not ksr.called("rtpengine.rtpengine_offer")
     assert ksr.called("rtpengine.rtpengine_answer", "replace-origin ICE=remove")
 
@@ -276,10 +294,13 @@ def test_reply_answer_uses_the_flags_chosen_for_the_invite() -> None:
     assert ksr.called("rtpengine.rtpengine_answer", "ICE=remove transport-protocol=RTP/AVP")
 
 
-def test_branch_route_selects_the_set_again() -> None:
+def test_no_branch_route_for_fixed_destinations() -> None:
+    """A branch route only keeps a dispatched INVITE's gateway (tests/unit/test_gateways.py);
+    nothing in a branch talks to rtpengine."""
     router, ksr = make()
-    router.ksr_branch_manage(None)
-    assert ksr.called("rtpengine.set_rtpengine_set", 2)
+    router.ksr_request_route(None)
+    assert not ksr.called("tm.t_on_branch")
+    assert ksr.called("tm.t_on_reply", routes.MANAGE_REPLY)
 
 
 @pytest.mark.parametrize(("status", "next_hop"), [(503, "sip:gw2:5060"), (408, "sip:gw2:5060")])
@@ -418,8 +439,8 @@ def test_admitted_call_is_counted_in_its_profiles() -> None:
 def test_kdmq_only_from_configured_peers(
     source: str, user: str, known: bool, accepted: bool
 ) -> None:
-    router, ksr = make(is_KDMQ=True, **{"dmq.is_from_node": 1 if known else -1,
-                                        "dmq.handle_message": 1})  # fmt: skip
+    router, ksr = make(**{"dmq.is_from_node": 1 if known else -1, "dmq.handle_message": 1})
+    ksr.pvs["$rm"] = "KDMQ"
     router.policies.policy = parse_policy(POLICY_TEXT + "dmq_peers: ['sip:10.0.0.9:5090']\n")
     ksr.pvs["$si"], ksr.pvs["$rU"] = source, user
     router.ksr_request_route(None)
@@ -493,7 +514,6 @@ def test_in_dialog_offer_answer_by_direction(
 ) -> None:
     router, ksr = make(
         **{"siputils.has_totag": 1, "textops.has_body_type": 1 if sdp else -1},
-        **{f"is_{m}": m == method for m in ("INVITE", "UPDATE", "ACK", "BYE")},
     )
     ksr.pvs["$rm"] = method
     router.ksr_request_route(None)
@@ -512,9 +532,7 @@ NO_DIALOG = (481, "Call/Transaction Does Not Exist")
 def test_in_dialog_request_of_no_known_dialog_gets_481_without_media(
     method: str, replies: list[tuple[int, str]]
 ) -> None:
-    router, ksr = make(**{"siputils.has_totag": 1, "dialog.is_known_dlg": -1,
-                          "is_INVITE": method == "INVITE", "is_BYE": method == "BYE",
-                          "is_ACK": method == "ACK"})  # fmt: skip
+    router, ksr = make(**{"siputils.has_totag": 1, "dialog.is_known_dlg": -1})
     ksr.pvs["$rm"] = method
     router.ksr_request_route(None)
     assert ksr.replies() == replies
@@ -534,7 +552,10 @@ def test_stray_reply_passes_only_for_a_known_dialog(
     ksr.pvs["$rs"] = 200
     router.ksr_reply_route(None)
     assert ksr.called("set_drop") is dropped
-    assert ksr.called("rtpengine.set_rtpengine_set") is not dropped
+    if transaction > 0:  # MANAGE_REPLY, armed by the request, does the rest
+        assert ksr.names() == ["tm.t_check_trans"]
+    else:  # a known dialog's orphan: its SDP answered on the VIP's set here
+        assert ksr.called("rtpengine.set_rtpengine_set") is not dropped
 
 
 def test_reply_with_sdp_rtpengine_must_not_see_is_dropped() -> None:
@@ -656,8 +677,7 @@ def test_orphan_200_to_a_cancel_is_forwarded_untouched() -> None:
 
 
 def in_dialog_ack(state: str, **returns: Any) -> tuple[Router, FakeKSR]:
-    router, ksr = make(**{"siputils.has_totag": 1, "is_INVITE": False, "is_ACK": True,
-                          "textops.has_body_type": -1, **returns})  # fmt: skip
+    router, ksr = make(**{"siputils.has_totag": 1, "textops.has_body_type": -1, **returns})
     ksr.pvs.update({"$rm": "ACK", "$dlg(state)": state})
     return router, ksr
 
@@ -682,7 +702,7 @@ def test_failed_confirmation_is_logged_and_the_ack_still_relayed() -> None:
 
 
 def test_orphan_cancel_is_forwarded_statelessly_to_the_routed_destination() -> None:
-    router, ksr = make(is_CANCEL=True, is_INVITE=False)
+    router, ksr = make()
     ksr.pvs["$rm"] = "CANCEL"
     ksr.pvs["$pr"] = "tcp"  # it came over TCP: it leaves with the destination's transport
     router.ksr_request_route(None)
@@ -693,13 +713,14 @@ def test_orphan_cancel_is_forwarded_statelessly_to_the_routed_destination() -> N
 
 
 def test_cancel_of_no_transaction_and_no_dialog_is_ignored() -> None:
-    router, ksr = make(is_CANCEL=True, is_INVITE=False, **{"dialog.is_known_dlg": -1})
+    router, ksr = make(**{"dialog.is_known_dlg": -1})
+    ksr.pvs["$rm"] = "CANCEL"
     router.ksr_request_route(None)
     assert not ksr.called("forward") and not ksr.called("tm.t_relay")
 
 
 def test_orphan_cancel_from_an_untrusted_source_is_not_forwarded() -> None:
-    router, ksr = make(is_CANCEL=True, is_INVITE=False)
+    router, ksr = make()
     ksr.pvs.update({"$rm": "CANCEL", "$si": "198.51.100.7"})
     router.ksr_request_route(None)
     assert not ksr.called("forward")
@@ -738,7 +759,8 @@ def make_nat(source: str = "192.0.2.9", **returns: Any) -> tuple[Router, FakeKSR
 
 
 def test_every_request_gets_rport_forced() -> None:
-    router, ksr = make(**{"is_INVITE": False, "is_OPTIONS": True, "is_myself_ruri": True})
+    router, ksr = make(is_myself_ruri=True)
+    ksr.pvs["$rm"] = "OPTIONS"
     router.ksr_request_route(None)
     assert ksr.called("force_rport")
 
@@ -752,7 +774,9 @@ def test_natted_caller_gets_a_contact_alias_and_nat_media_flags() -> None:
     assert ksr.called("rtpengine.rtpengine_offer", nat_flags)
     assert ksr.pvs[routes.DLG_NAT] == "detect/alias"
     assert ksr.pvs[routes.DLG_NAT_FLAGS] == nat_flags
-    assert ksr.pvs[routes.DLG_MEDIA_FLAGS] == "replace-origin ICE=remove"  # the other party's
+    # the other party's: the VIP's own, so not written (read back as the VIP's)
+    assert ksr.pvs[routes.DLG_MEDIA_FLAGS] is None
+    assert router.dialog_media_flags(NAT_POLICY.vips[1]) == "replace-origin ICE=remove"
 
 
 def test_caller_not_natted_keeps_its_contact_and_the_plain_flags() -> None:
@@ -797,14 +821,21 @@ def test_never_mode_asks_nothing_over_udp_but_a_tcp_caller_gets_an_alias() -> No
 )  # fmt: skip
 def test_relay_leaves_the_vip_with_the_next_hops_transport(next_hop: str, socket: str) -> None:
     router, ksr = make()
+    router.policies.policy = parse_policy(POLICY_TEXT.replace("sip:gw1:5060", next_hop))
     ksr.pvs["$pr"] = "tls"  # whatever it came in on: a leg change gets two Record-Routes
+    router.ksr_request_route(None)  # the initial INVITE: its next hop is the one it just set
+    assert ksr.called("setdsturi", next_hop)
+    assert [c.args for c in ksr.calls if c.name == "corex.set_send_socket"] == [(socket,)]
+    router, ksr = in_dialog()  # in a dialog: the next hop Kamailio computed ($nh(u))
     ksr.pvs["$nh(u)"] = next_hop
     router.ksr_request_route(None)
     assert [c.args for c in ksr.calls if c.name == "corex.set_send_socket"] == [(socket,)]
 
 
-def in_dialog(**returns: Any) -> tuple[Router, FakeKSR]:
-    return make_nat(**{"siputils.has_totag": 1, "is_INVITE": False, "is_BYE": True, **returns})
+def in_dialog(method: str = "BYE", **returns: Any) -> tuple[Router, FakeKSR]:
+    router, ksr = make_nat(**{"siputils.has_totag": 1, **returns})
+    ksr.pvs["$rm"] = method
+    return router, ksr
 
 
 def test_in_dialog_socket_chosen_by_loose_route_stays() -> None:
@@ -827,7 +858,7 @@ def test_in_dialog_request_to_an_aliased_contact_goes_back_through_it() -> None:
 
 
 def test_in_dialog_offer_of_a_natted_sender_uses_the_dialogs_nat_flags() -> None:
-    router, ksr = in_dialog(**{"is_INVITE": True, "is_BYE": False, "nathelper.nat_uac_test": 1})
+    router, ksr = in_dialog("INVITE", **{"nathelper.nat_uac_test": 1})
     ksr.pvs.update({routes.DLG_NAT: "detect/alias", routes.DLG_NAT_FLAGS: "nat-flags",
                     routes.DLG_MEDIA_FLAGS: "plain-flags"})  # fmt: skip
     router.ksr_request_route(None)
@@ -838,7 +869,7 @@ def test_in_dialog_offer_of_a_natted_sender_uses_the_dialogs_nat_flags() -> None
 
 
 def test_in_dialog_offer_of_a_dialog_without_nat_never_asks_nathelper() -> None:
-    router, ksr = in_dialog(**{"is_INVITE": True, "is_BYE": False})
+    router, ksr = in_dialog("INVITE")
     ksr.pvs[routes.DLG_MEDIA_FLAGS] = "plain-flags"
     router.ksr_request_route(None)
     assert not ksr.called("nathelper.nat_uac_test")
@@ -863,3 +894,38 @@ def test_a_call_without_nat_handling_keeps_nothing_of_it_in_the_dialog() -> None
     router.ksr_request_route(None)
     assert routes.DLG_NAT not in ksr.pvs or ksr.pvs[routes.DLG_NAT] is None
     assert routes.AVP_NAT not in ksr.pvs or ksr.pvs[routes.AVP_NAT] is None
+
+
+# ----- hot path (issue 18): nothing written or read that changes nothing ------------------
+
+
+def test_the_final_result_of_an_initial_invite_is_counted_once() -> None:
+    router, ksr = make()
+    router.ksr_request_route(None)  # the initial INVITE marks its transaction (kha_vip)
+    counter = metrics.INVITES.labels("10.0.0.2", "2xx")
+    before = counter.get()
+    ksr.pvs["$rs"] = 200
+    router.ksr_onreply_manage(None)
+    router.ksr_onreply_manage(None)  # a retransmitted or forked 2xx
+    assert counter.get() == before + 1
+    assert ksr.pvs[routes.AVP_VIP] is None  # the marker removed, nothing else written
+
+
+def test_a_tenants_own_media_flags_are_kept_for_the_dialog_and_the_replies() -> None:
+    router, ksr = make()
+    router.policies.policy = parse_policy(
+        POLICY_TEXT + "tenants: [{name: acme, sources: ['192.0.2.0/28'],"
+        " media: {codec_mask: [opus]}}]\n"
+    )
+    router.ksr_request_route(None)
+    flags = ksr.pvs[routes.DLG_MEDIA_FLAGS]
+    assert flags and flags != router.policies.policy.vips[1].media_flags
+    assert ksr.pvs[routes.AVP_MEDIA_FLAGS] == flags
+
+
+def test_an_ack_on_a_node_without_dmq_peers_does_not_read_the_dialog_state() -> None:
+    router, ksr = in_dialog_ack("2")
+    router.dmq = False  # only a DMQ copy can be early at its ACK
+    router.ksr_request_route(None)
+    assert not ksr.called("pv.get", routes.DLG_STATE)
+    assert not ksr.called("jsonrpcs.exec") and ksr.called("tm.t_relay")
