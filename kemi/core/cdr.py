@@ -280,3 +280,19 @@ def write_args(cdr: Cdr, ttl_s: int = ONCE_TTL_S) -> tuple[list[str], list[str]]
     for name, value in cdr.fields().items():
         argv += [name, value]
     return [once_key(cdr.call_id, cdr.from_tag), STREAM], argv
+
+
+def resp_command(*args: str) -> bytes:
+    """One Redis command in RESP, built in one pass: redis-py's generic packer type-checks and
+    encodes each of a record's ~40 arguments on its own, which took most of kemi-ha's Python per
+    call in bench-cpu's profile (docs/performance.md)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def evalsha_command(sha: str, keys: list[str], argv: list[str]) -> bytes:
+    """EVALSHA of WRITE_ONCE_LUA (by its SHA1) with this record's KEYS and ARGV."""
+    return resp_command("EVALSHA", sha, str(len(keys)), *keys, *argv)

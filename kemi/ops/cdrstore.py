@@ -30,7 +30,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from kemi.core.cdr import COLUMNS, STREAM, WRITE_ONCE_LUA, Cdr, write_args
+from kemi.core.cdr import COLUMNS, STREAM, WRITE_ONCE_LUA, Cdr, evalsha_command, write_args
 
 
 class Written(enum.Enum):
@@ -62,6 +62,9 @@ def read_password(path: str | Path | None) -> str | None:
     if not path:
         return None
     return Path(path).read_text().strip() or None
+
+
+NOSCRIPT = object()
 
 
 def client(address: RedisAddress, timeout: float, password: str | None = None) -> redis.Redis:
@@ -112,9 +115,25 @@ class RedisCdrStore:
 
     def _send(self, cdr: Cdr) -> bool:
         """True: written; False: a duplicate. Raises on any Redis or socket failure."""
-        self._redis()
+        client_ = self._redis()
         keys, argv = write_args(cdr)
-        return self._script(keys=keys, args=argv) is not None
+        pool = getattr(client_, "connection_pool", None)
+        if pool is None:  # not a redis-py client (tests' fakes): its own call
+            return self._script(keys=keys, args=argv) is not None
+        # The command packed in one pass (kemi.core.cdr.evalsha_command) on a pooled connection;
+        # the first use on a Redis without the script (NOSCRIPT) goes through redis-py's
+        # Script, which loads it.
+        conn = pool.get_connection("EVALSHA")
+        try:
+            conn.send_packed_command([evalsha_command(self._script.sha, keys, argv)])
+            reply = conn.read_response()
+        except redis.exceptions.NoScriptError:
+            reply = NOSCRIPT
+        finally:
+            pool.release(conn)
+        if reply is NOSCRIPT:
+            return self._script(keys=keys, args=argv) is not None
+        return reply is not None
 
     def available(self) -> bool:
         return self._clock() >= self._paused_until

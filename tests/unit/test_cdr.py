@@ -461,3 +461,16 @@ def test_setup_facts_encode_as_the_dataclass_fields_in_order_and_round_trip() ->
     assert FACTS.encode() == json.dumps(dataclasses.asdict(FACTS), separators=(",", ":"))
     assert SetupFacts.decode(FACTS.encode()) == FACTS
     assert SetupFacts.decode('{"caller": "x"}') is None  # a dialog of another version
+
+
+def test_evalsha_command_is_what_redis_py_sends() -> None:
+    """The one-pass packer (kemi.core.cdr.evalsha_command) writes the bytes redis-py's own
+    packer writes for the same EVALSHA, non-ASCII values included."""
+    from redis.connection import Connection
+
+    from kemi.core.cdr import evalsha_command
+
+    keys = ["kha:cdr:once:abc@h:ft", "kha:cdr"]
+    argv = ["node1", "86400", "caller", "Jürgen <sip:+4930@x>", "empty", ""]
+    packed = b"".join(Connection().pack_command("EVALSHA", "f" * 40, 2, *keys, *argv))
+    assert evalsha_command("f" * 40, keys, argv) == packed
