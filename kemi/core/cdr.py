@@ -296,3 +296,31 @@ def resp_command(*args: str) -> bytes:
 def evalsha_command(sha: str, keys: list[str], argv: list[str]) -> bytes:
     """EVALSHA of WRITE_ONCE_LUA (by its SHA1) with this record's KEYS and ARGV."""
     return resp_command("EVALSHA", sha, str(len(keys)), *keys, *argv)
+
+
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+_STREAM_BULK = _bulk(STREAM.encode())
+_TTL_BULK = _bulk(str(ONCE_TTL_S).encode())
+_FIELD_BULKS = tuple(_bulk(name.encode()) for name in COLUMNS)
+_WRITE_ARGS = 7 + 2 * len(COLUMNS)  # verb, script, numkeys, 2 keys, node, ttl, the fields
+
+
+def write_once_command(record: Cdr, script: str, verb: str = "EVALSHA") -> bytes:
+    """The RESP bytes of `evalsha_command(script, *write_args(record))` (or EVAL with the
+    script's text), built with the field names and constants encoded once at import: the one
+    command every ended call sends from a SIP worker (issue 18)."""
+    values = (record.call_id, record.from_tag, record.caller, record.callee, record.tenant,
+              record.trunk, record.vip, record.setup_node, record.end_node,
+              str(record.invite_ms), str(record.answer_ms), str(record.end_ms),
+              str(record.duration_s), str(record.code), record.reason.value)  # fmt: skip
+    parts = [b"*%d\r\n" % _WRITE_ARGS, _bulk(verb.encode()), _bulk(script.encode()), b"$1\r\n2\r\n",
+             _bulk(once_key(record.call_id, record.from_tag).encode()), _STREAM_BULK,
+             _bulk(record.end_node.encode()), _TTL_BULK]  # fmt: skip
+    for head, value in zip(_FIELD_BULKS, values, strict=True):
+        data = value.encode()
+        parts.append(head)
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)

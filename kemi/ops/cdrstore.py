@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import datetime
 import enum
+import hashlib
 import json
 import os
 import time
@@ -30,7 +31,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from kemi.core.cdr import COLUMNS, STREAM, WRITE_ONCE_LUA, Cdr, evalsha_command, write_args
+from kemi.core.cdr import COLUMNS, STREAM, WRITE_ONCE_LUA, Cdr, write_once_command
+from kemi.ops.resp import RespClient, RespError
+
+WRITE_ONCE_SHA = hashlib.sha1(WRITE_ONCE_LUA.encode()).hexdigest()  # what EVALSHA names it
+STORE_ERRORS = (RespError, OSError, redis.RedisError)  # a write that did not happen
 
 
 class Written(enum.Enum):
@@ -64,9 +69,6 @@ def read_password(path: str | Path | None) -> str | None:
     return Path(path).read_text().strip() or None
 
 
-NOSCRIPT = object()
-
-
 def client(address: RedisAddress, timeout: float, password: str | None = None) -> redis.Redis:
     """No retries: redis-py 8 retries a failed command 3 times with backoff by default
     (measured: 3.2 s for a refused connection), which would hold a SIP worker that long."""
@@ -82,6 +84,25 @@ def client(address: RedisAddress, timeout: float, password: str | None = None) -
     )
 
 
+class WriteOnceClient:
+    """WRITE_ONCE_LUA over kemi.ops.resp (not redis-py: ~200 us of a SIP worker's CPU per
+    record, issue 18): EVALSHA, and EVAL of the script's text on a Redis that does not have it
+    yet (a restart, a new master: EVAL caches it for the next EVALSHA)."""
+
+    def __init__(self, address: RedisAddress, timeout: float, password: str | None = None) -> None:
+        self.resp = RespClient(address.host, address.port, address.db, password, timeout)
+
+    def write_once(self, record: Cdr) -> bool:
+        """True: written; False: the call's marker was there (a duplicate)."""
+        try:
+            reply = self.resp.call(write_once_command(record, WRITE_ONCE_SHA))
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            reply = self.resp.call(write_once_command(record, WRITE_ONCE_LUA, "EVAL"))
+        return reply is not None
+
+
 class RedisCdrStore:
     def __init__(
         self,
@@ -93,47 +114,27 @@ class RedisCdrStore:
         clock: Callable[[], float] = time.monotonic,
         password: str | None = None,
     ) -> None:
+        """`make_client()`: an object with `write_once(record) -> bool` (WriteOnceClient)."""
         self.address = address
         self.spool_dir = spool_dir
         self.timeout = timeout
         self.pause_s = pause_s
-        self._make_client = make_client or (lambda: client(address, timeout, password))
+        self._make_client = make_client or (
+            lambda: WriteOnceClient(self.address, timeout, password)
+        )
         self._clock = clock
         self._pid = -1
         self._client: Any = None
-        self._script: Any = None
         self._paused_until = 0.0
         self._seq = 0
         self.last_error = ""
 
-    def _redis(self) -> Any:
+    def _send(self, cdr: Cdr) -> bool:
+        """True: written; False: a duplicate. Raises on any Redis or socket failure."""
         if self._pid != os.getpid():  # never a connection inherited over fork
             self._pid = os.getpid()
             self._client = self._make_client()
-            self._script = self._client.register_script(WRITE_ONCE_LUA)
-        return self._client
-
-    def _send(self, cdr: Cdr) -> bool:
-        """True: written; False: a duplicate. Raises on any Redis or socket failure."""
-        client_ = self._redis()
-        keys, argv = write_args(cdr)
-        pool = getattr(client_, "connection_pool", None)
-        if pool is None:  # not a redis-py client (tests' fakes): its own call
-            return self._script(keys=keys, args=argv) is not None
-        # The command packed in one pass (kemi.core.cdr.evalsha_command) on a pooled connection;
-        # the first use on a Redis without the script (NOSCRIPT) goes through redis-py's
-        # Script, which loads it.
-        conn = pool.get_connection("EVALSHA")
-        try:
-            conn.send_packed_command([evalsha_command(self._script.sha, keys, argv)])
-            reply = conn.read_response()
-        except redis.exceptions.NoScriptError:
-            reply = NOSCRIPT
-        finally:
-            pool.release(conn)
-        if reply is NOSCRIPT:
-            return self._script(keys=keys, args=argv) is not None
-        return reply is not None
+        return bool(self._client.write_once(cdr))
 
     def available(self) -> bool:
         return self._clock() >= self._paused_until
@@ -142,7 +143,7 @@ class RedisCdrStore:
         if self.available():
             try:
                 return Written.WRITTEN if self._send(cdr) else Written.DUPLICATE
-            except (redis.RedisError, OSError) as exc:
+            except STORE_ERRORS as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._paused_until = self._clock() + self.pause_s
         else:
@@ -183,7 +184,7 @@ class RedisCdrStore:
                 continue
             try:
                 self._send(cdr)
-            except (redis.RedisError, OSError) as exc:
+            except STORE_ERRORS as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._paused_until = self._clock() + self.pause_s
                 break

@@ -97,8 +97,9 @@ class CallRecords:
         if label in ("spooled", "lost"):
             log.error("cdr %s for %s (reason %s): %s", label, record.call_id,
                       record.reason.value, getattr(self.writer, "last_error", ""))  # fmt: skip
-        else:
-            log.info("cdr %s reason=%s code=%d", label, record.reason.value, record.code)
+        elif log.isEnabledFor(logging.INFO):  # every call: straight to Kamailio's log (issue 18)
+            self.ksr.info(f"kemi-ha: cdr {label} reason={record.reason.value} "
+                          f"code={record.code}\n")  # fmt: skip
 
     def setup_facts(self) -> SetupFacts | None:
         return SetupFacts.decode(self.pv.text(DLG_SETUP))

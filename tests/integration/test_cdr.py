@@ -155,6 +155,11 @@ def test_store_writes_a_call_once_and_spools_fast_when_redis_is_down(
     assert up.write(record) is Written.WRITTEN
     assert up.write(record) is Written.DUPLICATE
     assert len(cdrs(stack, "cdr-store-once")) == 1
+    stack.redis_client().script_flush()  # a restarted or new master: EVALSHA gets NOSCRIPT
+    flushed = dataclasses.replace(record, call_id="cdr-store-noscript")
+    assert up.write(flushed) is Written.WRITTEN  # EVAL of the text, which caches it again
+    assert up.write(flushed) is Written.DUPLICATE
+    assert len(cdrs(stack, "cdr-store-noscript")) == 1
     down = RedisCdrStore(RedisAddress("127.0.0.2", stack.config.redis_port), tmp_path / "down")
     again = dataclasses.replace(record, call_id="cdr-store-spooled")
     start = time.perf_counter()

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from kemi.core import cdr
 from kemi.core.cdr import Cdr, EndReason, SetupFacts, SweepFacts
@@ -276,26 +275,22 @@ def test_sweep_does_nothing_when_no_timer_is_set() -> None:
 
 
 class FakeRedis:
-    """register_script() like redis-py; the script does what WRITE_ONCE_LUA does."""
+    """WriteOnceClient's write_once(); does what WRITE_ONCE_LUA does."""
 
     def __init__(self) -> None:
         self.down = False
         self.markers: set[str] = set()
         self.stream: list[dict[str, str]] = []
 
-    def register_script(self, text: str) -> Any:
-        assert text == cdr.WRITE_ONCE_LUA
-
-        def run(keys: list[str], args: list[str]) -> str | None:
-            if self.down:
-                raise redis.ConnectionError("Timeout connecting to server")
-            if keys[0] in self.markers:
-                return None
-            self.markers.add(keys[0])
-            self.stream.append(dict(zip(args[2::2], args[3::2], strict=True)))
-            return f"{len(self.stream)}-0"
-
-        return run
+    def write_once(self, record: Cdr) -> bool:
+        if self.down:
+            raise ConnectionRefusedError("Connection refused")
+        keys, args = cdr.write_args(record)
+        if keys[0] in self.markers:
+            return False
+        self.markers.add(keys[0])
+        self.stream.append(dict(zip(args[2::2], args[3::2], strict=True)))
+        return True
 
 
 def record(call_id: str) -> Cdr:
@@ -310,7 +305,7 @@ def test_store_writes_once_spools_when_down_and_drains_in_order(tmp_path: Path) 
     assert store.write(record("a")) is Written.DUPLICATE
     fake.down = True
     assert store.write(record("b")) is Written.SPOOLED
-    assert "ConnectionError" in store.last_error
+    assert "ConnectionRefusedError" in store.last_error
     fake.down = False
     assert store.write(record("c")) is Written.SPOOLED  # paused: no Redis try for 5 s
     assert store.drain() == (0, 2)
@@ -474,3 +469,16 @@ def test_evalsha_command_is_what_redis_py_sends() -> None:
     argv = ["node1", "86400", "caller", "Jürgen <sip:+4930@x>", "empty", ""]
     packed = b"".join(Connection().pack_command("EVALSHA", "f" * 40, 2, *keys, *argv))
     assert evalsha_command("f" * 40, keys, argv) == packed
+
+
+def test_write_once_command_is_evalsha_of_write_args() -> None:
+    """The prebuilt packer gives the bytes of the generic one for the same record (non-ASCII
+    and empty values included), and EVAL carries the script's text in the SHA's place."""
+    from kemi.core.cdr import evalsha_command, write_once_command
+
+    odd = dataclasses.replace(record("ä-call"), caller="Jürgen <sip:+4930@x>", trunk="")
+    for rec in (record("a"), odd):
+        keys, argv = cdr.write_args(rec)
+        assert write_once_command(rec, "f" * 40) == evalsha_command("f" * 40, keys, argv)
+    eval_bytes = write_once_command(odd, cdr.WRITE_ONCE_LUA, "EVAL")
+    assert eval_bytes.startswith(b"*37\r\n$4\r\nEVAL\r\n$%d\r\n" % len(cdr.WRITE_ONCE_LUA))
