@@ -78,6 +78,30 @@ class SetupFacts:
 
 _SETUP_FIELDS = tuple(f.name for f in fields(SetupFacts))
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call
+
+
+class SetupTemplate:
+    """`SetupFacts.encode()` with every field but caller, callee and the INVITE's time encoded
+    once (they depend on the call's tenant, trunk, VIP and node only): built with an INVITE's
+    plan (kemi.core.plan), two string escapes and one format per call. Byte-equal to encode()."""
+
+    __slots__ = ("head", "max_duration", "middle", "tail")
+
+    def __init__(self, tenant: str, trunk: str, vip: str, node: str, media_timeout: int,
+                 max_duration: int) -> None:  # fmt: skip
+        enc = _COMPACT.encode
+        self.head = '{"caller":'
+        self.middle = (f',"tenant":{enc(tenant)},"trunk":{enc(trunk)},"vip":{enc(vip)},'
+                       f'"node":{enc(node)},"invite_ms":')  # fmt: skip
+        self.tail = f',"media_timeout":{media_timeout},"max_duration":{max_duration}}}'
+        self.max_duration = max_duration
+
+    def encode(self, caller: str, callee: str, invite_ms: int) -> str:
+        enc = _ESCAPE
+        return f'{self.head}{enc(caller)},"callee":{enc(callee)}{self.middle}{invite_ms}{self.tail}'
+
+
+_ESCAPE = json.encoder.encode_basestring_ascii  # what _COMPACT.encode does with a str (C)
 _INT_FIELDS = frozenset({"invite_ms", "media_timeout", "max_duration"})
 
 

@@ -87,6 +87,17 @@ def contact_fix(nat: Nat, nated: bool, transport: str) -> ContactFix:
     return ContactFix.NONE
 
 
+# The rules above as tables, derived from them at import, for the hot path (a dict lookup
+# where a Kamailio worker would pay a Python call per message: issue 18).
+BY_ENCODED = _MODES  # Nat.encoded -> Nat (decode() without the call)
+BEHIND_NAT = {(m, d): behind_nat(Nat(m), d) for m in MODES for d in (False, True)}
+CONTACT_FIX = {
+    (contact, nated, connection): contact_fix(Nat("never", contact), nated,
+                                              "tcp" if connection else "udp")
+    for contact in CONTACT_FIXES for nated in (False, True) for connection in (False, True)
+}  # fmt: skip
+
+
 def with_nat_flags(flags: str) -> str:
     """Rule 4: `flags` (a VIP's and tenant's) with NAT_MEDIA_FLAGS, none twice. At load time."""
     words = flags.split()

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from kemi.core import cdr
-from kemi.core.cdr import Cdr, EndReason, SetupFacts, SweepFacts
+from kemi.core.cdr import Cdr, EndReason, SetupFacts, SetupTemplate, SweepFacts
 from kemi.core.decide import Admit, Reject
 from kemi.core.policy import Policy
 from kemi.core.takeover import DLG_CONFIRMED, rpc_command
@@ -125,6 +125,15 @@ class CallRecords:
             media_timeout=timers.media_timeout,
             max_duration=timers.max_duration,
         )
+
+    def dialog_planned(self, setup: SetupTemplate, callee: str) -> None:
+        """dialog_created for a planned INVITE (kemi.core.plan): the same dialog variable, its
+        constant fields encoded once per plan."""
+        ksr, pv = self.ksr, self.pv
+        caller = f"{pv.text('$fU')}@{pv.text('$fd')}"
+        ksr.pv.sets(DLG_SETUP, setup.encode(caller, callee, self.clock_ms()))
+        if setup.max_duration:
+            ksr.dialog.dlg_set_timeout(setup.max_duration + MAX_DURATION_BACKSTOP_S)
 
     def dialog_created(self, policy: Policy, decision: Admit, callee: str | None = None) -> None:
         """After dlg_manage: the facts the node that ends the call needs, and the backstop."""

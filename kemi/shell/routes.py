@@ -50,13 +50,15 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from time import perf_counter
 from typing import Any, Literal
 
 from kemi.core import decide, dispatch, floods, nat, takeover
 from kemi.core.decide import Admit, InviteFacts, Reject
 from kemi.core.nat import Nat
 from kemi.core.numbers import header_action, rewrite_header
-from kemi.core.policy import FloodGuard, GatewaySet, Limit, Policy, Vip
+from kemi.core.plan import InvitePlan, PlanCache, plan_invite
+from kemi.core.policy import FloodGuard, GatewaySet, Policy, Vip
 from kemi.core.sdp import sdp_refusal
 from kemi.shell import metrics
 from kemi.shell.hygiene import CallRecords
@@ -93,9 +95,11 @@ DLG_NAT = "$dlg_var(kha_nat)"  # the call's NAT handling (Nat.encoded); unset: o
 DLG_NAT_FLAGS = "$dlg_var(kha_nmflags)"  # media flags for a sender behind NAT
 AVP_NAT = "$avp(kha_nat)"  # the same two for MANAGE_REPLY of this transaction
 AVP_NAT_FLAGS = "$avp(kha_nmflags)"
+NAT_PVS = (DLG_NAT, AVP_NAT, DLG_NAT_FLAGS, AVP_NAT_FLAGS)  # in the order route_invite sets them
 DLG_GATEWAY = "$dlg_var(kha_dst)"  # the gateway a dispatched INVITE's branch went to
 RPC_CODE = "$jsonrpl(code)"
-SEND_SOCKETS_MAX = 64  # (VIP, transport) -> listen socket text: a handful per node
+SEND_SOCKETS_MAX = 4096  # (VIP, next hop) -> listen socket text: next hops seen lately
+EXEMPT_CACHE_MAX = 4096  # sources whose flood exemption is kept
 # $rm as Kamailio's method tests see it: it parses the name without case (parse_method_name)
 METHODS = {m: m for m in ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO", "PRACK",
                           "NOTIFY", "REFER", "KDMQ", "REGISTER", "SUBSCRIBE", "MESSAGE",
@@ -173,7 +177,11 @@ class Router:
         self.policies = policies
         self._policy = policies.current
         self.calls = calls  # CDRs, dead and overlong calls (kemi.shell.hygiene); None: off
-        self.send_sockets: dict[tuple[str, str], str] = {}  # (VIP, transport) -> socket text
+        self.send_sockets: dict[tuple[str, str], str | None] = {}  # (VIP, next hop) -> socket
+        self.plans = PlanCache()  # initial INVITEs' plans (kemi.core.plan), per policy
+        self.exempt: dict[str, bool] = {}  # flood exemption per source, for self.exempt_policy
+        self.exempt_policy: Policy | None = None
+        self.observe_route = metrics.REQUEST_ROUTE_SECONDS.observe
 
     def child_init(self, rank: int) -> int:
         metrics.after_fork()  # this process counts into its own metrics file
@@ -182,26 +190,39 @@ class Router:
     # ----- request_route -------------------------------------------------------------
 
     def ksr_request_route(self, msg: Any) -> int:
-        start = time.perf_counter()
+        start = perf_counter()
         try:
-            return self.route_request(msg)
-        finally:
-            metrics.REQUEST_ROUTE_SECONDS.observe(time.perf_counter() - start)
+            self.route_request(msg)
+        except Exception as exc:  # what guarded() does, without its frame on every request
+            self.on_exception("request", exc)
+        self.observe_route(perf_counter() - start)
+        return 1
 
-    @guarded("request")
     def route_request(self, msg: Any) -> int:
         ksr = self.ksr
         policy = self._policy()
-        method = request_method(self.pv.text("$rm"))
+        method = self.pv.text("$rm")
+        method = METHODS.get(method) or request_method(method)
         if method == "KDMQ":
             self.route_kdmq(policy)
             return 1
         source = ""
         if policy.floods.enabled:
             source = self.pv.text("$si")
-            if not self.route_floods(policy.floods, source):
+            if policy is not self.exempt_policy:
+                self.exempt_policy, self.exempt = policy, {}
+            exempt = self.exempt.get(source)
+            if exempt is None:
+                exempt = self.remember_exempt(policy.floods, source)
+            if not exempt and not self.route_floods(policy.floods, source):
                 return 1
-        if not self.route_reqinit():
+        # REQINIT
+        if not ksr.maxfwd.process_maxfwd(MAX_FORWARDS) > 0:
+            ksr.sl.sl_send_reply(483, "Too Many Hops")
+            return 1
+        if not ksr.sanity.sanity_check(SANITY_MFLAGS, SANITY_UFLAGS) > 0:
+            log.warning("malformed request from %s:%s dropped", self.pv.text("$si"),
+                        self.pv.text("$sp"))  # fmt: skip
             return 1
         ksr.force_rport()  # NATDETECT: replies go where the request came from (RFC 3581)
         if method == "CANCEL":
@@ -227,6 +248,14 @@ class Router:
         self.route_invite(policy, source)
         return 1
 
+    def remember_exempt(self, guard: FloodGuard, source: str) -> bool:
+        """Is `source` exempt from the flood checks (kept per source for this policy)."""
+        exempt = floods.is_exempt(guard, source)
+        if len(self.exempt) >= EXEMPT_CACHE_MAX:
+            self.exempt = {}
+        self.exempt[source] = exempt
+        return exempt
+
     def route_kdmq(self, policy: Policy) -> None:
         """KDMQ first: only configured peers may touch replicated dialog state; others get 403."""
         ksr = self.ksr
@@ -247,11 +276,9 @@ class Router:
         ksr.sl.sl_send_reply(403, "Forbidden")
 
     def route_floods(self, guard: FloodGuard, source: str) -> bool:
-        """FLOODS: exempt sources pass untouched; a banned source, a scanner or a source over
+        """FLOODS for a source that is not exempt: a banned source, a scanner or a source over
         its rate is dropped without an answer (kemi.core.floods gives the order). A ban is set
         in kha_ban, which DMQ replicates: every node drops the source from then on."""
-        if floods.is_exempt(guard, source):
-            return True
         ksr = self.ksr
         now = time.time()
         if floods.ban_active(ksr.htable.sht_get(floods.BAN_TABLE, source), now):
@@ -280,18 +307,6 @@ class Router:
             log.warning("source %s banned for %d s: %s", source, seconds, reason)
         else:
             log.error("could not ban source %s (%s): rc %s", source, reason, rc)
-
-    def route_reqinit(self) -> bool:
-        """REQINIT: hop limit (483) and well-formedness (sanity answers 400 itself)."""
-        ksr = self.ksr
-        if not ksr.maxfwd.process_maxfwd(MAX_FORWARDS) > 0:
-            ksr.sl.sl_send_reply(483, "Too Many Hops")
-            return False
-        if not ksr.sanity.sanity_check(SANITY_MFLAGS, SANITY_UFLAGS) > 0:
-            log.warning("malformed request from %s:%s dropped", self.pv.text("$si"),
-                        self.pv.text("$sp"))  # fmt: skip
-            return False
-        return True
 
     def route_cancel(self, policy: Policy) -> None:
         """CANCEL: relayed statefully to the branches of its INVITE; failure route cleans up
@@ -330,7 +345,7 @@ class Router:
         # Only a DMQ copy can still be early at its ACK (the 2xx passed another node).
         if method == "ACK" and self.dmq and takeover.ack_confirms(self.pv.number(DLG_STATE)):
             self.confirm_dialog()
-        call_nat = nat.decode(self.pv.text(DLG_NAT))
+        call_nat = nat.BY_ENCODED.get(self.pv.text(DLG_NAT), nat.NAT_OFF)
         nated = self.route_natmanage(call_nat, nat.REQUEST_TESTS)
         local = self.pv.text("$Ri")
         vip = policy.vip_by_address.get(local)
@@ -365,7 +380,10 @@ class Router:
             # late offer: the SDP answer is in the ACK
             self.rtp_command(vip, "answer", ksr.rtpengine.rtpengine_answer,
                              self.dialog_media_flags(vip, nated))  # fmt: skip
-        self.route_dlguri()
+        # DLGURI: an R-URI carrying our Contact alias goes back to the address, port and
+        # transport (connection) its owner used; a destination already set stays.
+        if not ksr.isdsturiset() > 0:
+            ksr.nathelper.handle_ruri_alias()
         self.route_relay(local, in_dialog=True)
 
     def keep_nat_for_replies(self, call_nat: Nat) -> None:
@@ -379,9 +397,10 @@ class Router:
         """NATMANAGE for the sender of this message (kemi.core.nat): is it behind NAT (asks
         nathelper only in `detect` mode), and its Contact fixed when it is the first hop."""
         ksr = self.ksr
-        detected = call_nat.needs_test and ksr.nathelper.nat_uac_test(tests) > 0
-        nated = nat.behind_nat(call_nat, detected)
-        fix = nat.contact_fix(call_nat, nated, self.pv.text("$pr"))
+        mode = call_nat.mode  # nat.behind_nat and nat.contact_fix, as their tables
+        nated = nat.BEHIND_NAT[mode, mode == "detect" and ksr.nathelper.nat_uac_test(tests) > 0]
+        connection = self.pv.text("$pr") in nat.CONNECTION_TRANSPORTS
+        fix = nat.CONTACT_FIX[call_nat.contact, nated, connection]
         if fix is not nat.ContactFix.NONE and ok(ksr.siputils.is_first_hop()):
             if fix is nat.ContactFix.ALIAS:
                 done = ksr.nathelper.set_contact_alias()
@@ -392,40 +411,41 @@ class Router:
                           self.pv.text("$si"))  # fmt: skip
         return nated
 
-    def route_dlguri(self) -> None:
-        """DLGURI: a Request-URI carrying our Contact alias goes back to the address, port
-        and transport (connection) its owner used; a destination already set stays."""
-        ksr = self.ksr
-        if not ksr.isdsturiset() > 0:
-            ksr.nathelper.handle_ruri_alias()
-
     def route_invite(self, policy: Policy, source: str) -> None:
         """Initial INVITE: decide, then media first (nothing to undo if it fails), dialog, RR.
 
-        Nothing is written that reads back as its default: the media flags when they are the
-        VIP's (MANAGE_REPLY and WITHINDLG fall back to the VIP's), the failover index 0; the
-        rtpengine set is selected only before an rtpengine command."""
+        The decision and what it writes come from the INVITE's plan (kemi.core.plan: computed
+        once per VIP, source and R-URI for this policy). Nothing is written that reads back as
+        its default: the media flags when they are the VIP's (MANAGE_REPLY and WITHINDLG fall
+        back to the VIP's), the failover index 0; the rtpengine set is selected only before an
+        rtpengine command."""
         ksr = self.ksr
         pv = self.pv
         local = pv.text("$Ri")
-        facts = InviteFacts(
-            local_address=local,
-            source=source or pv.text("$si"),
-            ruri_user=pv.text("$rU"),
-            ruri_domain=pv.text("$rd"),
-        )
-        if isinstance(facts.ruri_user, Garbled) or isinstance(facts.ruri_domain, Garbled):
+        ruri_user, ruri_domain = pv.text("$rU"), pv.text("$rd")
+        if isinstance(ruri_user, Garbled) or isinstance(ruri_domain, Garbled):
             # RFC 3261 25.1: a SIP URI holds ASCII (escaped otherwise); these bytes are not UTF-8.
             self.send_reject(Reject(400, "Bad Request-URI", why="ruri_bytes"), local)
             return
-        decision = decide.decide_invite(policy, facts)
-        if isinstance(decision, Reject):
-            self.send_reject(decision, local)
+        key = (local, source or pv.text("$si"), ruri_user, ruri_domain)
+        plan = self.plans.get(policy, key)
+        if plan is None:
+            plan = self.plans.add(key, plan_invite(policy, InviteFacts(*key), self.node_address,
+                                                   self.ports, NAT_PVS))  # fmt: skip
+        if isinstance(plan, Reject):
+            self.send_reject(plan, local)
             return
-        vip = decision.vip
-        limits = decision.limits
-        callee = f"{facts.ruri_user}@{facts.ruri_domain}"  # $rU@$rd for the call record
-        refused = decide.over_limit(limits, [self.channel_count(limit) for limit in limits])
+        decision = plan.decision
+        vip = plan.vip
+        callee = f"{ruri_user}@{ruri_domain}"  # $rU@$rd for the call record
+        counts = []
+        for check in plan.checks:
+            if check.key is None:
+                ksr.dialog.get_profile_size_static(check.profile, PV_PROFILE_SIZE)
+            else:
+                ksr.dialog.get_profile_size(check.profile, check.key, PV_PROFILE_SIZE)
+            counts.append(pv.number(PV_PROFILE_SIZE))
+        refused = decide.over_limit(decision.limits, counts)
         if refused is not None:
             metrics.LIMIT_REJECTIONS.labels(refused.why.removeprefix("limit_"),
                                             self.limit_key(decision, refused)).inc()  # fmt: skip
@@ -444,11 +464,13 @@ class Router:
             level = found
             if gateways.timeout_ms:
                 ksr.tm.t_set_fr(0, gateways.timeout_ms)  # this transaction's branches only
-        if decision.ruri_user != facts.ruri_user:
-            callee = f"{decision.ruri_user}@{facts.ruri_domain}"
-        self.route_rewrite(decision, facts.ruri_user)
+        # REWRITE
+        if plan.ruri_user is not None:
+            callee = plan.callee
+            ksr.pv.sets("$rU", plan.ruri_user)
+        if decision.identity:
+            self.route_identity(decision)
         nated = self.route_natmanage(decision.nat, nat.REQUEST_TESTS)
-        flags = decision.flags_for(nated)
         late = not ksr.textops.has_body_type(SDP) > 0
         if late:
             ksr.pv.seti(AVP_LATE, 1)  # late offer: the 2xx carries it, the ACK the answer
@@ -458,6 +480,7 @@ class Router:
                 self.send_reject(refused, vip.address)
                 self.record_refusal(policy, decision, refused, callee)
                 return
+            flags = decision.nat_media_flags if nated else decision.media_flags
             if not self.rtp_command(vip, "offer", ksr.rtpengine.rtpengine_offer, flags):
                 log.error("rtpengine set %d (VIP %s) refused the offer", vip.set_id, vip.address)
                 ksr.rtpengine.rtpengine_delete0()  # whatever half a session it kept
@@ -467,42 +490,48 @@ class Router:
                 return
         ksr.dialog.dlg_manage()
         if self.calls is not None:
-            self.calls.dialog_created(policy, decision, callee)
+            self.calls.dialog_planned(plan.setup, callee)
         self.count_channel(decision)
         ksr.rr.record_route()
-        plain_flags = decision.media_flags != vip.media_flags
-        if plain_flags:
-            ksr.pv.sets(DLG_MEDIA_FLAGS, decision.media_flags)
-        if decision.nat.enabled:
-            for name, value in ((DLG_NAT, decision.nat.encoded), (AVP_NAT, decision.nat.encoded),
-                                (DLG_NAT_FLAGS, decision.nat_media_flags),
-                                (AVP_NAT_FLAGS, decision.nat_media_flags)):  # fmt: skip
-                ksr.pv.sets(name, value)
+        if plan.dialog_flags is not None:
+            ksr.pv.sets(DLG_MEDIA_FLAGS, plan.dialog_flags)
+        for name, value in plan.nat_values:
+            ksr.pv.sets(name, value)
         if late:
             ksr.pv.sets(DLG_LATE, "1")
-        profiles = takeover.profile_entries(
-            decision.tenant.name if decision.tenant else None,
-            decision.trunk.name if decision.trunk else None,
-        )
-        if profiles:
-            ksr.pv.sets(DLG_PROFILES, profiles)
-        if plain_flags:
-            ksr.pv.sets(AVP_MEDIA_FLAGS, decision.media_flags)
+        if plan.profiles:
+            ksr.pv.sets(DLG_PROFILES, plan.profiles)
+        if plan.dialog_flags is not None:
+            ksr.pv.sets(AVP_MEDIA_FLAGS, plan.dialog_flags)
         ksr.pv.sets(AVP_VIP, vip.address)  # its final result is counted once (count_final)
-        next_hop = None
         if gateways is not None:  # dispatcher set $du and keeps the set's other gateways
             ksr.pv.sets(AVP_GATEWAYS, gateways.name)
             if level:
                 ksr.pv.seti(AVP_LEVEL, level)
+            ksr.tm.t_on_branch(MANAGE_BRANCH)  # keeps each branch's gateway in the dialog
+            ksr.tm.t_on_reply(MANAGE_REPLY)
+            ksr.tm.t_on_failure(MANAGE_FAILURE)
+            relayed = self.route_relay(local)
         else:
-            next_hop = decision.route.destinations[0]
-            ksr.pv.sets(AVP_DESTINATIONS, " ".join(decision.route.destinations))
-            ksr.setdsturi(next_hop)  # AVP_TRIED unset: destination 0 tried
-        self.arm_transaction(dispatched=gateways is not None)
-        if not self.route_relay(local, next_hop):
+            ksr.pv.sets(AVP_DESTINATIONS, plan.destinations)
+            ksr.setdsturi(plan.first_hop)  # AVP_TRIED unset: destination 0 tried
+            ksr.tm.t_on_reply(MANAGE_REPLY)
+            ksr.tm.t_on_failure(MANAGE_FAILURE)
+            relayed = self.relay_planned(plan)
+        if not relayed:
             metrics.INVITES.labels(vip.address, "5xx").inc()
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
             self.record_failure(500, cancelled=False)
+
+    def relay_planned(self, plan: InvitePlan) -> bool:
+        """RELAY of a planned INVITE to its first destination, from the plan's socket."""
+        ksr = self.ksr
+        if plan.socket is not None:
+            ksr.corex.set_send_socket(plan.socket)
+        if ksr.tm.t_relay() > 0:
+            return True
+        ksr.sl.sl_reply_error()
+        return False
 
     def route_dispatch(self, gateways: GatewaySet, after: int = -1) -> int | None:
         """DISPATCH: the first priority (after index `after`) with a gateway up; dispatcher
@@ -513,14 +542,10 @@ class Router:
                 return index
         return None
 
-    def route_rewrite(self, decision: Admit, ruri_user: str) -> None:
-        """REWRITE: the R-URI user the trunk's and route's rewrites decided; identity headers
-        removed or normalised (the first header of each name, every entry of its list)."""
+    def route_identity(self, decision: Admit) -> None:
+        """REWRITE of the identity headers: removed or normalised (the first header of each
+        name, every entry of its list)."""
         ksr = self.ksr
-        if decision.ruri_user != ruri_user:
-            ksr.pv.sets("$rU", decision.ruri_user)
-        if not decision.identity:
-            return
         for key, name in IDENTITY_HEADERS:
             action = header_action(decision.identity, key)
             if action == "keep":
@@ -535,10 +560,6 @@ class Router:
             if new != value:
                 ksr.textops.remove_hf_idx(name, 0)
                 ksr.hdr.insert(f"{name}: {new}\r\n")
-
-    def channel_count(self, limit: Limit) -> int:
-        """Active calls counted by a limit, from its dialog profile (replicated between nodes)."""
-        return int(self.profile_size(limit.profile, None if limit.scope == "global" else limit.key))
 
     @staticmethod
     def limit_key(decision: Admit, refused: Reject) -> str:
@@ -588,20 +609,21 @@ class Router:
 
     def send_from_vip(self, next_hop: str, local: str) -> None:
         """Send from the VIP the message came in on (`local`), with the transport of
-        `next_hop` (the socket's text kept per VIP and transport: a handful per node)."""
-        transport = nat.uri_transport(next_hop)
-        socket = self.send_sockets.get((local, transport))
-        if socket is None:
-            socket = nat.send_socket(transport, local, self.ports)
-            if socket is None:
-                return
-            if len(self.send_sockets) < SEND_SOCKETS_MAX:
-                self.send_sockets[(local, transport)] = socket
-        self.ksr.corex.set_send_socket(socket)
+        `next_hop` (the socket's text kept per VIP and next hop: the hops seen lately)."""
+        key = (local, next_hop)
+        sockets = self.send_sockets
+        if key in sockets:
+            socket = sockets[key]
+        else:
+            socket = nat.send_socket(nat.uri_transport(next_hop), local, self.ports)
+            if len(sockets) >= SEND_SOCKETS_MAX:
+                self.send_sockets = sockets = {}
+            sockets[key] = socket
+        if socket is not None:
+            self.ksr.corex.set_send_socket(socket)
 
     # ----- replies, branches, failures -------------------------------------------------
 
-    @guarded("reply")
     def ksr_reply_route(self, msg: Any) -> int:
         """Every reply, before transaction matching. One of a transaction is left to
         MANAGE_REPLY (armed by its request): nothing to do here.
@@ -610,15 +632,21 @@ class Router:
         one we can vouch for passes (our own Via on top: core `check_via=1`, and a dialog this
         node knows, replicated ones included: the takeover of a dead node's calls needs it);
         any other is dropped, never reflected."""
+        try:
+            if self.ksr.tm.t_check_trans() > 0:
+                return 1
+            self.reply_without_transaction()
+        except Exception as exc:  # what guarded("reply") does, without its frame per reply
+            self.on_exception("reply", exc)
+        return 1
+
+    def reply_without_transaction(self) -> None:
         ksr = self.ksr
-        if ksr.tm.t_check_trans() > 0:
-            return 1
         if not ok(ksr.dialog.is_known_dlg()):
             log.info("stray %s reply from %s dropped", self.pv.text("$rs"), self.pv.text("$si"))
             ksr.set_drop()
-            return 1
+            return
         self.route_takeover_reply(self._policy())
-        return 1
 
     def route_takeover_reply(self, policy: Policy) -> None:
         """TAKEOVER_REPLY: a reply of a known dialog whose transaction died with another node
@@ -707,42 +735,46 @@ class Router:
         if not ok(ksr.forward()):
             log.error("stateless forward of an orphan %s failed", method)
 
-    @guarded("reply")
     def ksr_onreply_manage(self, msg: Any) -> int:
         """MANAGE_REPLY: the SDP of a 1xx/2xx goes to the VIP's rtpengine set: an answer to the
         request's offer, or the offer itself when the request had no SDP (late offer). The
         policy and the set are looked at only for a reply with SDP."""
-        ksr = self.ksr
-        status = ksr.pv.geti("$rs")
-        if 200 <= status < 300:
-            self.count_final(status)
-        if not 100 < status < 300:
+        try:
+            ksr = self.ksr
+            status = ksr.pv.geti("$rs")
+            if 200 <= status < 300:
+                self.count_final(status)
+            if not 100 < status < 300:
+                return 1
+            call_nat = nat.BY_ENCODED.get(self.pv.text(AVP_NAT), nat.NAT_OFF)
+            nated = self.route_natmanage(call_nat, nat.REPLY_TESTS)
+            if not ksr.textops.has_body_type(SDP) > 0:
+                return 1
+            policy = self._policy()
+            vip = policy.vip_by_address.get(self.pv.text("$Ri"))
+            if vip is None:
+                return 1
+            if sdp_refusal(self.pv.text("$rb"), policy.sdp_limits) is not None:
+                # Relayed as it is, its media would bypass the relay: drop it (the callee resends).
+                log.warning("reply %d with an SDP rtpengine must not see dropped", status)
+                ksr.set_drop()
+                return 1
+            flags = ((nated and self.pv.text(AVP_NAT_FLAGS)) or self.pv.text(AVP_MEDIA_FLAGS)
+                     or vip.media_flags)  # fmt: skip
+            if self.pv.text(AVP_LATE):
+                command, call = "offer", ksr.rtpengine.rtpengine_offer
+            else:
+                command, call = "answer", ksr.rtpengine.rtpengine_answer
+            if not self.rtp_command(vip, command, call, flags):
+                # Relayed unchanged, its SDP would send the media around the relay for the whole
+                # call: drop it; the callee retransmits a 2xx (and a reliable 1xx) until it passes,
+                # e.g. once a VIP's rtpengine is back after a takeover.
+                log.error("rtpengine %s failed on %d (set %d): reply dropped, the callee resends",
+                          command, status, vip.set_id)  # fmt: skip
+                ksr.set_drop()
             return 1
-        nated = self.route_natmanage(nat.decode(self.pv.text(AVP_NAT)), nat.REPLY_TESTS)
-        if not ksr.textops.has_body_type(SDP) > 0:
-            return 1
-        policy = self._policy()
-        vip = policy.vip_by_address.get(self.pv.text("$Ri"))
-        if vip is None:
-            return 1
-        if sdp_refusal(self.pv.text("$rb"), policy.sdp_limits) is not None:
-            # Relayed as it is, its media would bypass the relay: drop it (the callee resends).
-            log.warning("reply %d with an SDP rtpengine must not see dropped", status)
-            ksr.set_drop()
-            return 1
-        flags = ((nated and self.pv.text(AVP_NAT_FLAGS)) or self.pv.text(AVP_MEDIA_FLAGS)
-                 or vip.media_flags)  # fmt: skip
-        if self.pv.text(AVP_LATE):
-            command, call = "offer", ksr.rtpengine.rtpengine_offer
-        else:
-            command, call = "answer", ksr.rtpengine.rtpengine_answer
-        if not self.rtp_command(vip, command, call, flags):
-            # Relayed unchanged, its SDP would send the media around the relay for the whole
-            # call: drop it; the callee retransmits a 2xx (and a reliable 1xx) until it passes,
-            # e.g. once a VIP's rtpengine is back after a takeover.
-            log.error("rtpengine %s failed on %d (set %d): reply dropped, the callee resends",
-                      command, status, vip.set_id)  # fmt: skip
-            ksr.set_drop()
+        except Exception as exc:  # what guarded("reply") does, without its frame per reply
+            self.on_exception("reply", exc)
         return 1
 
     @guarded("branch")
@@ -822,12 +854,16 @@ class Router:
 
     # ----- call records and hygiene (kemi.shell.hygiene) ---------------------------------
 
-    @guarded("event")
     def ksr_dialog_event(self, msg: Any, evname: str = "") -> int:
         """The dialog module's event_callback: every state change (dialog:start, dialog:end,
-        dialog:failed, ...), with the dialog's context set."""
-        if self.calls is not None:
+        dialog:failed, ...), with the dialog's context set; the call records use the first
+        two (the others come twice per call: nothing is done for them)."""
+        if self.calls is None or (evname != "dialog:start" and evname != "dialog:end"):
+            return 1
+        try:
             self.calls.dialog_event(evname)
+        except Exception as exc:  # what guarded("event") does, without its frame per event
+            self.on_exception("event", exc)
         return 1
 
     @guarded("event")
