@@ -151,6 +151,27 @@ def test_initial_invite_offers_on_its_vip_set_then_relays_from_that_vip() -> Non
     assert ksr.replies() == []
 
 
+def test_the_same_invite_after_a_policy_swap_follows_the_new_policy() -> None:
+    """INVITE plans are kept per policy: the same VIP, source and R-URI planned under the old
+    policy are planned again under the new one (new flags, new destinations)."""
+    router, ksr = make()
+    router.ksr_request_route(None)
+    assert ksr.called("rtpengine.rtpengine_offer", "replace-origin ICE=remove")
+    router.policies.policy = parse_policy(
+        POLICY_TEXT.replace(
+            "media: {ice: remove, replace: [origin]}", "media: {ice: force}"
+        ).replace('["sip:gw1:5060", "sip:gw2:5060"]', '["sip:gw3:5070;transport=tcp"]')
+    )
+    ksr.calls.clear()
+    router.ksr_request_route(None)
+    assert ksr.called(
+        "rtpengine.rtpengine_offer", "replace-origin replace-session-connection ICE=force"
+    )
+    assert ksr.called("setdsturi", "sip:gw3:5070;transport=tcp")
+    assert ksr.called("corex.set_send_socket", "tcp:10.0.0.2:5060")
+    assert ksr.pvs[routes.AVP_DESTINATIONS] == "sip:gw3:5070;transport=tcp"
+
+
 def test_max_forwards_exhausted_gets_483_and_no_relay() -> None:
     router, ksr = make(**{"maxfwd.process_maxfwd": -1})
     router.ksr_request_route(None)
