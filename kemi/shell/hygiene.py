@@ -177,7 +177,7 @@ class CallRecords:
             self.ksr.pv.sets(DLG_ANSWER, str(self.clock_ms()))
 
     def dialog_ended(self) -> None:
-        facts = self.setup_facts()
+        facts = SetupFacts.decode(self.ksr.pv.get(DLG_SETUP) or "")  # ours: JSON, ASCII
         if facts is None:
             log.warning("dialog ended without call facts: no CDR (set up by an older version?)")
             return
@@ -187,7 +187,7 @@ class CallRecords:
             reason = cdr.bye_reason(self.pv.text("$ft"), from_tag)
         else:  # no BYE passed: the dialog module's timer (or an RPC) ended it
             reason = EndReason.DIALOG_TIMEOUT
-        answer = cdr.answer_from_var(self.pv.text(DLG_ANSWER))  # where the 200 passed
+        answer = cdr.answer_from_var(self.ksr.pv.get(DLG_ANSWER) or "")  # where the 200 passed
         if answer is None:  # a replicated copy: the dialog's start second
             answer = cdr.answer_time_ms("", self.pv.number("$dlg(start_ts)"))
         self.store(cdr.build_cdr(facts, call_id, from_tag, self.node, self.clock_ms(), reason,

@@ -40,7 +40,25 @@ ENTRIES = ["ksr_request_route", "ksr_reply_route", "ksr_onreply_manage", "ksr_br
 ANSWERS = {200, 400, 403, 404, 405, 422, 481, 483, 486, 488, 503}
 
 
+# Read without Pv.text's guard (kemi.shell.routes: Router.get): what Kamailio formats itself
+# (a peer picks its source address, never the bytes of $si) and what the routes wrote.
+FORMATTED: dict[str, st.SearchStrategy[Any]] = {
+    "$Ri": st.ip_addresses().map(str),
+    "$si": st.ip_addresses().map(str),
+    "$pr": st.sampled_from(["udp", "tcp", "tls", "ws", "wss", "sctp"]),
+    "$fs": st.one_of(st.none(), st.sampled_from(["udp:10.0.0.2:5060", "tls:[::1]:5061"])),
+    "$dlg_var(kha_nat)": st.one_of(st.none(), st.text(max_size=20),
+                                   st.sampled_from(["detect/alias", "always/rewrite"])),
+    "$avp(kha_nat)": st.one_of(st.none(), st.text(max_size=20)),
+    "$avp(kha_vip)": st.one_of(st.none(), st.text(max_size=20)),
+    "$var(kha_n)": st.one_of(st.none(), st.integers(0, 10**6)),
+}  # fmt: skip
+
+
 def pv_value(name: str) -> st.SearchStrategy[Any]:
+    formatted = FORMATTED.get(name)
+    if formatted is not None:
+        return st.one_of(formatted, st.sampled_from(PLAUSIBLE.get(name, ["10.0.0.2"])))
     return st.one_of(
         st.none(),
         st.binary(max_size=40),
