@@ -49,6 +49,7 @@ import json
 import logging
 import time
 import traceback
+from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from time import perf_counter
 from typing import Any, Literal
@@ -57,15 +58,16 @@ from kemi.core import decide, dispatch, floods, nat, takeover
 from kemi.core.decide import Admit, InviteFacts, Reject
 from kemi.core.nat import Nat
 from kemi.core.numbers import header_action, rewrite_header
-from kemi.core.plan import InvitePlan, PlanCache, plan_invite
+from kemi.core.plan import PlanCache, plan_invite
 from kemi.core.policy import FloodGuard, GatewaySet, Policy, Vip
 from kemi.core.sdp import sdp_refusal
 from kemi.shell import metrics
 from kemi.shell.hygiene import CallRecords
-from kemi.shell.policy_holder import PolicyHolder
+from kemi.shell.policy_holder import GEN_SHV, PolicyHolder
 from kemi.shell.pv import Garbled, Pv
 
 log = logging.getLogger("kemi.routes")
+ROUTE_SECONDS = metrics.REQUEST_ROUTE_SECONDS
 
 # KEMI callback names given to t_on_*: methods of Router, checked by a unit test.
 MANAGE_REPLY = "ksr_onreply_manage"
@@ -199,14 +201,28 @@ class Router:
             self.route_request(msg)
         except Exception as exc:  # what guarded() does, without its frame on every request
             self.on_exception("request", exc)
-        self.observe_route(perf_counter() - start)
+        seconds = perf_counter() - start
+        histogram = ROUTE_SECONDS  # its observe(), inline once the process's file is open
+        view = histogram.view
+        if view is None:
+            histogram.observe(seconds)
+        else:
+            view[histogram.slots[bisect_left(histogram.bounds, seconds)]] += 1
+            view[histogram.sum_slot] += seconds
         return 1
 
     def route_request(self, msg: Any) -> int:
         ksr = self.ksr
-        policy = self._policy()
-        method = self.pv.text("$rm")
-        method = METHODS.get(method) or request_method(method)
+        holder = self.policies  # holder.current(), inline: one read of the generation
+        generation = ksr.pvx.shv_get(GEN_SHV)
+        if generation != holder.generation:
+            holder.current()
+        policy = holder.policy
+        try:
+            method = self.get("$rm")
+        except UnicodeDecodeError:  # not UTF-8: Pv.text's Garbled text
+            method = self.pv.text("$rm")
+        method = METHODS.get(method) or request_method(method or "")
         if method == "KDMQ":
             self.route_kdmq(policy)
             return 1
@@ -345,7 +361,9 @@ class Router:
             if method != "ACK":
                 ksr.sl.sl_send_reply(481, "Call/Transaction Does Not Exist")
             return
-        metrics.INDIALOG.labels(method if method in INDIALOG_METHODS else "other").inc()
+        key = (method if method in INDIALOG_METHODS else "other",)
+        child = metrics.INDIALOG.children.get(key) or metrics.INDIALOG.labels(*key)
+        child.view[child.index] += 1  # .inc(), inline
         # Only a DMQ copy can still be early at its ACK (the 2xx passed another node).
         if method == "ACK" and self.dmq and takeover.ack_confirms(self.pv.number(DLG_STATE)):
             self.confirm_dialog()
@@ -495,7 +513,11 @@ class Router:
         ksr.dialog.dlg_manage()
         if self.calls is not None:
             self.calls.dialog_planned(plan.setup, callee)
-        self.count_channel(decision)
+        ksr.dialog.set_dlg_profile_static(PROFILE_GLOBAL)  # the call's channels
+        if decision.tenant is not None:
+            ksr.dialog.set_dlg_profile(PROFILE_TENANT, decision.tenant.name)
+        if decision.trunk is not None:
+            ksr.dialog.set_dlg_profile(PROFILE_TRUNK, decision.trunk.name)
         ksr.rr.record_route()
         if plan.dialog_flags is not None:
             ksr.pv.sets(DLG_MEDIA_FLAGS, plan.dialog_flags)
@@ -521,21 +543,15 @@ class Router:
             ksr.setdsturi(plan.first_hop)  # AVP_TRIED unset: destination 0 tried
             ksr.tm.t_on_reply(MANAGE_REPLY)
             ksr.tm.t_on_failure(MANAGE_FAILURE)
-            relayed = self.relay_planned(plan)
+            if plan.socket is not None:  # RELAY from the VIP, for the next hop's transport
+                ksr.corex.set_send_socket(plan.socket)
+            relayed = ksr.tm.t_relay() > 0
+            if not relayed:
+                ksr.sl.sl_reply_error()
         if not relayed:
             metrics.INVITES.labels(vip.address, "5xx").inc()
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
             self.record_failure(500, cancelled=False)
-
-    def relay_planned(self, plan: InvitePlan) -> bool:
-        """RELAY of a planned INVITE to its first destination, from the plan's socket."""
-        ksr = self.ksr
-        if plan.socket is not None:
-            ksr.corex.set_send_socket(plan.socket)
-        if ksr.tm.t_relay() > 0:
-            return True
-        ksr.sl.sl_reply_error()
-        return False
 
     def route_dispatch(self, gateways: GatewaySet, after: int = -1) -> int | None:
         """DISPATCH: the first priority (after index `after`) with a gateway up; dispatcher
@@ -572,14 +588,6 @@ class Router:
         if refused.why == "limit_trunk" and decision.trunk:
             return decision.trunk.name
         return "all"
-
-    def count_channel(self, decision: Admit) -> None:
-        ksr = self.ksr
-        ksr.dialog.set_dlg_profile_static(PROFILE_GLOBAL)
-        if decision.tenant is not None:
-            ksr.dialog.set_dlg_profile(PROFILE_TENANT, decision.tenant.name)
-        if decision.trunk is not None:
-            ksr.dialog.set_dlg_profile(PROFILE_TRUNK, decision.trunk.name)
 
     def send_reject(self, reject: Reject, vip: str) -> None:
         ksr = self.ksr
@@ -1026,7 +1034,9 @@ class Router:
             label = str(vip.set_id)
         else:
             label = "none"
-        metrics.RTPENGINE_CALLS.labels(label, command).inc()
+        child = (metrics.RTPENGINE_CALLS.children.get((label, command))
+                 or metrics.RTPENGINE_CALLS.labels(label, command))  # fmt: skip
+        child.view[child.index] += 1  # .inc(), inline
         if ok(call(*args)):
             return True
         metrics.RTPENGINE_ERRORS.labels(label, command).inc()
@@ -1039,7 +1049,9 @@ class Router:
         if not vip:
             return
         self.ksr.pv.unset(AVP_VIP)
-        metrics.INVITES.labels(vip, metrics.code_class(status)).inc()
+        key = (vip, metrics.CODE_CLASSES.get(status // 100, "other"))  # code_class(), inline
+        child = metrics.INVITES.children.get(key) or metrics.INVITES.labels(*key)
+        child.view[child.index] += 1  # .inc(), inline
 
     def dialog_media_flags(self, vip: Vip | None, nated: bool = False) -> str:
         """The flags chosen at the initial INVITE (tenant-specific), kept as dialog vars: for

@@ -774,7 +774,7 @@ NAT_POLICY = parse_policy(
 
 def make_nat(source: str = "192.0.2.9", **returns: Any) -> tuple[Router, FakeKSR]:
     router, ksr = make(**returns)
-    router._policy = lambda: NAT_POLICY
+    router.policies.policy = NAT_POLICY
     ksr.pvs["$si"] = source
     return router, ksr
 
