@@ -15,6 +15,7 @@ every stream.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from kemi.core.decide import Reject
 from kemi.core.policy import SdpLimits
@@ -38,11 +39,22 @@ def _connection_ok(value: str) -> bool:
     parts = value.split()
     if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
         return False
+    address = parts[2].split("/", 1)[0]
+    if parts[1] == "IP4":  # what ipaddress accepts as IPv4, without its Python per SDP
+        return _IPV4.fullmatch(address) is not None
     try:
-        address = ipaddress.ip_address(parts[2].split("/", 1)[0])
+        return ipaddress.ip_address(address).version == 6
     except ValueError:
         return False
-    return address.version == int(parts[1][2])
+
+
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+# A body whose lines are all <ASCII letter>=<value>, v= first, none blank (normalised to \n):
+# the common case, whose m= and c= lines alone need a look (issue 18: a worker pays for every
+# line of Python); any other body goes through the exact line-by-line checks.
+_PLAIN_SDP = re.compile(r"v=[^\n]*(?:\n[A-Za-z]=[^\n]*)*")
+_MEDIA_OR_CONNECTION = re.compile(r"^[mc]=.*$", re.MULTILINE)
 
 
 def sdp_refusal(body: str, limits: SdpLimits) -> Reject | None:
@@ -50,9 +62,21 @@ def sdp_refusal(body: str, limits: SdpLimits) -> Reject | None:
     if len(body) > limits.max_bytes:
         return _refuse("sdp_too_large")
     # RFC 4566: `v=` first, no blank line (trailing line ends are tolerated)
-    lines = body.replace("\r\n", "\n").rstrip("\n").split("\n")
+    text = body.replace("\r\n", "\n").rstrip("\n")
+    if _PLAIN_SDP.fullmatch(text) is None:
+        return refusal_by_lines(text.split("\n"), limits)
+    return _lines_refusal(_MEDIA_OR_CONNECTION.findall(text), limits)
+
+
+def refusal_by_lines(lines: list[str], limits: SdpLimits) -> Reject | None:
+    """sdp_refusal line by line, for any body (its fast path must give the same answer)."""
     if not lines[0].startswith("v=") or "" in lines:
         return _refuse("sdp_malformed")
+    return _lines_refusal(lines, limits)
+
+
+def _lines_refusal(lines: list[str], limits: SdpLimits) -> Reject | None:
+    """Every line <letter>=<value>; the streams (m=) and their connections (c=), in order."""
     streams = 0
     session_c = False
     stream_c = True  # every stream seen so far has a c= (or the session has one)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kemi.core.policy import SdpLimits
-from kemi.core.sdp import sdp_refusal
+from kemi.core.sdp import refusal_by_lines, sdp_refusal
 
 HEAD = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\n"
 AUDIO = "m=audio 4000 RTP/AVP 8\r\n"
@@ -54,3 +58,46 @@ def test_a_blank_line_is_malformed(where: str) -> None:
     refused = sdp_refusal(body, SdpLimits())
     assert refused is not None and refused.why == "sdp_malformed"
     assert sdp_refusal(good + media, SdpLimits()) is None
+
+
+# ----- the fast path (issue 18) answers what the line-by-line checks answer -----------------
+
+LINE = st.one_of(
+    st.sampled_from(["v=0", "o=- 1 1 IN IP4 192.0.2.1", "s=-", "t=0 0", "a=rtpmap:8 PCMA/8000",
+                     "m=audio 4000 RTP/AVP 8", "m=video 4002/2 RTP/AVP 96", "m=audio x RTP 8",
+                     "c=IN IP4 192.0.2.1", "c=IN IP4 192.0.2.1/127", "c=IN IP6 ::1",
+                     "c=IN IP4 01.2.3.4", "c=IN IP4 256.1.1.1", "c=IN IP6 192.0.2.1",
+                     "c=IN IP4 ::1", "é=x", "²=x", "=x", "x", "", "\r"]),
+    st.builds(lambda k, v: f"{k}={v}", st.sampled_from("mcvaboéZ1_"), st.text(max_size=24)),
+    st.text(max_size=20),
+)  # fmt: skip
+ADDRESS = st.one_of(
+    st.ip_addresses().map(str),
+    st.from_regex(r"[0-9]{1,4}(\.[0-9]{1,4}){0,4}", fullmatch=True),
+    st.text(max_size=15),
+).filter(lambda a: len(a.split()) == 1 and a == a.strip() and "/" not in a)
+
+
+@settings(max_examples=800, deadline=None)
+@given(lines=st.lists(LINE, max_size=12), sep=st.sampled_from(["\r\n", "\n"]),
+       tail=st.sampled_from(["", "\r\n", "\n\n"]))  # fmt: skip
+def test_fast_path_answers_what_the_line_by_line_checks_answer(
+    lines: list[str], sep: str, tail: str
+) -> None:
+    body = sep.join(lines) + tail
+    got = sdp_refusal(body, LIMITS)
+    if len(body) > LIMITS.max_bytes:
+        assert got is not None and got.why == "sdp_too_large"
+        return
+    text = body.replace("\r\n", "\n").rstrip("\n")
+    assert got == refusal_by_lines(text.split("\n"), LIMITS)
+
+
+@given(ADDRESS, st.sampled_from(["IP4", "IP6"]))
+def test_connection_address_check_is_ipaddress(address: str, family: str) -> None:
+    try:
+        expected = ipaddress.ip_address(address).version == int(family[2])
+    except ValueError:
+        expected = False
+    body = f"v=0\nc=IN {family} {address}\nm=audio 4000 RTP/AVP 8"
+    assert (sdp_refusal(body, LIMITS) is None) == expected
