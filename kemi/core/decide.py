@@ -147,8 +147,13 @@ def over_limit(limits: Sequence[Limit], counts: Sequence[int]) -> Reject | None:
     for one more call."""
     for limit, count in zip(limits, counts, strict=True):
         if count >= limit.max:
-            return Reject(limit.code, limit.reason, limit.retry_after, why=f"limit_{limit.scope}")
+            return limit_refusal(limit)
     return None
+
+
+def limit_refusal(limit: Limit) -> Reject:
+    """The answer to a call that finds `limit` full."""
+    return Reject(limit.code, limit.reason, limit.retry_after, why=f"limit_{limit.scope}")
 
 
 def should_fail_over(status: int) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from kemi.core import nat
 from kemi.core.cdr import SetupTemplate
-from kemi.core.decide import Admit, InviteFacts, Reject, decide_invite
+from kemi.core.decide import Admit, InviteFacts, Reject, decide_invite, limit_refusal
 from kemi.core.policy import Limit, Policy, Vip
 from kemi.core.takeover import profile_entries
 
@@ -26,11 +26,13 @@ PLANS_MAX = 4096  # entries per policy; the cache starts again empty when full
 
 @dataclass(frozen=True, slots=True)
 class LimitCheck:
-    """One limit and the dialog profile that counts it (key None: the static global one)."""
+    """One limit, the dialog profile that counts it (key None: the static global one), and
+    the refusal when it is full (decide.over_limit's)."""
 
     limit: Limit
     profile: str
     key: str | None
+    refusal: Reject
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +67,10 @@ def plan_invite(
     tenant = decision.tenant.name if decision.tenant else None
     trunk = decision.trunk.name if decision.trunk else None
     checks = tuple(
-        LimitCheck(limit, limit.profile, None if limit.scope == "global" else limit.key)
+        LimitCheck(limit, limit.profile, None if limit.scope == "global" else limit.key,
+                   limit_refusal(limit))
         for limit in decision.limits
-    )
+    )  # fmt: skip
     changed = decision.ruri_user != facts.ruri_user
     nat_values: tuple[tuple[str, str], ...] = ()
     if decision.nat.enabled:

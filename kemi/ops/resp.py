@@ -61,6 +61,18 @@ class RespClient:
         sock = self.sock or self.connect()
         try:
             sock.sendall(packed)
+            if not self.buffer:  # a bulk string or nil received whole (the call record's)
+                data = sock.recv(BUFFER)
+                if data[:1] == b"$" and data[-2:] == CRLF:
+                    head = data.find(CRLF)
+                    size = int(data[1:head]) if data[1:head].isdigit() else -2
+                    if size == -2 and data[1:head] == b"-1" and head + 2 == len(data):
+                        return None
+                    if size >= 0 and head + 2 + size + 2 == len(data):
+                        return data[head + 2 : head + 2 + size].decode(errors="replace")
+                if not data:
+                    raise ConnectionResetError("Redis closed the connection")
+                self.buffer += data
             return self.read_reply(sock)
         except OSError:
             self.close()

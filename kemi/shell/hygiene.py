@@ -87,18 +87,23 @@ class CallRecords:
         # (ng socket, Call-ID) -> deleted: the BYEs dlg.end_dlg sends pass no route of ours
         self.media_delete = media_delete
         self.clock_ms = clock_ms
+        self.labels: dict[object, str] = {}  # the writer's results as metric labels
+        self.log_info = log.isEnabledFor(logging.INFO)  # kemi.shell.log sets it once, at start
 
     # ----- writing -------------------------------------------------------------------
 
     def store(self, record: Cdr) -> None:
         result = self.writer.write(record)
-        label = getattr(result, "value", str(result))
-        metrics.CDR_WRITES.labels(label).inc()
+        label = self.labels.get(result)
+        if label is None:  # once per kind of result and process
+            label = self.labels[result] = getattr(result, "value", str(result))
+        child = metrics.CDR_WRITES.children.get((label,)) or metrics.CDR_WRITES.labels(label)
+        child.view[child.index] += 1  # .inc(), inline (every call)
         if label in ("spooled", "lost"):
             log.error("cdr %s for %s (reason %s): %s", label, record.call_id,
                       record.reason.value, getattr(self.writer, "last_error", ""))  # fmt: skip
-        elif log.isEnabledFor(logging.INFO):  # every call: straight to Kamailio's log (issue 18)
-            self.ksr.info(f"kemi-ha: cdr {label} reason={record.reason.value} "
+        elif self.log_info:  # every call: straight to Kamailio's log (issue 18)
+            self.ksr.info(f"kemi-ha: cdr {label} reason={record.reason._value_} "
                           f"code={record.code}\n")  # fmt: skip
 
     def setup_facts(self) -> SetupFacts | None:
@@ -129,8 +134,11 @@ class CallRecords:
     def dialog_planned(self, setup: SetupTemplate, callee: str) -> None:
         """dialog_created for a planned INVITE (kemi.core.plan): the same dialog variable, its
         constant fields encoded once per plan."""
-        ksr, pv = self.ksr, self.pv
-        caller = f"{pv.text('$fU')}@{pv.text('$fd')}"
+        ksr = self.ksr
+        try:
+            caller = f"{ksr.pv.get('$fU') or ''}@{ksr.pv.get('$fd') or ''}"
+        except UnicodeDecodeError:  # bytes that are not UTF-8: Pv.text's Garbled text
+            caller = f"{self.pv.text('$fU')}@{self.pv.text('$fd')}"
         ksr.pv.sets(DLG_SETUP, setup.encode(caller, callee, self.clock_ms()))
         if setup.max_duration:
             ksr.dialog.dlg_set_timeout(setup.max_duration + MAX_DURATION_BACKSTOP_S)
@@ -166,9 +174,12 @@ class CallRecords:
     def dialog_event(self, event: str) -> None:
         """dialog:start (the 200 passed here): answer time; dialog:end: the record."""
         if event == "dialog:start":
-            self.ksr.pv.sets(DLG_ANSWER, str(self.clock_ms()))
+            self.dialog_started()
         elif event == "dialog:end":
             self.dialog_ended()
+
+    def dialog_started(self) -> None:
+        self.ksr.pv.sets(DLG_ANSWER, str(self.clock_ms()))
 
     def answered_here(self) -> None:
         """A dead node's call confirmed here on its ACK (TAKEOVER): its 200 passed statelessly,

@@ -100,6 +100,7 @@ AVP_NAT_FLAGS = "$avp(kha_nmflags)"
 NAT_PVS = (DLG_NAT, AVP_NAT, DLG_NAT_FLAGS, AVP_NAT_FLAGS)  # in the order route_invite sets them
 DLG_GATEWAY = "$dlg_var(kha_dst)"  # the gateway a dispatched INVITE's branch went to
 RPC_CODE = "$jsonrpl(code)"
+MISSING = object()
 SEND_SOCKETS_MAX = 4096  # (VIP, next hop) -> listen socket text: next hops seen lately
 EXEMPT_CACHE_MAX = 4096  # sources whose flood exemption is kept
 # $rm as Kamailio's method tests see it: it parses the name without case (parse_method_name)
@@ -444,13 +445,17 @@ class Router:
         ksr = self.ksr
         pv = self.pv
         local = self.get("$Ri")
-        ruri_user, ruri_domain = pv.text("$rU"), pv.text("$rd")
+        try:
+            ruri_user, ruri_domain = self.get("$rU") or "", self.get("$rd") or ""
+        except UnicodeDecodeError:  # bytes that are not UTF-8: Pv.text says which, Garbled
+            ruri_user, ruri_domain = pv.text("$rU"), pv.text("$rd")
         if isinstance(ruri_user, Garbled) or isinstance(ruri_domain, Garbled):
             # RFC 3261 25.1: a SIP URI holds ASCII (escaped otherwise); these bytes are not UTF-8.
             self.send_reject(Reject(400, "Bad Request-URI", why="ruri_bytes"), local)
             return
         key = (local, source or self.get("$si"), ruri_user, ruri_domain)
-        plan = self.plans.get(policy, key)
+        plans = self.plans  # plans.get(policy, key), inline
+        plan = plans.plans.get(key) if policy is plans.policy else plans.get(policy, key)
         if plan is None:
             plan = self.plans.add(key, plan_invite(policy, InviteFacts(*key), self.node_address,
                                                    self.ports, NAT_PVS))  # fmt: skip
@@ -460,14 +465,14 @@ class Router:
         decision = plan.decision
         vip = plan.vip
         callee = f"{ruri_user}@{ruri_domain}"  # $rU@$rd for the call record
-        counts = []
+        refused = None  # decide.over_limit, inline: the first limit with no room left
         for check in plan.checks:
             if check.key is None:
                 ksr.dialog.get_profile_size_static(check.profile, PV_PROFILE_SIZE)
             else:
                 ksr.dialog.get_profile_size(check.profile, check.key, PV_PROFILE_SIZE)
-            counts.append(self.get(PV_PROFILE_SIZE) or 0)  # an int PV (0: unset)
-        refused = decide.over_limit(decision.limits, counts)
+            if refused is None and (self.get(PV_PROFILE_SIZE) or 0) >= check.limit.max:
+                refused = check.refusal
         if refused is not None:
             metrics.LIMIT_REJECTIONS.labels(refused.why.removeprefix("limit_"),
                                             self.limit_key(decision, refused)).inc()  # fmt: skip
@@ -613,7 +618,16 @@ class Router:
         the socket when the Route set held both of ours: it stays."""
         ksr = self.ksr
         if not (in_dialog and self.get("$fs")):
-            self.send_from_vip(self.pv.text("$nh(u)") if next_hop is None else next_hop, local)
+            if next_hop is None:
+                try:
+                    next_hop = self.get("$nh(u)") or ""
+                except UnicodeDecodeError:  # bytes that are not UTF-8 in the R-URI
+                    next_hop = self.pv.text("$nh(u)")
+            socket = self.send_sockets.get((local, next_hop), MISSING)
+            if socket is MISSING:
+                self.send_from_vip(next_hop, local)
+            elif socket is not None:
+                ksr.corex.set_send_socket(socket)
         if ksr.tm.t_relay() > 0:
             return True
         ksr.sl.sl_reply_error()
@@ -870,10 +884,14 @@ class Router:
         """The dialog module's event_callback: every state change (dialog:start, dialog:end,
         dialog:failed, ...), with the dialog's context set; the call records use the first
         two (the others come twice per call: nothing is done for them)."""
-        if self.calls is None or (evname != "dialog:start" and evname != "dialog:end"):
+        calls = self.calls
+        if calls is None:
             return 1
         try:
-            self.calls.dialog_event(evname)
+            if evname == "dialog:start":
+                calls.dialog_started()
+            elif evname == "dialog:end":
+                calls.dialog_ended()
         except Exception as exc:  # what guarded("event") does, without its frame per event
             self.on_exception("event", exc)
         return 1
@@ -1037,7 +1055,8 @@ class Router:
         child = (metrics.RTPENGINE_CALLS.children.get((label, command))
                  or metrics.RTPENGINE_CALLS.labels(label, command))  # fmt: skip
         child.view[child.index] += 1  # .inc(), inline
-        if ok(call(*args)):
+        rc = call(*args)
+        if rc is not None and rc > 0:  # ok(), inline
             return True
         metrics.RTPENGINE_ERRORS.labels(label, command).inc()
         return False

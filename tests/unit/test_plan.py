@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from kemi.core import nat, plan, takeover
 from kemi.core.cdr import SetupFacts, SetupTemplate
-from kemi.core.decide import InviteFacts, Reject, decide_invite
+from kemi.core.decide import InviteFacts, Reject, decide_invite, over_limit
 from kemi.core.policy import Policy
 from kemi.policyfile import load_policy
 
@@ -60,6 +60,7 @@ def test_plan_is_the_decision_and_what_the_route_writes_for_it(
     for check in got.checks:
         assert check.profile == check.limit.profile
         assert check.key == (None if check.limit.scope == "global" else check.limit.key)
+        assert check.refusal == over_limit([check.limit], [check.limit.max])
     changed = decision.ruri_user != user
     assert got.ruri_user == (decision.ruri_user if changed else None)
     assert got.callee == f"{decision.ruri_user}@{domain}"
