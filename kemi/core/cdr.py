@@ -45,7 +45,10 @@ class EndReason(enum.Enum):
     DIALOG_TIMEOUT = "dialog_timeout"  # the dialog module's own timer ended it (no BYE seen)
 
 
-@dataclass(frozen=True, slots=True)
+# SetupFacts and Cdr are built for every call (a SIP worker's hot path): not frozen, as a
+# frozen dataclass's __init__ costs ~6x (one object.__setattr__ per field; issue 18). Nothing
+# mutates them.
+@dataclass(slots=True)
 class SetupFacts:
     """What the node that set the call up knows at the INVITE (one dialog variable)."""
 
@@ -111,7 +114,7 @@ _ESCAPE = json.encoder.encode_basestring_ascii  # what _COMPACT.encode does with
 _SCAN = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner json.loads ends in
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cdr:
     """One call attempt, as stored (every field a string in the stream entry)."""
 

@@ -197,76 +197,76 @@ class Router:
     # ----- request_route -------------------------------------------------------------
 
     def ksr_request_route(self, msg: Any) -> int:
+        """request_route; its time goes to the route-time histogram (guarded() inline: an
+        exception is logged and answered 500, without a wrapper frame per request)."""
         start = perf_counter()
         try:
-            self.route_request(msg)
-        except Exception as exc:  # what guarded() does, without its frame on every request
-            self.on_exception("request", exc)
-        seconds = perf_counter() - start
-        histogram = ROUTE_SECONDS  # its observe(), inline once the process's file is open
-        view = histogram.view
-        if view is None:
-            histogram.observe(seconds)
-        else:
-            view[histogram.slots[bisect_left(histogram.bounds, seconds)]] += 1
-            view[histogram.sum_slot] += seconds
-        return 1
-
-    def route_request(self, msg: Any) -> int:
-        ksr = self.ksr
-        holder = self.policies  # holder.current(), inline: one read of the generation
-        generation = ksr.pvx.shv_get(GEN_SHV)
-        if generation != holder.generation:
-            holder.current()
-        policy = holder.policy
-        try:
-            method = self.get("$rm")
-        except UnicodeDecodeError:  # not UTF-8: Pv.text's Garbled text
-            method = self.pv.text("$rm")
-        method = METHODS.get(method) or request_method(method or "")
-        if method == "KDMQ":
-            self.route_kdmq(policy)
-            return 1
-        source = ""
-        if policy.floods.enabled:
-            source = self.get("$si")
-            if policy is not self.exempt_policy:
-                self.exempt_policy, self.exempt = policy, {}
-            exempt = self.exempt.get(source)
-            if exempt is None:
-                exempt = self.remember_exempt(policy.floods, source)
-            if not exempt and not self.route_floods(policy.floods, source):
+            ksr = self.ksr
+            holder = self.policies  # holder.current(), inline: one read of the generation
+            generation = ksr.pvx.shv_get(GEN_SHV)
+            if generation != holder.generation:
+                holder.current()
+            policy = holder.policy
+            try:
+                method = self.get("$rm")
+            except UnicodeDecodeError:  # not UTF-8: Pv.text's Garbled text
+                method = self.pv.text("$rm")
+            method = METHODS.get(method) or request_method(method or "")
+            if method == "KDMQ":
+                self.route_kdmq(policy)
                 return 1
-        # REQINIT
-        if not ksr.maxfwd.process_maxfwd(MAX_FORWARDS) > 0:
-            ksr.sl.sl_send_reply(483, "Too Many Hops")
+            source = ""
+            if policy.floods.enabled:
+                source = self.get("$si")
+                if policy is not self.exempt_policy:
+                    self.exempt_policy, self.exempt = policy, {}
+                exempt = self.exempt.get(source)
+                if exempt is None:
+                    exempt = self.remember_exempt(policy.floods, source)
+                if not exempt and not self.route_floods(policy.floods, source):
+                    return 1
+            # REQINIT
+            if not ksr.maxfwd.process_maxfwd(MAX_FORWARDS) > 0:
+                ksr.sl.sl_send_reply(483, "Too Many Hops")
+                return 1
+            if not ksr.sanity.sanity_check(SANITY_MFLAGS, SANITY_UFLAGS) > 0:
+                log.warning("malformed request from %s:%s dropped", self.pv.text("$si"),
+                            self.pv.text("$sp"))  # fmt: skip
+                return 1
+            ksr.force_rport()  # NATDETECT: replies go where the request came from (RFC 3581)
+            if method == "CANCEL":
+                self.route_cancel(policy)
+                return 1
+            if ksr.siputils.has_totag() > 0:
+                self.route_withindlg(policy, method)
+                return 1
+            if method == "ACK":
+                # An ACK with no To-tag belongs to a negative reply tm already absorbed.
+                if ksr.tm.t_check_trans() > 0:
+                    self.route_relay(self.get("$Ri"))
+                return 1
+            if method == "OPTIONS" and ksr.is_myself_ruri():
+                ksr.sl.sl_send_reply(200, "OK")
+                return 1
+            if method != "INVITE":
+                ksr.sl.sl_send_reply(405, "Method Not Allowed")
+                return 1
+            if ksr.tmx.t_precheck_trans() > 0:
+                ksr.tm.t_check_trans()  # a retransmission: tm resends the last reply
+                return 1
+            self.route_invite(policy, source)
             return 1
-        if not ksr.sanity.sanity_check(SANITY_MFLAGS, SANITY_UFLAGS) > 0:
-            log.warning("malformed request from %s:%s dropped", self.pv.text("$si"),
-                        self.pv.text("$sp"))  # fmt: skip
-            return 1
-        ksr.force_rport()  # NATDETECT: replies go where the request came from (RFC 3581)
-        if method == "CANCEL":
-            self.route_cancel(policy)
-            return 1
-        if ksr.siputils.has_totag() > 0:
-            self.route_withindlg(policy, method)
-            return 1
-        if method == "ACK":
-            # An ACK with no To-tag belongs to a negative reply tm already absorbed.
-            if ksr.tm.t_check_trans() > 0:
-                self.route_relay(self.get("$Ri"))
-            return 1
-        if method == "OPTIONS" and ksr.is_myself_ruri():
-            ksr.sl.sl_send_reply(200, "OK")
-            return 1
-        if method != "INVITE":
-            ksr.sl.sl_send_reply(405, "Method Not Allowed")
-            return 1
-        if ksr.tmx.t_precheck_trans() > 0:
-            ksr.tm.t_check_trans()  # a retransmission: tm resends the last reply
-            return 1
-        self.route_invite(policy, source)
+        except Exception as exc:
+            self.on_exception("request", exc)
+        finally:
+            seconds = perf_counter() - start
+            histogram = ROUTE_SECONDS  # its observe(), inline once the process's file is open
+            view = histogram.view
+            if view is None:
+                histogram.observe(seconds)
+            else:
+                view[histogram.slots[bisect_left(histogram.bounds, seconds)]] += 1
+                view[histogram.sum_slot] += seconds
         return 1
 
     def remember_exempt(self, guard: FloodGuard, source: str) -> bool:
@@ -776,7 +776,10 @@ class Router:
             nated = self.route_natmanage(call_nat, nat.REPLY_TESTS)
             if not ksr.textops.has_body_type(SDP) > 0:
                 return 1
-            policy = self._policy()
+            holder = self.policies  # holder.current(), inline
+            if ksr.pvx.shv_get(GEN_SHV) != holder.generation:
+                holder.current()
+            policy = holder.policy
             vip = policy.vip_by_address.get(self.get("$Ri"))
             if vip is None:
                 return 1
@@ -785,9 +788,9 @@ class Router:
                 log.warning("reply %d with an SDP rtpengine must not see dropped", status)
                 ksr.set_drop()
                 return 1
-            flags = ((nated and self.pv.text(AVP_NAT_FLAGS)) or self.pv.text(AVP_MEDIA_FLAGS)
-                     or vip.media_flags)  # fmt: skip
-            if self.pv.text(AVP_LATE):
+            get = self.get  # AVPs this transaction's request route wrote
+            flags = (nated and get(AVP_NAT_FLAGS)) or get(AVP_MEDIA_FLAGS) or vip.media_flags
+            if get(AVP_LATE):
                 command, call = "offer", ksr.rtpengine.rtpengine_offer
             else:
                 command, call = "answer", ksr.rtpengine.rtpengine_answer
@@ -1075,9 +1078,9 @@ class Router:
     def dialog_media_flags(self, vip: Vip | None, nated: bool = False) -> str:
         """The flags chosen at the initial INVITE (tenant-specific), kept as dialog vars: for
         a sender behind NAT (`nated`) or not."""
-        flags = (nated and self.pv.text(DLG_NAT_FLAGS)) or self.pv.text(DLG_MEDIA_FLAGS)
+        flags = (nated and self.get(DLG_NAT_FLAGS)) or self.get(DLG_MEDIA_FLAGS)  # ours
         if flags:
-            return flags
+            return str(flags)
         return vip.media_flags if vip is not None else ""
 
     def on_exception(self, kind: str, exc: Exception) -> None:

@@ -52,6 +52,11 @@ FORMATTED: dict[str, st.SearchStrategy[Any]] = {
     "$avp(kha_nat)": st.one_of(st.none(), st.text(max_size=20)),
     "$avp(kha_vip)": st.one_of(st.none(), st.text(max_size=20)),
     "$var(kha_n)": st.one_of(st.none(), st.integers(0, 10**6)),
+    "$avp(kha_mflags)": st.one_of(st.none(), st.text(max_size=40)),
+    "$avp(kha_nmflags)": st.one_of(st.none(), st.text(max_size=40)),
+    "$avp(kha_late)": st.one_of(st.none(), st.just(1)),
+    "$dlg_var(kha_mflags)": st.one_of(st.none(), st.text(max_size=40)),
+    "$dlg_var(kha_nmflags)": st.one_of(st.none(), st.text(max_size=40)),
 }  # fmt: skip
 
 
