@@ -37,7 +37,14 @@ Hot path (issue 18, bench/routes_bench.py): each PV is read once per message and
 message does nothing (no branch route for fixed destinations, nothing in reply_route for a
 reply with a transaction, the policy looked at in MANAGE_REPLY only for a reply with SDP);
 nothing is written that reads back as its default (media flags equal to the VIP's, failover
-index 0); KSR ints are compared with `> 0` in place where hot.
+index 0); KSR ints are compared with `> 0` in place where hot. Inside Kamailio each Python
+frame costs a cold worker ~1.5-2 us (docs/performance.md), so the hottest paths are written
+flat: an initial INVITE applies its plan (kemi.core.plan: computed once per VIP, source and
+R-URI for the policy), the request route's body is ksr_request_route's, the guard of the
+request, reply and dialog event entries is their own try/except, counters are incremented on
+their cached slot, and PVs that Kamailio formats ($Ri, $si, $pr, $fs) or that these routes
+wrote are read with KSR.pv.get directly (wire PVs fall back to Pv.text on bytes that are not
+UTF-8).
 """
 
 from __future__ import annotations
