@@ -17,6 +17,8 @@ import socket
 import struct
 from typing import Any
 
+from kemi.core.cdr import resp_command as command  # one RESP packer, pure (kemi.core)
+
 BUFFER = 65536
 CRLF = b"\r\n"
 
@@ -27,15 +29,6 @@ class RespError(Exception):
 
 class ProtocolError(OSError):
     """Bytes that are not a RESP2 reply: the connection is closed."""
-
-
-def command(*args: str | bytes) -> bytes:
-    """One command as a RESP array of bulk strings (what redis-py's packer sends)."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg.encode() if isinstance(arg, str) else arg
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
 
 
 class RespClient:
