@@ -159,6 +159,9 @@ class NullWriter:
     def write(self, record: Cdr) -> Any:
         return self.Result
 
+    def write_ended(self, end: Any) -> Any:
+        return self.Result
+
     def drain(self) -> tuple[int, int]:
         return 0, 0
 

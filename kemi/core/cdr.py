@@ -173,8 +173,6 @@ def build_cdr(
     answer_ms: int = 0,
 ) -> Cdr:
     """The record of a call that ended at `end_ms` (answer_ms 0: never answered)."""
-    answered = answer_ms > 0
-    duration = max(0, end_ms - answer_ms) / 1000 if answered else 0.0
     return Cdr(
         call_id=call_id,
         from_tag=from_tag,
@@ -188,10 +186,15 @@ def build_cdr(
         invite_ms=facts.invite_ms,
         answer_ms=answer_ms,
         end_ms=end_ms,
-        duration_s=round(duration, 3),
+        duration_s=answered_seconds(answer_ms, end_ms),
         code=code,
         reason=reason,
     )
+
+
+def answered_seconds(answer_ms: int, end_ms: int) -> float:
+    """Answered time in seconds, to the ms (0.0 when never answered)."""
+    return round(max(0, end_ms - answer_ms) / 1000, 3) if answer_ms > 0 else 0.0
 
 
 def answer_time_ms(answer_var: str, start_ts: int) -> int:
@@ -350,5 +353,61 @@ def write_once_command(record: Cdr, script: str, verb: str = "EVALSHA") -> bytes
     for head, value in zip(_FIELD_BULKS, values, strict=True):
         data = value.encode()
         parts.append(head)
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+# The end of an answered call (`dialog:end`, every call) with the call's facts as the dialog
+# holds them: the SetupFacts JSON is decoded here, by Redis, so the SIP worker sends what it
+# read without decoding it, building a Cdr or encoding its fields (issue 18). The entry is
+# WRITE_ONCE_LUA's for the same record, field for field and byte for byte. Facts it does not
+# take (not JSON, a field missing or of another type, a time past 2^53) get an error reply
+# starting with BADFACTS, before any write: the caller then decodes them itself
+# (SetupFacts.decode, which decides) and writes with WRITE_ONCE_LUA.
+WRITE_ENDED_LUA = """
+local ok, f = pcall(cjson.decode, ARGV[3])
+if not ok or type(f) ~= 'table' then
+  return redis.error_reply('BADFACTS not a JSON object')
+end
+for _, k in ipairs({'caller', 'callee', 'tenant', 'trunk', 'vip', 'node'}) do
+  if type(f[k]) ~= 'string' then return redis.error_reply('BADFACTS ' .. k) end
+end
+for _, k in ipairs({'invite_ms', 'media_timeout', 'max_duration'}) do
+  local n = f[k]
+  if type(n) ~= 'number' or n ~= math.floor(n) or math.abs(n) >= 2^53 then
+    return redis.error_reply('BADFACTS ' .. k)
+  end
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  return redis.call('XADD', KEYS[2], '*', 'call_id', ARGV[4], 'from_tag', ARGV[5],
+    'caller', f['caller'], 'callee', f['callee'], 'tenant', f['tenant'],
+    'trunk', f['trunk'], 'vip', f['vip'], 'setup_node', f['node'], 'end_node', ARGV[1],
+    'invite_ms', string.format('%d', f['invite_ms']), 'answer_ms', ARGV[6],
+    'end_ms', ARGV[7], 'duration_s', ARGV[8], 'code', ARGV[9], 'reason', ARGV[10])
+end
+return false
+"""
+BAD_FACTS = "BADFACTS"  # WRITE_ENDED_LUA's error reply for facts it does not take
+_ENDED_ARGS = 15  # verb, script, numkeys, 2 keys, node, ttl, facts, 7 values
+
+
+# An answered call's end as `dialog:end` reads it: (the facts' JSON as the dialog holds it,
+# Call-ID, From-tag, end node, answer ms (0: never answered), end ms, reason, code). A plain
+# tuple: built for every call in a SIP worker, where a class's __init__ is one more frame.
+CallEnd = tuple[str, str, str, str, int, int, EndReason, int]
+
+
+def write_ended_command(script: str, end: CallEnd, verb: str = "EVALSHA") -> bytes:
+    """The RESP bytes of WRITE_ENDED_LUA (by SHA1 or, with verb EVAL, its text) for `end`."""
+    facts, call_id, from_tag, end_node, answer_ms, end_ms, reason, code = end
+    values = (facts, call_id, from_tag, str(answer_ms), str(end_ms),
+              str(answered_seconds(answer_ms, end_ms)), str(code), reason._value_)  # fmt: skip
+    verb_b, script_b, node_b = verb.encode(), script.encode(), end_node.encode()
+    key_b = f"{ONCE_PREFIX}{from_tag}:{call_id}".encode()  # once_key()
+    parts = [b"*%d\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$1\r\n2\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s"
+             % (_ENDED_ARGS, len(verb_b), verb_b, len(script_b), script_b, len(key_b), key_b,
+                _STREAM_BULK, len(node_b), node_b, _TTL_BULK)]  # fmt: skip
+    for value in values:
+        data = value.encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)

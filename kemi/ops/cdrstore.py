@@ -3,7 +3,9 @@
 Rules (docs/cdr.md):
 - a record is written with WRITE_ONCE_LUA (kemi.core.cdr): SET NX of its Call-ID + From-tag
   marker and XADD in one script, atomic on the master, so a second writer of the same call
-  (replicated copy timing out, spool retry, sweep and BYE racing) writes nothing;
+  (replicated copy timing out, spool retry, sweep and BYE racing) writes nothing; the end of
+  an answered call (every call, in a SIP worker) goes with WRITE_ENDED_LUA, the same entry
+  built by Redis from the facts' JSON as the dialog holds them (`write_ended`);
 - a write never holds a SIP worker for long: connect and read timeouts of `timeout` s (100 ms by
   default); after a failure the process does not try Redis again for `pause_s` s;
 - a record Redis did not take is never dropped silently: it goes to the node's spool directory
@@ -31,10 +33,21 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from kemi.core.cdr import COLUMNS, STREAM, WRITE_ONCE_LUA, Cdr, write_once_command
+from kemi.core.cdr import (
+    BAD_FACTS,
+    COLUMNS,
+    STREAM,
+    WRITE_ENDED_LUA,
+    WRITE_ONCE_LUA,
+    CallEnd,
+    Cdr,
+    write_ended_command,
+    write_once_command,
+)
 from kemi.ops.resp import RespClient, RespError
 
 WRITE_ONCE_SHA = hashlib.sha1(WRITE_ONCE_LUA.encode()).hexdigest()  # what EVALSHA names it
+WRITE_ENDED_SHA = hashlib.sha1(WRITE_ENDED_LUA.encode()).hexdigest()
 STORE_ERRORS = (RespError, OSError, redis.RedisError)  # a write that did not happen
 
 
@@ -102,6 +115,22 @@ class WriteOnceClient:
             reply = self.resp.call(write_once_command(record, WRITE_ONCE_LUA, "EVAL"))
         return reply is not None
 
+    def write_ended(self, end: CallEnd) -> bool | None:
+        """WRITE_ENDED_LUA: True written, False a duplicate, None: facts the script does not
+        take (nothing written)."""
+        try:
+            try:
+                reply = self.resp.call(write_ended_command(WRITE_ENDED_SHA, end))
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                reply = self.resp.call(write_ended_command(WRITE_ENDED_LUA, end, "EVAL"))
+        except RespError as exc:
+            if str(exc).startswith(BAD_FACTS):
+                return None
+            raise
+        return reply is not None
+
 
 class RedisCdrStore:
     def __init__(
@@ -149,6 +178,26 @@ class RedisCdrStore:
         else:
             self.last_error = "Redis paused after a failure"
         return self.spool(cdr)
+
+    def write_ended(self, end: CallEnd) -> Written | None:
+        """The record of a call that ended, from its facts as the dialog holds them (JSON,
+        decoded by Redis: no Cdr built in the SIP worker). None: not written, for `write()`
+        to decide (facts the script does not take; Redis failed, paused: spool)."""
+        if self._clock() < self._paused_until:
+            self.last_error = "Redis paused after a failure"
+            return None
+        try:
+            if self._pid != os.getpid():  # never a connection inherited over fork
+                self._pid = os.getpid()
+                self._client = self._make_client()
+            written = self._client.write_ended(end)
+        except STORE_ERRORS as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._paused_until = self._clock() + self.pause_s
+            return None
+        if written is None:
+            return None
+        return Written.WRITTEN if written else Written.DUPLICATE
 
     def spool(self, cdr: Cdr) -> Written:
         try:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from kemi.core import cdr
-from kemi.core.cdr import Cdr, EndReason, SetupFacts, SetupTemplate, SweepFacts
+from kemi.core.cdr import CallEnd, Cdr, EndReason, SetupFacts, SetupTemplate, SweepFacts
 from kemi.core.decide import Admit, Reject
 from kemi.core.policy import Policy
 from kemi.core.takeover import DLG_CONFIRMED, rpc_command
@@ -46,6 +46,9 @@ MAX_DURATION_BACKSTOP_S = 60
 
 class CdrWriter(Protocol):
     def write(self, record: Cdr) -> Any: ...  # an enum whose .value is the result label
+
+    def write_ended(self, end: CallEnd) -> Any:
+        """An answered call's end (kemi.core.cdr.CallEnd); None: not written, write() decides."""
 
     def drain(self) -> tuple[int, int]: ...
 
@@ -93,18 +96,20 @@ class CallRecords:
     # ----- writing -------------------------------------------------------------------
 
     def store(self, record: Cdr) -> None:
-        result = self.writer.write(record)
+        self.count(self.writer.write(record), record.call_id, record.reason, record.code)
+
+    def count(self, result: object, call_id: str, reason: EndReason, code: int) -> None:
+        """A write's result in the metrics and the log (every call)."""
         label = self.labels.get(result)
         if label is None:  # once per kind of result and process
             label = self.labels[result] = getattr(result, "value", str(result))
         child = metrics.CDR_WRITES.children.get((label,)) or metrics.CDR_WRITES.labels(label)
         child.view[child.index] += 1  # .inc(), inline (every call)
         if label in ("spooled", "lost"):
-            log.error("cdr %s for %s (reason %s): %s", label, record.call_id,
-                      record.reason.value, getattr(self.writer, "last_error", ""))  # fmt: skip
+            log.error("cdr %s for %s (reason %s): %s", label, call_id, reason.value,
+                      getattr(self.writer, "last_error", ""))  # fmt: skip
         elif self.log_info:  # every call: straight to Kamailio's log (issue 18)
-            self.ksr.info(f"kemi-ha: cdr {label} reason={record.reason._value_} "
-                          f"code={record.code}\n")  # fmt: skip
+            self.ksr.info(f"kemi-ha: cdr {label} reason={reason._value_} code={code}\n")
 
     def setup_facts(self) -> SetupFacts | None:
         return SetupFacts.decode(self.pv.text(DLG_SETUP))
@@ -188,21 +193,43 @@ class CallRecords:
             self.ksr.pv.sets(DLG_ANSWER, str(self.clock_ms()))
 
     def dialog_ended(self) -> None:
-        facts = SetupFacts.decode(self.ksr.pv.get(DLG_SETUP) or "")  # ours: JSON, ASCII
-        if facts is None:
+        """The record of an answered call (every call): the facts' JSON goes to the store as
+        the dialog holds it (WRITE_ENDED_LUA decodes it in Redis); facts the script does not
+        take, and a store that failed, take the general path (decoded here, spooled)."""
+        ksr = self.ksr
+        get = ksr.pv.get
+        facts = get(DLG_SETUP) or ""  # ours: JSON, ASCII
+        if not facts:
             log.warning("dialog ended without call facts: no CDR (set up by an older version?)")
             return
-        call_id = self.pv.text("$dlg(callid)")
-        from_tag = self.pv.text("$dlg(from_tag)")
-        if self.ksr.is_BYE():
-            reason = cdr.bye_reason(self.pv.text("$ft"), from_tag)
-        else:  # no BYE passed: the dialog module's timer (or an RPC) ended it
+        try:
+            call_id = get("$dlg(callid)") or ""
+            from_tag = get("$dlg(from_tag)") or ""
+            bye_from_tag = (get("$ft") or "") if ksr.is_BYE() else None
+        except UnicodeDecodeError:  # bytes that are not UTF-8: Pv.text's Garbled text
+            call_id, from_tag = self.pv.text("$dlg(callid)"), self.pv.text("$dlg(from_tag)")
+            bye_from_tag = self.pv.text("$ft") if ksr.is_BYE() else None
+        if bye_from_tag is None:  # no BYE passed: the dialog module's timer (or an RPC)
             reason = EndReason.DIALOG_TIMEOUT
-        answer = cdr.answer_from_var(self.ksr.pv.get(DLG_ANSWER) or "")  # where the 200 passed
+        elif bye_from_tag == from_tag:  # cdr.bye_reason(), inline
+            reason = EndReason.BYE_CALLER
+        else:
+            reason = EndReason.BYE_CALLEE
+        answer = cdr.answer_from_var(get(DLG_ANSWER) or "")  # where the 200 passed
         if answer is None:  # a replicated copy: the dialog's start second
             answer = cdr.answer_time_ms("", self.pv.number("$dlg(start_ts)"))
-        self.store(cdr.build_cdr(facts, call_id, from_tag, self.node, self.clock_ms(), reason,
-                                 200, answer))  # fmt: skip
+        now = self.clock_ms()
+        result = self.writer.write_ended((facts, call_id, from_tag, self.node, answer, now,
+                                          reason, 200))  # fmt: skip
+        if result is not None:
+            self.count(result, call_id, reason, 200)
+            return
+        decoded = SetupFacts.decode(facts)
+        if decoded is None:
+            log.warning("dialog ended with call facts that are not ours: no CDR")
+            return
+        self.store(cdr.build_cdr(decoded, call_id, from_tag, self.node, now, reason, 200,
+                                 answer))  # fmt: skip
 
     def gauges(self) -> list[metrics.Gauge]:
         spooled = getattr(self.writer, "spooled", list)

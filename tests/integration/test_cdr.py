@@ -174,6 +174,72 @@ def test_store_writes_a_call_once_and_spools_fast_when_redis_is_down(
     assert len(cdrs(stack, "cdr-store-spooled")) == 1
 
 
+ODD_FACTS = [
+    SetupFacts("a@x", "b@y", "", "", VIP1, "n1", 1_765_000_000_123, 0, 0),
+    SetupFacts('é "q" \\ /@x', "\u263a\x00\t@y", "t-1", "trunk 2", VIP2, "n2", 2**53 - 1, 30, 600),
+    SetupFacts("\\x80garbled@x", "1000@10.0.0.1", "acme", "", VIP1, "n1", -5, 0, 0),
+]
+
+
+@pytest.mark.parametrize("facts", ODD_FACTS)
+def test_the_ended_script_stores_what_the_record_script_stores(
+    stack: Stack, tmp_path: Path, facts: SetupFacts
+) -> None:
+    """dialog:end sends the facts' JSON as the dialog holds them and Redis decodes them
+    (WRITE_ENDED_LUA): its entry is the one WRITE_ONCE_LUA writes for the same record."""
+    store = RedisCdrStore(RedisAddress("127.0.0.1", stack.config.redis_port), tmp_path)
+    tag = f"ended-{facts.invite_ms}"
+    for answer in (0, facts.invite_ms + 1234):
+        end = facts.invite_ms + 99_999
+        assert (
+            store.write(
+                cdr.build_cdr(
+                    facts, f"{tag}-once-{answer}", "f", "n9", end, EndReason.BYE_CALLEE, 200, answer
+                )
+            )
+            is Written.WRITTEN
+        )
+        assert store.write_ended((facts.encode(), f"{tag}-ended-{answer}", "f", "n9", answer, end,
+                                  EndReason.BYE_CALLEE, 200)) is Written.WRITTEN  # fmt: skip
+        assert store.write_ended((facts.encode(), f"{tag}-ended-{answer}", "f", "n9", answer, end,
+                                  EndReason.BYE_CALLER, 200)) is Written.DUPLICATE  # fmt: skip
+        [once] = cdrs(stack, f"{tag}-once-{answer}")
+        [ended] = cdrs(stack, f"{tag}-ended-{answer}")
+        assert ended == once | {"call_id": f"{tag}-ended-{answer}"}
+        assert cdr.Cdr.from_fields(ended).caller == facts.caller
+
+
+@pytest.mark.parametrize("text", [
+    "", "x", "[1]", "{}", '{"caller": 1}', SetupFacts("a", "b", "", "", VIP1, "n", 1, 0, 0)
+    .encode().replace('"invite_ms":1', '"invite_ms":1.5'),
+    SetupFacts("a", "b", "", "", VIP1, "n", 1, 0, 0).encode().replace('"max_duration":0',
+                                                                      '"max_duration":"0"'),
+    SetupFacts("a", "b", "", "", VIP1, "n", 2**60, 0, 0).encode(),
+])  # fmt: skip
+def test_the_ended_script_refuses_facts_it_cannot_store_exactly(
+    stack: Stack, tmp_path: Path, text: str
+) -> None:
+    """Nothing written, no marker set: the node decodes them itself (SetupFacts.decode)."""
+    store = RedisCdrStore(RedisAddress("127.0.0.1", stack.config.redis_port), tmp_path)
+    call_id = f"ended-bad-{abs(hash(text))}"
+    assert store.write_ended((text, call_id, "f", "n", 0, 1, EndReason.CANCEL, 487)) is None
+    assert store.available()  # not a store failure: no pause
+    assert not cdrs(stack, call_id)
+    assert not stack.redis_client().exists(cdr.once_key(call_id, "f"))
+
+
+def test_the_ended_script_is_loaded_again_after_a_script_flush(
+    stack: Stack, tmp_path: Path
+) -> None:
+    store = RedisCdrStore(RedisAddress("127.0.0.1", stack.config.redis_port), tmp_path)
+    stack.redis_client().script_flush()
+    facts = ODD_FACTS[0].encode()
+    args = ("f", "n", 1, 2, EndReason.BYE_CALLER, 200)
+    assert store.write_ended((facts, "ended-noscript", *args)) is Written.WRITTEN
+    assert store.write_ended((facts, "ended-noscript", *args)) is Written.DUPLICATE
+    assert len(cdrs(stack, "ended-noscript")) == 1
+
+
 def test_cancelled_and_busy_calls_have_one_cdr(stack: Stack, log_dir: Path) -> None:
     for uac_scenario, uas_scenario, call_id in (
         ("uac_cancel.xml", "uas_ring.xml", "cdr-cancel"),

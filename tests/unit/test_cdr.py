@@ -150,6 +150,7 @@ class Writer:
     records: list[Cdr] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
     last_error: str = ""
+    ended_down: bool = False  # write_ended() answers None: write() decides
 
     def write(self, record: Cdr) -> str:
         key = cdr.once_key(record.call_id, record.from_tag)
@@ -158,6 +159,15 @@ class Writer:
         self.keys.add(key)
         self.records.append(record)
         return "written"
+
+    def write_ended(self, end: cdr.CallEnd) -> str | None:
+        facts, call_id, from_tag, end_node, answer_ms, end_ms, reason, code = end
+        """What the store's script does with the facts' JSON (None: not taken, or down)."""
+        decoded = None if self.ended_down else SetupFacts.decode(facts)
+        if decoded is None:
+            return None
+        return self.write(cdr.build_cdr(decoded, call_id, from_tag, end_node, end_ms, reason,
+                                        code, answer_ms))  # fmt: skip
 
     def drain(self) -> tuple[int, int]:
         return 0, 0
@@ -198,6 +208,65 @@ def test_dialog_end_without_a_bye_is_the_dialog_timeout() -> None:
     calls.dialog_event("dialog:end")
     # no answer time in ms on this copy: the middle of its start_ts second (5 s ago)
     assert [(r.reason, r.duration_s) for r in writer.records] == [(R.DIALOG_TIMEOUT, 4.5)]
+
+
+def test_dialog_end_goes_the_general_way_when_the_store_does_not_take_the_facts() -> None:
+    """write_ended() None (facts the script refused, Redis down or paused): decoded here and
+    written (spooled) by write(); facts that are not ours at all: no record, no exception."""
+    pvs = {DLG_SETUP: FACTS.encode(), DLG_ANSWER: str(NOW - 2_000), "$dlg(callid)": "c2",
+           "$dlg(from_tag)": "f", "$ft": "f", "$dlg(start_ts)": 0}  # fmt: skip
+    calls, _ksr, writer = make(pvs, {"is_BYE": True})
+    writer.ended_down = True
+    calls.dialog_event("dialog:end")
+    assert [(r.call_id, r.reason, r.duration_s) for r in writer.records] == [
+        ("c2", R.BYE_CALLER, 2.0)]  # fmt: skip
+    for foreign in ("", "not json", '{"caller": 1}'):
+        calls, _ksr, writer = make({**pvs, DLG_SETUP: foreign}, {"is_BYE": True})
+        calls.dialog_event("dialog:end")
+        assert not writer.records
+
+
+def test_the_ended_command_carries_the_facts_as_read() -> None:
+    command = cdr.write_ended_command("sha", (FACTS.encode(), "c1", "f1", "n2", NOW - 1500, NOW,
+                                      R.BYE_CALLEE, 200))  # fmt: skip
+    args = [
+        b"EVALSHA",
+        b"sha",
+        b"2",
+        cdr.once_key("c1", "f1").encode(),
+        cdr.STREAM.encode(),
+        b"n2",
+        str(cdr.ONCE_TTL_S).encode(),
+        FACTS.encode().encode(),
+        b"c1",
+        b"f1",
+        str(NOW - 1500).encode(),
+        str(NOW).encode(),
+        b"1.5",
+        b"200",
+        b"bye_callee",
+    ]
+    assert command == cdr.resp_command(*(a.decode() for a in args))
+    unanswered = cdr.write_ended_command("s", ("{}", "c", "f", "n", 0, NOW, R.CANCEL, 487),
+                                         "EVAL")  # fmt: skip
+    assert unanswered.startswith(b"*15\r\n$4\r\nEVAL\r\n") and b"$3\r\n0.0\r\n" in unanswered
+
+
+def test_store_write_ended_pauses_and_leaves_the_spool_to_write(tmp_path: Path) -> None:
+    fake, clock = FakeRedis(), [0.0]
+    store = RedisCdrStore(RedisAddress(), tmp_path / "spool", make_client=lambda: fake,
+                          pause_s=5, clock=lambda: clock[0])  # fmt: skip
+    args = ("c1", "f1", "n", NOW - 1000, NOW, R.BYE_CALLER, 200)
+    assert store.write_ended((FACTS.encode(), *args)) is Written.WRITTEN
+    assert store.write_ended((FACTS.encode(), *args)) is Written.DUPLICATE
+    assert store.write_ended(("not ours", *args)) is None  # the caller decides
+    fake.down = True
+    assert store.write_ended((FACTS.encode(), "c2", *args[1:])) is None
+    assert "ConnectionRefusedError" in store.last_error
+    fake.down = False
+    assert store.write_ended((FACTS.encode(), "c3", *args[1:])) is None  # paused
+    assert [r["call_id"] for r in fake.stream] == ["c1"]
+    assert fake.stream[0] == record("c1").fields() | {"end_node": "n", "from_tag": "f1"}
 
 
 def test_dialog_start_keeps_the_answer_time_in_the_dialog() -> None:
@@ -291,6 +360,16 @@ class FakeRedis:
         self.markers.add(keys[0])
         self.stream.append(dict(zip(args[2::2], args[3::2], strict=True)))
         return True
+
+    def write_ended(self, end: cdr.CallEnd) -> bool | None:
+        facts, call_id, from_tag, end_node, answer_ms, end_ms, reason, code = end
+        decoded = SetupFacts.decode(facts)
+        if self.down:
+            raise ConnectionRefusedError("Connection refused")
+        if decoded is None:
+            return None
+        return self.write_once(cdr.build_cdr(decoded, call_id, from_tag, end_node, end_ms,
+                                             reason, code, answer_ms))  # fmt: skip
 
 
 def record(call_id: str) -> Cdr:
