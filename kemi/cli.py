@@ -33,7 +33,7 @@ from kemi.ops.bans import (
 from kemi.ops.embedded_python import check_embedded_python
 from kemi.ops.health import node_problems
 from kemi.ops.httptoken import authorization
-from kemi.ops.procs import StartError
+from kemi.ops.procs import StartError, reap
 from kemi.ops.render import load_node_config, render
 from kemi.ops.rpc import KamailioRpc, RpcError
 from kemi.ops.stack import NODE_INFO, REPO_ROOT, Stack, StackConfig
@@ -44,8 +44,9 @@ from kemi.policyfile import load_policy, parse_spec
 DEFAULT_POLICY = REPO_ROOT / "policies" / "default.yaml"
 
 
-class _Stop(Exception):
-    pass
+class _Stop(BaseException):
+    """SIGTERM/SIGINT in `kemi-ha run`: a BaseException, as KeyboardInterrupt is, so that no
+    `except Exception` of whatever runs when the signal lands can swallow it."""
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
@@ -72,6 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # otherwise only show as Kamailio failing to load its script.
         check_embedded_python(stack.kamailio_env())
     claimer: VipClaimer | None = None
+    for left in reap(stack.run_dir):  # a previous run killed before it could stop them
+        print(f"kemi-ha: stopped {left}, left running by an earlier run", flush=True)
     try:
         stack.start()
         print(node_banner(stack) if args.node_config else banner(stack), flush=True)
@@ -249,6 +252,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_reap(args: argparse.Namespace) -> int:
+    """Stop by PID the daemons a killed `kemi-ha run` left (what the agent's stop does after
+    a KILL): a node must never keep Kamailio, rtpengine or Redis running unsupervised."""
+    run_dir = Path(args.run_dir)
+    if args.node_config:
+        run_dir = Path(load_node_config(args.node_config).run_dir)
+    for left in reap(run_dir):
+        print(f"stopped {left}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         status = collect(node_info(args.run_dir))
@@ -381,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--run-dir", default="run")
     chk.add_argument("--node-config", help="the node.yaml the node runs with (gives its run dir)")
     chk.set_defaults(func=cmd_check)
+
+    rp = sub.add_parser("reap", help="stop the daemons a killed `kemi-ha run` left, by PID")
+    rp.add_argument("--run-dir", default="run")
+    rp.add_argument("--node-config", help="the node.yaml the node runs with (gives its run dir)")
+    rp.set_defaults(func=cmd_reap)
 
     rend = sub.add_parser("render", help="render every node's deploy files from a cluster file")
     rend.add_argument("cluster")

@@ -10,6 +10,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+GROUPS_FILE = "process-groups"  # in a run dir: the daemons `kemi-ha run` started, by PID
+SUPERVISOR = "supervisor"  # the line of the process that started them (and stops them)
+
 
 class StartError(RuntimeError):
     """A daemon did not come up; the message says which and where its log is."""
@@ -110,3 +113,71 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float
             last = exc
         time.sleep(step)
     raise NotReady(f"{what}: not ready after {timeout:.0f} s" + (f" ({last})" if last else ""))
+
+
+# ----- leftovers of a supervisor that was killed -------------------------------------------
+
+
+def start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22): with the
+    PID, what tells a daemon we started from a later process that reused its PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+def record_groups(run_dir: Path, daemons: Sequence[Daemon]) -> None:
+    """Write which process groups this run's daemons lead (`name pid start-time` per line),
+    so that whoever had to KILL `kemi-ha run` can still stop them by PID (`reap`)."""
+    lines = [f"{SUPERVISOR} {os.getpid()} {start_time(os.getpid())}\n"]
+    for daemon in daemons:
+        pid = daemon.pid
+        started = start_time(pid) if pid else None
+        if pid and started is not None:
+            lines.append(f"{daemon.name} {pid} {started}\n")
+    tmp = run_dir / f".{GROUPS_FILE}.tmp"
+    tmp.write_text("".join(lines))
+    tmp.rename(run_dir / GROUPS_FILE)
+
+
+def reap(run_dir: Path, timeout: float = 5.0) -> list[str]:
+    """Stop the daemons a killed `kemi-ha run` left (TERM to each recorded group whose leader
+    is still the process it started, KILL after `timeout`); returns what it stopped. Nothing
+    while their supervisor runs (it stops them itself); a group whose leader already died is
+    not touched (its PID may belong to another process now)."""
+    path = run_dir / GROUPS_FILE
+    try:
+        entries = [line.split() for line in path.read_text().splitlines()]
+    except OSError:
+        return []
+    found: list[tuple[str, int]] = []
+    for entry in entries:
+        if len(entry) != 3 or not entry[1].isdigit() or start_time(int(entry[1])) != entry[2]:
+            continue  # gone (or its PID reused)
+        if entry[0] == SUPERVISOR:
+            if int(entry[1]) != os.getpid() and not exited(int(entry[1])):
+                return []  # still supervised
+            continue
+        found.append((entry[0], int(entry[1])))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for _name, pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
+        deadline = time.monotonic() + timeout
+        while sig == signal.SIGTERM and time.monotonic() < deadline:
+            if all(exited(pid) for _name, pid in found):
+                break
+            time.sleep(0.05)
+    path.unlink(missing_ok=True)
+    return [f"{name} (pid {pid})" for name, pid in found]
+
+
+def exited(pid: int) -> bool:
+    """No such process, or a zombie (it has exited; its parent has not reaped it yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2 :].startswith("Z")

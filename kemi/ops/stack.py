@@ -37,7 +37,7 @@ from kemi.ops.nodecfg import (
     render_dispatcher_list,
     render_node_cfg,
 )
-from kemi.ops.procs import Daemon, NotReady, StartError, wait_until
+from kemi.ops.procs import GROUPS_FILE, Daemon, NotReady, StartError, record_groups, wait_until
 from kemi.ops.rpc import KamailioRpc
 from kemi.ops.tlscert import ensure_self_signed, self_signed_paths
 from kemi.policyfile import load_policy
@@ -210,6 +210,7 @@ class Stack:
             daemon.stop()
         if self.redis_daemon is not None:
             self.redis_daemon.stop()
+        (self.run_dir / GROUPS_FILE).unlink(missing_ok=True)
 
     def kill_all(self) -> None:
         """SIGKILL every process of the node at once: what a power cut does to them."""
@@ -269,6 +270,7 @@ class Stack:
         )
         daemon.start()
         self.redis_daemon = daemon
+        record_groups(self.run_dir, self.daemons())  # before any wait: procs.reap
         self._wait(daemon, lambda: bool(self.redis_client().ping()), 10)
 
     # ----- rtpengine -------------------------------------------------------------------
@@ -307,6 +309,7 @@ class Stack:
         )
         daemon.start()
         self.rtpengines[vip.address] = daemon
+        record_groups(self.run_dir, self.daemons())  # before any wait: procs.reap
         self._wait(daemon, self.ng(vip).ping, 10)
         return daemon
 
@@ -374,6 +377,7 @@ class Stack:
         )
         daemon.start()
         self.kamailio = daemon
+        record_groups(self.run_dir, self.daemons())  # before any wait: procs.reap
         if cfg.netns is None and cfg.ready_check == "options":
             for vip in self.policy.vips:
                 self._wait(

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from kemi.ops import procs
+from kemi.ops.procs import GROUPS_FILE, SUPERVISOR
+
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 AGENT = REPO / "deploy" / "ocf" / "kamailio"
@@ -88,3 +91,27 @@ def test_monitor_fails_when_kamailio_stops_answering_sip(node_yaml: Path, tmp_pa
     assert agent("monitor", node_yaml, tmp_path).returncode == OCF_NOT_RUNNING
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # stop took Kamailio down with kemi-ha run
+
+
+def test_stop_after_kemi_ha_run_was_killed_stops_what_it_left(
+    node_yaml: Path, tmp_path: Path
+) -> None:
+    """`kemi-ha run` SIGKILLed (OOM killer, a stop timeout): its Kamailio, rtpengine and Redis
+    run on unsupervised, holding the node's ports. The agent's stop ends them by the PIDs the
+    run recorded, and the node starts again."""
+    assert agent("start", node_yaml, tmp_path).returncode == OCF_RUNNING
+    supervisor = int((tmp_path / "kemi-ha-run.pid").read_text())
+    recorded = (tmp_path / "run" / GROUPS_FILE).read_text().split("\n")
+    daemons = [
+        int(line.split()[1]) for line in recorded if line and not line.startswith(SUPERVISOR)
+    ]
+    assert len(daemons) == 3, recorded  # redis, rtpengine, kamailio
+    os.kill(supervisor, signal.SIGKILL)
+    for pid in daemons:
+        os.kill(pid, 0)  # orphaned, alive
+    stopped = agent("stop", node_yaml, tmp_path)
+    assert stopped.returncode == OCF_RUNNING, stopped.stdout + stopped.stderr
+    for pid in daemons:
+        assert procs.exited(pid), pid
+    assert agent("start", node_yaml, tmp_path).returncode == OCF_RUNNING  # ports free again
+    assert agent("stop", node_yaml, tmp_path).returncode == OCF_RUNNING
