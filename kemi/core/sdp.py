@@ -32,7 +32,7 @@ def _media_line_ok(value: str) -> bool:
     if len(parts) < 4:
         return False
     port = parts[1].split("/", 1)
-    return all(p.isdigit() for p in port) and int(port[0]) <= 65535
+    return all(p.isascii() and p.isdigit() for p in port) and int(port[0]) <= 65535
 
 
 def _connection_ok(value: str) -> bool:
@@ -49,18 +49,53 @@ def _connection_ok(value: str) -> bool:
 
 
 _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+_IPV4_TEXT = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_IPV4 = re.compile(_IPV4_TEXT)
 # A body whose lines are all <ASCII letter>=<value>, v= first, none blank (normalised to \n):
 # the common case, whose m= and c= lines alone need a look (issue 18: a worker pays for every
 # line of Python); any other body goes through the exact line-by-line checks.
 _PLAIN_SDP = re.compile(r"v=[^\n]*(?:\n[A-Za-z]=[^\n]*)*")
 _MEDIA_OR_CONNECTION = re.compile(r"^[mc]=.*$", re.MULTILINE)
 
+# The shapes nearly every SDP has, accepted by one regex (C, one pass, no line of Python):
+# ASCII lines, single spaces, a c= with an IPv4 address at session level or in every stream,
+# 1..max_streams m= lines with a port of at most 65535. Anything else (IPv6, extra spaces,
+# other bytes, a refusal) goes through the checks above: this only ever accepts what they
+# accept (tests/unit/test_sdp.py checks it on generated bodies).
+_NL = r"\r?\n"
+_OTHER = r"[abd-lnoq-zA-Z]=[^\r\n]*"  # any line but c= and m=
+_CONNECTION = rf"c=IN IP4 {_IPV4_TEXT}(?:/[0-9]+)*"
+_PORT = r"(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_MEDIA = rf"m=[!-~]+ {_PORT}(?:/[0-9]+)? [!-~]+(?: [!-~]+)+"
+_ANY = rf"(?:{_OTHER}|{_CONNECTION})"
+
+
+def accept_pattern(max_streams: int) -> re.Pattern[str]:
+    """The one-regex accept for `max_streams` (compiled once per value)."""
+    pattern = _ACCEPT.get(max_streams)
+    if pattern is not None:
+        return pattern
+    streams = f"{{1,{max_streams}}}"
+    # a c= before the first m= (then anywhere), or none there and one in every stream
+    session_c = rf"(?:{_NL}{_OTHER})*{_NL}{_CONNECTION}(?:{_NL}{_ANY})*"
+    session_c += rf"(?:{_NL}{_MEDIA}(?:{_NL}{_ANY})*){streams}"
+    stream_c = rf"(?:{_NL}{_OTHER})*"
+    stream_c += rf"(?:{_NL}{_MEDIA}(?:{_NL}{_OTHER})*{_NL}{_CONNECTION}(?:{_NL}{_ANY})*){streams}"
+    pattern = re.compile(rf"v=[^\r\n]*(?:{session_c}|{stream_c})(?:{_NL})*")
+    _ACCEPT[max_streams] = pattern
+    return pattern
+
+
+_ACCEPT: dict[int, re.Pattern[str]] = {}  # max_streams -> its pattern, compiled once
+
 
 def sdp_refusal(body: str, limits: SdpLimits) -> Reject | None:
     """None when the SDP may go to rtpengine, else the 488 to answer."""
     if len(body) > limits.max_bytes:
         return _refuse("sdp_too_large")
+    accept = _ACCEPT.get(limits.max_streams) or accept_pattern(limits.max_streams)
+    if accept.fullmatch(body) is not None:
+        return None
     # RFC 4566: `v=` first, no blank line (trailing line ends are tolerated)
     text = body.replace("\r\n", "\n").rstrip("\n")
     if _PLAIN_SDP.fullmatch(text) is None:

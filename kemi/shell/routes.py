@@ -509,7 +509,11 @@ class Router:
         if late:
             ksr.pv.seti(AVP_LATE, 1)  # late offer: the 2xx carries it, the ACK the answer
         else:
-            refused = sdp_refusal(pv.text("$rb"), policy.sdp_limits)
+            try:
+                body = self.get("$rb") or ""
+            except UnicodeDecodeError:  # bytes that are not UTF-8: Garbled, refused below
+                body = pv.text("$rb")
+            refused = sdp_refusal(body, policy.sdp_limits)
             if refused is not None:
                 self.send_reject(refused, vip.address)
                 self.record_refusal(policy, decision, refused, callee)
@@ -790,7 +794,11 @@ class Router:
             vip = policy.vip_by_address.get(self.get("$Ri"))
             if vip is None:
                 return 1
-            if sdp_refusal(self.pv.text("$rb"), policy.sdp_limits) is not None:
+            try:
+                body = self.get("$rb") or ""
+            except UnicodeDecodeError:  # bytes that are not UTF-8: Garbled, refused below
+                body = self.pv.text("$rb")
+            if sdp_refusal(body, policy.sdp_limits) is not None:
                 # Relayed as it is, its media would bypass the relay: drop it (the callee resends).
                 log.warning("reply %d with an SDP rtpengine must not see dropped", status)
                 ksr.set_drop()

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kemi.core import cdr
 from kemi.core.cdr import Cdr, EndReason, SetupFacts, SweepFacts
@@ -561,3 +563,20 @@ def test_write_once_command_is_evalsha_of_write_args() -> None:
         assert write_once_command(rec, "f" * 40) == evalsha_command("f" * 40, keys, argv)
     eval_bytes = write_once_command(odd, cdr.WRITE_ONCE_LUA, "EVAL")
     assert eval_bytes.startswith(b"*37\r\n$4\r\nEVAL\r\n$%d\r\n" % len(cdr.WRITE_ONCE_LUA))
+
+
+@settings(max_examples=300, deadline=None)
+@given(facts=st.text(max_size=40), call_id=st.text(max_size=20), from_tag=st.text(max_size=10),
+       node=st.sampled_from(["10.0.0.1", "n\u00e9"]), answer=st.integers(0, 10**13),
+       verb=st.sampled_from(["EVALSHA", "EVAL"]))  # fmt: skip
+def test_the_ended_command_is_resp_for_any_text(
+    facts: str, call_id: str, from_tag: str, node: str, answer: int, verb: str
+) -> None:
+    """The ASCII fast path and the general one pack what resp_command packs."""
+    command = cdr.write_ended_command("s", (facts, call_id, from_tag, node, answer, NOW,
+                                            R.BYE_CALLER, 200), verb)  # fmt: skip
+    seconds = str(cdr.answered_seconds(answer, NOW))
+    assert command == cdr.resp_command(
+        verb, "s", "2", cdr.once_key(call_id, from_tag), cdr.STREAM, node, str(cdr.ONCE_TTL_S),
+        facts, call_id, from_tag, str(answer), str(NOW), seconds, "200", "bye_caller",
+    )  # fmt: skip
