@@ -20,6 +20,7 @@ from typing import Any
 from kemi.core.cdr import resp_command as command  # one RESP packer, pure (kemi.core)
 
 BUFFER = 65536
+FIRST_READ = 4096  # a call record's reply (an entry ID or nil) is tens of bytes
 CRLF = b"\r\n"
 
 
@@ -55,7 +56,7 @@ class RespClient:
         try:
             sock.sendall(packed)
             if not self.buffer:  # a bulk string or nil received whole (the call record's)
-                data = sock.recv(BUFFER)
+                data = sock.recv(FIRST_READ)
                 if data[:1] == b"$" and data[-2:] == CRLF:
                     head = data.find(CRLF)
                     size = int(data[1:head]) if data[1:head].isdigit() else -2

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from redis.connection import Connection
 
-from kemi.ops.resp import RespClient, RespError, command
+from kemi.ops.resp import FIRST_READ, RespClient, RespError, command
 
 Handler = Callable[[socket.socket], None]
 
@@ -97,6 +97,19 @@ def test_every_reply_type_split_byte_by_byte(
     client = RespClient("127.0.0.1", server(handler), timeout=1.0)
     assert client.call(command("PING")) == expected
     assert client.call(command("PING")) == expected  # the buffer is left in step
+
+
+def test_a_reply_larger_than_the_first_read_sent_whole(server: Callable[[Handler], int]) -> None:
+    big = "x" * (FIRST_READ * 3 + 7)
+
+    def handler(conn: socket.socket) -> None:
+        for _ in range(2):
+            read_command(conn)
+            conn.sendall(b"$%d\r\n%s\r\n" % (len(big), big.encode()))
+
+    client = RespClient("127.0.0.1", server(handler), timeout=1.0)
+    assert client.call(command("GET", "k")) == big
+    assert client.call(command("GET", "k")) == big  # the buffer is left in step
 
 
 def test_error_reply_raises_and_the_connection_stays_usable(
