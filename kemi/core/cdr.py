@@ -401,43 +401,35 @@ def write_ended_command(script: str, end: CallEnd, verb: str = "EVALSHA") -> byt
     """The RESP bytes of WRITE_ENDED_LUA (by SHA1 or, with verb EVAL, its text) for `end`.
 
     Every call, in a SIP worker: the constant parts are packed once per (verb, script, node),
-    and an ASCII end (the rule: Call-IDs and tags are tokens) is one `%` and one encode."""
+    and ASCII values (the rule: Call-IDs and tags are tokens) in one `%` and one encode."""
     facts, call_id, from_tag, end_node, answer_ms, end_ms, reason, code = end
-    key = f"{ONCE_PREFIX}{from_tag}:{call_id}"  # once_key()
-    seconds = str(round(max(0, end_ms - answer_ms) / 1000, 3) if answer_ms > 0 else 0.0)
-    if key.isascii() and facts.isascii() and end_node.isascii():  # str length = byte length
-        head, middle = _ENDED_PARTS.get((verb, script, end_node)) or _ended_parts(
-            verb, script, end_node
-        )
-        answer, ended, status = str(answer_ms), str(end_ms), str(code)
-        return head + (_ENDED_ASCII % (
-            len(key), key, middle, len(facts), facts, len(call_id), call_id, len(from_tag),
-            from_tag, len(answer), answer, len(ended), ended, len(seconds), seconds, len(status),
-            status, len(reason._value_), reason._value_)).encode()  # fmt: skip
-    values = (facts, call_id, from_tag, str(answer_ms), str(end_ms), seconds, str(code),
-              reason._value_)  # fmt: skip
-    verb_b, script_b, node_b = verb.encode(), script.encode(), end_node.encode()
-    key_b = key.encode()
-    parts = [b"*%d\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$1\r\n2\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s"
-             % (_ENDED_ARGS, len(verb_b), verb_b, len(script_b), script_b, len(key_b), key_b,
-                _STREAM_BULK, len(node_b), node_b, _TTL_BULK)]  # fmt: skip
-    for value in values:
-        data = value.encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    head, middle = _ENDED_PARTS.get((verb, script, end_node)) or _ended_parts(
+        verb, script, end_node
+    )
+    key_b = f"{ONCE_PREFIX}{from_tag}:{call_id}".encode()  # once_key()
+    answer, ended = str(answer_ms), str(end_ms)
+    seconds, status = str(answered_seconds(answer_ms, end_ms)), str(code)
+    if key_b.isascii() and facts.isascii():  # every value ASCII: str length = byte length
+        tail = (_ENDED_VALUES % (
+            len(facts), facts, len(call_id), call_id, len(from_tag), from_tag, len(answer),
+            answer, len(ended), ended, len(seconds), seconds, len(status), status,
+            len(reason._value_), reason._value_)).encode()  # fmt: skip
+    else:
+        values = (facts, call_id, from_tag, answer, ended, seconds, status, reason._value_)
+        tail = b"".join(_bulk(v.encode()) for v in values)
+    return b"%s$%d\r\n%s\r\n%s%s" % (head, len(key_b), key_b, middle, tail)
 
 
-# write_ended_command's ASCII path: the once key, (stream key, node, TTL), the 8 values
-_ENDED_ASCII = "$%d\r\n%s\r\n%s" + "$%d\r\n%s\r\n" * 8
-_ENDED_PARTS: dict[tuple[str, str, str], tuple[bytes, str]] = {}
+_ENDED_VALUES = "$%d\r\n%s\r\n" * 8  # write_ended_command's ASCII values
+_ENDED_PARTS: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}
 
 
-def _ended_parts(verb: str, script: str, node: str) -> tuple[bytes, str]:
+def _ended_parts(verb: str, script: str, node: str) -> tuple[bytes, bytes]:
     """The command's head (up to the once key) and middle (stream key, node, TTL), kept."""
-    verb_b, script_b, node_b = verb.encode(), script.encode(), node.encode()
+    verb_b, script_b = verb.encode(), script.encode()
     head = b"*%d\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$1\r\n2\r\n" % (
         _ENDED_ARGS, len(verb_b), verb_b, len(script_b), script_b)  # fmt: skip
-    middle = (_STREAM_BULK + _bulk(node_b) + _TTL_BULK).decode()  # ASCII: the caller checked
+    middle = _STREAM_BULK + _bulk(node.encode()) + _TTL_BULK
     if len(_ENDED_PARTS) >= 64:  # a few verbs and scripts, one node: never grows in practice
         _ENDED_PARTS.clear()
     parts = _ENDED_PARTS[verb, script, node] = head, middle
