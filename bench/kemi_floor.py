@@ -125,8 +125,9 @@ class Floor:
         KSR.tm.t_relay()
         return 1
 
-    def ksr_reply_route(self, msg: Any) -> int:
-        KSR.tm.t_check_trans()
+    def ksr_sl_reply(self, msg: Any, evname: str = "") -> int:
+        if KSR.dialog.is_known_dlg() < 0:
+            KSR.set_drop()
         return 1
 
     def ksr_onreply_manage(self, msg: Any) -> int:

@@ -129,13 +129,13 @@ def request(method: str, sdp: bool, in_dialog: bool, event: str | None = None) -
 
 
 def reply(status: int, method: str, sdp: bool, manage: bool, event: str | None = None) -> Message:
-    steps: list[Step] = [("ksr_reply_route", (None,))]
-    if manage:
-        steps.append(("ksr_onreply_manage", (None,)))
+    # A reply of a transaction: only the MANAGE_REPLY its request armed (no core reply route;
+    # SL_REPLY runs for replies no transaction matched, none here).
+    steps: list[Step] = [("ksr_onreply_manage", (None,))] if manage else []
     if event:
         steps.append(("ksr_dialog_event", (None, event)))
     pvs = {"$rs": status, "$rm": method, "$rb": SDP if sdp else "", "$tt": "2SIPpTag"}
-    returns = {"tm.t_check_trans": 1, "textops.has_body_type": 1 if sdp else -1}
+    returns = {"textops.has_body_type": 1 if sdp else -1}
     return Message(f"{status} {method}", steps, pvs, returns)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 PROFILE_ENV = "KEMI_HA_PROFILE"
 # The KEMI entries profiled (the dialog event runs the call records, twice per call).
-ENTRIES = ("ksr_request_route", "ksr_reply_route", "ksr_onreply_manage", "ksr_branch_manage",
+ENTRIES = ("ksr_request_route", "ksr_sl_reply", "ksr_onreply_manage", "ksr_branch_manage",
            "ksr_failure_manage", "ksr_dialog_event")  # fmt: skip
 
 

@@ -72,11 +72,14 @@ from kemi.shell import metrics
 from kemi.shell.hygiene import CallRecords
 from kemi.shell.policy_holder import GEN_SHV, PolicyHolder
 from kemi.shell.pv import Garbled, Pv
+from kemi.shell.route_type import as_core_reply_route
 
 log = logging.getLogger("kemi.routes")
 ROUTE_SECONDS = metrics.REQUEST_ROUTE_SECONDS
 
-# KEMI callback names given to t_on_*: methods of Router, checked by a unit test.
+# KEMI callback names given to t_on_* (and SL_REPLY to tm's on_sl_reply in kamailio.cfg):
+# methods of Router, checked by a unit test.
+SL_REPLY = "ksr_sl_reply"
 MANAGE_REPLY = "ksr_onreply_manage"
 MANAGE_BRANCH = "ksr_branch_manage"
 MANAGE_FAILURE = "ksr_failure_manage"
@@ -661,29 +664,26 @@ class Router:
 
     # ----- replies, branches, failures -------------------------------------------------
 
-    def ksr_reply_route(self, msg: Any) -> int:
-        """Every reply, before transaction matching. One of a transaction is left to
-        MANAGE_REPLY (armed by its request): nothing to do here.
+    def ksr_sl_reply(self, msg: Any, evname: str = "") -> int:
+        """SL_REPLY (tm's on_sl_reply): a reply no transaction matched. One of a transaction
+        never comes here: MANAGE_REPLY (armed by its request) handles it, and there is no core
+        reply route (kamailio.cfg), so such a reply runs no Python of its own.
 
-        A reply with no transaction would be forwarded statelessly to its second Via: only
-        one we can vouch for passes (our own Via on top: core `check_via=1`, and a dialog this
-        node knows, replicated ones included: the takeover of a dead node's calls needs it);
-        any other is dropped, never reflected."""
+        Without a transaction the core forwards it statelessly to its second Via: only one we
+        can vouch for passes (our own Via on top: core `check_via=1`, and a dialog this node
+        knows, replicated ones included: the takeover of a dead node's calls needs it); any
+        other is dropped, never reflected."""
         try:
-            if self.ksr.tm.t_check_trans() > 0:
+            ksr = self.ksr
+            if not ok(ksr.dialog.is_known_dlg()):
+                log.info("stray %s reply from %s dropped", self.pv.text("$rs"), self.pv.text("$si"))
+                ksr.set_drop()
                 return 1
-            self.reply_without_transaction()
+            with as_core_reply_route():  # else the dialog module frees no channel here
+                self.route_takeover_reply(self._policy())
         except Exception as exc:  # what guarded("reply") does, without its frame per reply
             self.on_exception("reply", exc)
         return 1
-
-    def reply_without_transaction(self) -> None:
-        ksr = self.ksr
-        if not ok(ksr.dialog.is_known_dlg()):
-            log.info("stray %s reply from %s dropped", self.pv.text("$rs"), self.pv.text("$si"))
-            ksr.set_drop()
-            return
-        self.route_takeover_reply(self._policy())
 
     def route_takeover_reply(self, policy: Policy) -> None:
         """TAKEOVER_REPLY: a reply of a known dialog whose transaction died with another node

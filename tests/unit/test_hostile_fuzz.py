@@ -35,7 +35,7 @@ STRING_PVS = sorted({*PVS, "$hu", "$rb", "$avp(kha_dsts)", "$avp(kha_tried)"} - 
 # KEMI functions whose int answer steers the routes: any of them may fail.
 STEERING = [name for name, value in HAPPY.items() if isinstance(value, int | bool)]
 STEERING.append("htable.sht_get")  # a ban's end (int), or no ban (None)
-ENTRIES = ["ksr_request_route", "ksr_reply_route", "ksr_onreply_manage", "ksr_branch_manage",
+ENTRIES = ["ksr_request_route", "ksr_sl_reply", "ksr_onreply_manage", "ksr_branch_manage",
            "ksr_failure_manage", "ksr_xhttp_event"]  # fmt: skip
 ANSWERS = {200, 400, 403, 404, 405, 422, 481, 483, 486, 488, 503}
 

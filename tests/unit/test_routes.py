@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,15 @@ TOKEN = "s3cret"
 def test_callback_names_are_router_methods() -> None:
     for name in (routes.MANAGE_REPLY, routes.MANAGE_BRANCH, routes.MANAGE_FAILURE):
         assert callable(getattr(Router, name))
+
+
+def test_replies_of_transactions_run_no_core_reply_route() -> None:
+    """A reply of a transaction runs only its MANAGE_REPLY; one no transaction matched runs
+    SL_REPLY, which kamailio.cfg gives to tm's on_sl_reply."""
+    cfg = (Path(__file__).resolve().parents[2] / "kamailio.cfg").read_text()
+    assert re.search(r'^kemi\.reply_route_callback="none"$', cfg, re.M)
+    (name,) = re.findall(r'^modparam\("tm", "on_sl_reply", "(\w+)"\)$', cfg, re.M)
+    assert name == routes.SL_REPLY and callable(getattr(Router, name))
 
 
 def test_initial_invite_offers_on_its_vip_set_then_relays_from_that_vip() -> None:
@@ -561,22 +571,17 @@ def test_in_dialog_request_of_no_known_dialog_gets_481_without_media(
     assert not ksr.called("tm.t_relay")
 
 
-@pytest.mark.parametrize(
-    ("transaction", "known", "dropped"),
-    [(1, -1, False), (-1, 1, False), (-1, -1, True)],
-    ids=["in-transaction", "stray-known-dialog", "stray-unknown"],
-)
-def test_stray_reply_passes_only_for_a_known_dialog(
-    transaction: int, known: int, dropped: bool
+@pytest.mark.parametrize(("known", "dropped"), [(1, False), (-1, True)],
+                         ids=["stray-known-dialog", "stray-unknown"])  # fmt: skip
+def test_reply_without_transaction_passes_only_for_a_known_dialog(
+    known: int, dropped: bool
 ) -> None:
-    router, ksr = make(**{"tm.t_check_trans": transaction, "dialog.is_known_dlg": known})
+    router, ksr = make(**{"dialog.is_known_dlg": known})
     ksr.pvs["$rs"] = 200
-    router.ksr_reply_route(None)
+    router.ksr_sl_reply(None, "on_sl_reply")
     assert ksr.called("set_drop") is dropped
-    if transaction > 0:  # MANAGE_REPLY, armed by the request, does the rest
-        assert ksr.names() == ["tm.t_check_trans"]
-    else:  # a known dialog's orphan: its SDP answered on the VIP's set here
-        assert ksr.called("rtpengine.set_rtpengine_set") is not dropped
+    # a known dialog's orphan: its SDP answered on the VIP's set here
+    assert ksr.called("rtpengine.set_rtpengine_set") is not dropped
 
 
 def test_reply_with_sdp_rtpengine_must_not_see_is_dropped() -> None:
@@ -618,7 +623,7 @@ def test_without_a_token_no_state_change_is_accepted() -> None:
 
 # ----- calls caught mid-setup by a takeover (issue 13) --------------------------------------
 
-ORPHAN = {"tm.t_check_trans": -1, "dialog.is_known_dlg": 1}
+ORPHAN = {"dialog.is_known_dlg": 1}
 
 
 def make_orphan_reply(status: int, method: str = "INVITE", state: str = "2",
@@ -634,7 +639,7 @@ def test_orphan_200_is_answered_on_the_vip_set_with_the_dialog_flags(retransmiss
     router, ksr = make_orphan_reply(200)
     ksr.pvs[routes.DLG_MEDIA_FLAGS] = "ICE=remove trust-address"
     for _ in range(retransmission):
-        router.ksr_reply_route(None)
+        router.ksr_sl_reply(None, "on_sl_reply")
     answers = [c for c in ksr.calls if c.name == "rtpengine.rtpengine_answer"]
     assert answers == [answers[0]] * retransmission
     assert answers[0].args == ("ICE=remove trust-address",)
@@ -646,42 +651,35 @@ def test_orphan_200_is_answered_on_the_vip_set_with_the_dialog_flags(retransmiss
 def test_orphan_2xx_of_a_late_offer_offers() -> None:
     router, ksr = make_orphan_reply(200)
     ksr.pvs[routes.DLG_LATE] = "1"
-    router.ksr_reply_route(None)
+    router.ksr_sl_reply(None, "on_sl_reply")
     assert ksr.called("rtpengine.rtpengine_offer", "replace-origin ICE=remove")
     assert not ksr.called("rtpengine.rtpengine_answer")
 
 
 def test_orphan_reply_whose_answer_failed_is_dropped() -> None:
     router, ksr = make_orphan_reply(200, **{"rtpengine.rtpengine_answer": -1})
-    router.ksr_reply_route(None)
+    router.ksr_sl_reply(None, "on_sl_reply")
     assert ksr.called("set_drop")
 
 
 def test_orphan_reply_of_an_unknown_dialog_is_dropped_without_media() -> None:
     router, ksr = make_orphan_reply(200, **{"dialog.is_known_dlg": -1})
-    router.ksr_reply_route(None)
+    router.ksr_sl_reply(None, "on_sl_reply")
     assert ksr.called("set_drop")
     assert not any(n.startswith("rtpengine.") for n in ksr.names())
 
 
 def test_orphan_180_without_sdp_is_forwarded_untouched() -> None:
     router, ksr = make_orphan_reply(180, **{"textops.has_body_type": -1})
-    router.ksr_reply_route(None)
+    router.ksr_sl_reply(None, "on_sl_reply")
     assert not ksr.called("set_drop")
     assert not ksr.called("rtpengine.rtpengine_answer")
-
-
-def test_reply_with_a_transaction_is_left_to_manage_reply() -> None:
-    router, ksr = make_orphan_reply(200, **{"tm.t_check_trans": 1})
-    router.ksr_reply_route(None)
-    assert not ksr.called("rtpengine.rtpengine_answer")
-    assert not ksr.called("dialog.is_known_dlg")
 
 
 def test_orphan_487_ends_the_call_media_channels_and_dialog() -> None:
     router, ksr = make_orphan_reply(487, **{"textops.has_body_type": -1})
     ksr.pvs[routes.DLG_PROFILES] = "kha_tenant=acme"
-    router.ksr_reply_route(None)
+    router.ksr_sl_reply(None, "on_sl_reply")
     assert ksr.called("rtpengine.rtpengine_delete0")
     assert ksr.called("dialog.unset_dlg_profile_static", "kha_global")
     assert ksr.called("dialog.unset_dlg_profile", "kha_tenant", "acme")
@@ -692,7 +690,7 @@ def test_orphan_487_ends_the_call_media_channels_and_dialog() -> None:
 
 def test_orphan_200_to_a_cancel_is_forwarded_untouched() -> None:
     router, ksr = make_orphan_reply(200, method="CANCEL", **{"textops.has_body_type": -1})
-    router.ksr_reply_route(None)
+    router.ksr_sl_reply(None, "on_sl_reply")
     assert not any(n.startswith("rtpengine.rtpengine_") for n in ksr.names())
     assert not ksr.called("jsonrpcs.exec") and not ksr.called("set_drop")
 
