@@ -22,7 +22,9 @@ a stub, so that two versions of kemi/shell/routes.py can be compared determinist
 Before/after on the same machine state: export the other version (`git archive REV | tar -x -C
 DIR`) and run it with PYTHONPATH=DIR (an installed checkout otherwise wins).
 
-Run: make bench  (or .venv/bin/python bench/routes_bench.py [--calls N] [--runs N])
+Run: make bench  (or .venv/bin/python bench/routes_bench.py [--calls N] [--runs N]);
+--cold evicts the caches before each message (what a Kamailio worker sees), --floor times
+bench/kemi_floor.py the same way.
 """
 
 from __future__ import annotations
@@ -213,12 +215,14 @@ def build_router(ksr: Any) -> Router:
     return Router(ksr, holder, node_address="127.0.0.1", dmq=False, calls=calls)
 
 
-def run_call(router: Router, ksr: Any, messages: list[Message],
+def run_call(router: Any, ksr: Any, messages: list[Message],
              per_message: Callable[[str], None] | None = None,
-             seconds: dict[str, float] | None = None) -> None:  # fmt: skip
+             seconds: dict[str, float] | None = None,
+             before: Callable[[], None] | None = None) -> None:  # fmt: skip
     """One call through the router; the PVs of the call carry from one message to the next
     (AVPs and dialog variables written by one callback are read by the next). `seconds`: the
-    time of each message's callbacks added in (the stub's scripting between them left out)."""
+    time of each message's callbacks added in (the stub's scripting between them left out);
+    `before`: run ahead of each message, untimed (--cold: the caches evicted)."""
     clock = time.perf_counter
     pvs, returns = ksr.pvs, ksr.returns
     pvs.clear()
@@ -235,6 +239,8 @@ def run_call(router: Router, ksr: Any, messages: list[Message],
         returns.update(message.returns)
         returns["tm.t_on_branch"] = arm_branch
         pvs.update(message.pvs)
+        if before is not None:
+            before()
         start = clock()
         for method, args in message.steps:
             if method == "ksr_branch_manage" and not armed:
@@ -266,17 +272,41 @@ def count_calls(messages: list[Message]) -> dict[str, Counter[str]]:
     return counts
 
 
-def time_calls(messages: list[Message], calls: int, runs: int) -> list[dict[str, float]]:
+class Evict:
+    """Inside Kamailio a worker takes every fourth message of its socket, rtpengine and the
+    kernel running in between: its Python starts each callback from cold caches, ~15x the
+    warm loop's time (docs/performance.md). --cold copies EVICT_BYTES (beyond this machine's
+    L2 and its L3 share) before each message, untimed, to measure that regime."""
+
+    EVICT_BYTES = 32 << 20
+
+    def __init__(self) -> None:
+        self.source = bytearray(self.EVICT_BYTES)
+        self.target = bytearray(self.EVICT_BYTES)
+
+    def __call__(self) -> None:
+        self.target[:] = self.source
+
+
+def floor_router(ksr: Any) -> Any:
+    """bench/kemi_floor.py (the same KSR calls, straight-line) on this stub."""
+    sys.modules["KSR"] = ksr
+    return load("kemi_floor", BENCH / "kemi_floor.py").Floor()
+
+
+def time_calls(messages: list[Message], calls: int, runs: int, cold: bool = False,
+               floor: bool = False) -> list[dict[str, float]]:  # fmt: skip
     """µs of Python per message of a call (its callbacks), one dict per run."""
     ksr = StubKSR({}, {})
-    router = build_router(ksr)
+    router = floor_router(ksr) if floor else build_router(ksr)
     for _ in range(200):  # warm the caches (metric slots, method lookups)
         run_call(router, ksr, messages)
+    before = Evict() if cold else None
     out = []
     for _ in range(runs):
         seconds: dict[str, float] = {}
         for _ in range(calls):
-            run_call(router, ksr, messages, seconds=seconds)
+            run_call(router, ksr, messages, seconds=seconds, before=before)
         out.append({name: total / calls * 1e6 for name, total in seconds.items()})
     return out
 
@@ -286,20 +316,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=2000, help="calls per timed run")
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--verbose", action="store_true", help="KSR calls per message, by name")
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="caches evicted before each message (Kamailio's regime; use --calls 300)",
+    )
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="time bench/kemi_floor.py too, under the same stub and caches",
+    )
     args = ap.parse_args(argv)
+    regime = "cold" if args.cold else "warm"
     for label, sdp in (("sip-only", False), ("sdp", True)):
         messages = call(sdp)
         counts = count_calls(messages)
         per_call = sum(sum(c.values()) for c in counts.values())
-        runs = time_calls(messages, args.calls, args.runs)
+        runs = time_calls(messages, args.calls, args.runs, args.cold)
         times = [sum(run.values()) for run in runs]
         best = min(runs, key=lambda run: sum(run.values()))
-        print(f"routes-bench {label}: {statistics.median(times):.1f} us of Python per call "
-              f"(runs {min(times):.1f}-{max(times):.1f}), {per_call} KSR calls per call; per "
+        print(f"routes-bench {label} ({regime}): {statistics.median(times):.1f} us of Python per "
+              f"call (runs {min(times):.1f}-{max(times):.1f}), {per_call} KSR calls per call; per "
               "message (KSR calls, us in the fastest run): "
               + ", ".join(f"{name} {sum(c.values())} {best[name]:.1f}"
                           for name, c in counts.items()),
               flush=True)  # fmt: skip
+        if args.floor:
+            floor = [
+                sum(run.values())
+                for run in time_calls(messages, args.calls, args.runs, args.cold, floor=True)
+            ]
+            print(
+                f"routes-bench {label} ({regime}): floor {statistics.median(floor):.1f} us "
+                f"(runs {min(floor):.1f}-{max(floor):.1f}), kemi-ha/floor "
+                f"{statistics.median(times) / statistics.median(floor):.2f}",
+                flush=True,
+            )
         if args.verbose:
             for name, c in counts.items():
                 print(f"  {name}: " + " ".join(f"{k}x{v}" for k, v in sorted(c.items())))
