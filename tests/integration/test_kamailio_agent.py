@@ -38,11 +38,13 @@ routes:
 def node_yaml(tmp_path: Path, require_root: None) -> Iterator[Path]:
     (tmp_path / "policy.yaml").write_text(POLICY)
     node = tmp_path / "node.yaml"
+    # Ports below the kernel's ephemeral range (32768-60999): a client socket of the node's own
+    # Redis or rtpengine may hold any port in it, and Kamailio's bind then fails (seen once in CI).
     node.write_text(
         f"node_id: 1\nnode_address: 127.0.0.1\npolicy: {tmp_path}/policy.yaml\n"
-        f"run_dir: {tmp_path}/run\nlog_dir: {tmp_path}/log\nsip_port: 35060\ntls_port: 35061\n"
-        "dmq_port: 35090\n"
-        "http_port: 38090\ncomponents: [redis, rtpengine, kamailio]\nready_check: options\n"
+        f"run_dir: {tmp_path}/run\nlog_dir: {tmp_path}/log\nsip_port: 24060\ntls_port: 24061\n"
+        "dmq_port: 24090\n"
+        "http_port: 27090\ncomponents: [redis, rtpengine, kamailio]\nready_check: options\n"
         "children: 2\n"
     )
     yield node
