@@ -25,7 +25,7 @@ from typing import Any
 
 DIR_ENV = "KEMI_HA_CALLBACK_CPU_DIR"
 ENTRIES = ("ksr_request_route", "ksr_sl_reply", "ksr_onreply_manage", "ksr_branch_manage",
-           "ksr_failure_manage", "ksr_dialog_event")  # fmt: skip
+           "ksr_failure_manage", "ksr_dialog_end")  # fmt: skip
 
 
 class Timed:

@@ -135,6 +135,7 @@ class Floor:
         status = pv.geti("$rs")
         if 200 <= status < 300 and pv.get("$avp(kha_vip)"):
             pv.unset("$avp(kha_vip)")
+            pv.sets("$dlg_var(kha_ta)", str(int(time.time() * 1000)))
         pv.get("$avp(kha_nat)")
         KSR.nathelper.nat_uac_test(1)
         pv.get("$pr")
@@ -153,16 +154,13 @@ class Floor:
     def ksr_branch_manage(self, msg: Any) -> int:
         return 1
 
-    def ksr_dialog_event(self, msg: Any, evname: str = "") -> int:
+    def ksr_dialog_end(self, msg: Any) -> int:
         pv = KSR.pv
-        if evname == "dialog:start":
-            pv.sets("$dlg_var(kha_ta)", str(int(time.time() * 1000)))
-        elif evname == "dialog:end":
-            json.loads(pv.get("$dlg_var(kha_cdr)"))
-            for name in ("$dlg(callid)", "$dlg(from_tag)", "$ft", "$dlg_var(kha_ta)"):
-                pv.get(name)
-            KSR.is_BYE()
-            KSR.info("kemi-ha: cdr written reason=bye_caller code=200\n")
+        json.loads(pv.get("$dlg_var(kha_cdr)"))
+        for name in ("$dlg(callid)", "$dlg(from_tag)", "$ft", "$dlg_var(kha_ta)"):
+            pv.get(name)
+        KSR.is_BYE()
+        KSR.info("kemi-ha: cdr written reason=bye_caller code=200\n")
         return 1
 
     def ksr_hygiene_timer(self, msg: Any, evname: str = "") -> int:

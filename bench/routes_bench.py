@@ -121,8 +121,8 @@ def request(method: str, sdp: bool, in_dialog: bool, event: str | None = None) -
     steps: list[Step] = [("ksr_request_route", (None,))]
     if method == "INVITE" and not in_dialog:
         steps.append(("ksr_branch_manage", (None,)))  # run only if the route armed it
-    if event:
-        steps.append(("ksr_dialog_event", (None, event)))
+    if event:  # kamailio.cfg's event_route[dialog:end]
+        steps.append(("ksr_dialog_end", (None,)))
     pvs = {"$rm": method, "$rb": SDP if sdp else "", "$tt": "2SIPpTag" if in_dialog else "",
            "$dlg(state)": "3" if method == "ACK" else "4"}  # fmt: skip
     returns = {f"is_{method}": True, "siputils.has_totag": 1 if in_dialog else -1,
@@ -130,12 +130,11 @@ def request(method: str, sdp: bool, in_dialog: bool, event: str | None = None) -
     return Message(method, steps, pvs, returns)
 
 
-def reply(status: int, method: str, sdp: bool, manage: bool, event: str | None = None) -> Message:
+def reply(status: int, method: str, sdp: bool, manage: bool) -> Message:
     # A reply of a transaction: only the MANAGE_REPLY its request armed (no core reply route;
-    # SL_REPLY runs for replies no transaction matched, none here).
+    # SL_REPLY runs for replies no transaction matched, none here; no dialog event: the 2xx's
+    # MANAGE_REPLY keeps the answer time).
     steps: list[Step] = [("ksr_onreply_manage", (None,))] if manage else []
-    if event:
-        steps.append(("ksr_dialog_event", (None, event)))
     pvs = {"$rs": status, "$rm": method, "$rb": SDP if sdp else "", "$tt": "2SIPpTag"}
     returns = {"textops.has_body_type": 1 if sdp else -1}
     return Message(f"{status} {method}", steps, pvs, returns)
@@ -145,7 +144,7 @@ def call(sdp: bool) -> list[Message]:
     return [
         request("INVITE", sdp, in_dialog=False),
         reply(180, "INVITE", sdp=False, manage=True),
-        reply(200, "INVITE", sdp=sdp, manage=True, event="dialog:start"),
+        reply(200, "INVITE", sdp=sdp, manage=True),
         request("ACK", sdp=False, in_dialog=True),
         request("BYE", sdp=False, in_dialog=True, event="dialog:end"),
         reply(200, "BYE", sdp=False, manage=False),

@@ -12,7 +12,7 @@ Rules:
 - what the node that ends a call needs to write it travels with the dialog: `SetupFacts`,
   encoded as one dialog variable at the INVITE (dialog variables are replicated over DMQ with
   the dialog, Kamailio 5.6 dlg_dmq.c), plus the answer time (a dialog variable set at
-  `dialog:start` where the 200 passed, else the dialog's replicated `start_ts`, whole seconds);
+  the INVITE's first 2xx where it passed, else the dialog's replicated `start_ts`, whole seconds);
 - reasons (`EndReason`) are decided here from what the shell read: the BYE's From-tag, the
   final status, the dialog event, the sweep's verdict (`sweep_verdict`).
 """
@@ -198,7 +198,7 @@ def answered_seconds(answer_ms: int, end_ms: int) -> float:
 
 
 def answer_time_ms(answer_var: str, start_ts: int) -> int:
-    """The answer time: the dialog variable set at dialog:start (ms) where the 200 passed; on a
+    """The answer time: the dialog variable set at the first 2xx (ms) where the 200 passed; on a
     node that only holds the replicated copy, the middle of the dialog's start_ts second (whole
     seconds, truncated: the answer was within it), so the duration is off by 0.5 s at most (the
     drill saw 1.0 s with the start of the second)."""

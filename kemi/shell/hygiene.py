@@ -5,10 +5,10 @@ Where each record is written (by the node that ends the call; the store writes a
 - INVITE refused after the policy admitted it (channel limit, SDP bounds, media): at once;
 - final failure or CANCEL of the INVITE: MANAGE_FAILURE (the dialog context is set there);
   a dead node's INVITE failing after a takeover: TAKEOVER_REPLY's end of the call;
-- answered call: `dialog:end` (dialog module `event_callback`), run where the BYE passes
-  (reason from its From-tag), or where the dialog module's own timer ends it. Kamailio 5.6 runs
-  no event on a replicated copy when another node ends the call (dlg_dmq.c), and the store
-  drops a second record of the same call;
+- answered call: `dialog:end` (kamailio.cfg's event_route: `ksr_dialog_end`), run where the
+  BYE passes (reason from its From-tag), or where the dialog module's own timer ends it.
+  Kamailio 5.6 runs no event on a replicated copy when another node ends the call
+  (dlg_dmq.c), and the store drops a second record of the same call;
 - dead or overlong call: the sweep (Kamailio timer process, `ksr_hygiene_timer`), on the node
   that holds the call's VIP, writes the record (media_timeout, max_duration) and ends the
   dialog with `dlg.end_dlg` (BYE both ways, then `dialog:end`, whose record is a duplicate).
@@ -181,19 +181,13 @@ class CallRecords:
         now = self.clock_ms()
         self.store(cdr.build_cdr(facts, call_id, from_tag, self.node, now, reason, code))
 
-    def dialog_event(self, event: str) -> None:
-        """dialog:start (the 200 passed here): answer time; dialog:end: the record."""
-        if event == "dialog:start":
-            self.dialog_started()
-        elif event == "dialog:end":
-            self.dialog_ended()
-
-    def dialog_started(self) -> None:
+    def answered(self) -> None:
+        """The 2xx of the call's INVITE passed here (MANAGE_REPLY, once per call): its time."""
         self.ksr.pv.sets(DLG_ANSWER, str(self.clock_ns() // 1_000_000))
 
     def answered_here(self) -> None:
         """A dead node's call confirmed here on its ACK (TAKEOVER): its 200 passed statelessly,
-        so no dialog:start ran and the copy may have no start_ts: the ACK's time stands in."""
+        so no MANAGE_REPLY kept its time and the copy may have no start_ts: the ACK's stands in."""
         if not self.pv.text(DLG_ANSWER):
             self.ksr.pv.sets(DLG_ANSWER, str(self.clock_ms()))
 

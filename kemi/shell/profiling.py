@@ -14,9 +14,9 @@ import time
 from typing import Any
 
 PROFILE_ENV = "KEMI_HA_PROFILE"
-# The KEMI entries profiled (the dialog event runs the call records, twice per call).
+# The KEMI entries profiled (the end of an answered call runs its record).
 ENTRIES = ("ksr_request_route", "ksr_sl_reply", "ksr_onreply_manage", "ksr_branch_manage",
-           "ksr_failure_manage", "ksr_dialog_event")  # fmt: skip
+           "ksr_failure_manage", "ksr_dialog_end")  # fmt: skip
 
 
 def profiled(router: Any, directory: str) -> Any:

@@ -83,6 +83,7 @@ SL_REPLY = "ksr_sl_reply"
 MANAGE_REPLY = "ksr_onreply_manage"
 MANAGE_BRANCH = "ksr_branch_manage"
 MANAGE_FAILURE = "ksr_failure_manage"
+DIALOG_END = "ksr_dialog_end"  # kamailio.cfg: event_route[dialog:end] runs it (python_exec)
 
 # Transaction-persistent AVPs carrying the failover state of an initial INVITE.
 AVP_DESTINATIONS = "$avp(kha_dsts)"
@@ -898,20 +899,14 @@ class Router:
 
     # ----- call records and hygiene (kemi.shell.hygiene) ---------------------------------
 
-    def ksr_dialog_event(self, msg: Any, evname: str = "") -> int:
-        """The dialog module's event_callback: every state change (dialog:start, dialog:end,
-        dialog:failed, ...), with the dialog's context set; the call records use the first
-        two (the others come twice per call: nothing is done for them)."""
-        calls = self.calls
-        if calls is None:
-            return 1
-        try:
-            if evname == "dialog:start":
-                calls.dialog_started()
-            elif evname == "dialog:end":
-                calls.dialog_ended()
-        except Exception as exc:  # what guarded("event") does, without its frame per event
-            self.on_exception("event", exc)
+    def ksr_dialog_end(self, msg: Any) -> int:
+        """event_route[dialog:end] (kamailio.cfg, python_exec): an answered call ended, with
+        the dialog's context set: its call record."""
+        if self.calls is not None:
+            try:
+                self.calls.dialog_ended()
+            except Exception as exc:  # what guarded("event") does, without its frame per call
+                self.on_exception("event", exc)
         return 1
 
     @guarded("event")
@@ -1081,11 +1076,14 @@ class Router:
 
     def count_final(self, status: int) -> None:
         """Count the final result of an initial INVITE transaction, once: AVP_VIP is set on
-        initial INVITEs only, and removed when counted."""
+        initial INVITEs only, and removed when counted. A 2xx also keeps the answer time (what
+        a dialog:start callback would do; the first 2xx's, even one dropped below)."""
         vip = self.get(AVP_VIP)
         if not vip:
             return
         self.ksr.pv.unset(AVP_VIP)
+        if status < 300 and self.calls is not None:
+            self.calls.answered()
         key = (vip, metrics.CODE_CLASSES.get(status // 100, "other"))  # code_class(), inline
         child = metrics.INVITES.children.get(key) or metrics.INVITES.labels(*key)
         child.view[child.index] += 1  # .inc(), inline

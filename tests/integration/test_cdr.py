@@ -110,6 +110,8 @@ def test_answered_call_has_one_cdr(stack: Stack, log_dir: Path) -> None:
     assert cdr["setup_node"] == cdr["end_node"] == "127.0.0.1"
     invite, answer, end = int(cdr["invite_ms"]), int(cdr["answer_ms"]), int(cdr["end_ms"])
     assert t0 * 1000 - 50 <= invite <= answer <= end <= t1 * 1000 + 50
+    # the answer time kept where the 200 passed (ms), not the dialog's start second
+    assert answer - invite < 200, (invite, answer)
     assert 1.8 <= float(cdr["duration_s"]) <= 3.0  # SIPp: 2 s of RTP, then BYE
 
 

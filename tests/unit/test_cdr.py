@@ -194,8 +194,8 @@ def test_dialog_end_by_the_callee_writes_one_record_with_its_answer_time() -> No
          "$dlg(from_tag)": "caller-tag", "$ft": "callee-tag", "$dlg(start_ts)": 0},
         {"is_BYE": True},
     )  # fmt: skip
-    calls.dialog_event("dialog:end")
-    calls.dialog_event("dialog:end")  # e.g. a replicated copy's timer elsewhere: no second record
+    calls.dialog_ended()
+    calls.dialog_ended()  # e.g. a replicated copy's timer elsewhere: no second record
     [record] = writer.records
     assert (record.reason, record.code, record.duration_s) == (R.BYE_CALLEE, 200, 30.0)
     assert (record.call_id, record.from_tag, record.end_node) == ("c1", "caller-tag", "10.9.0.2")
@@ -207,7 +207,7 @@ def test_dialog_end_without_a_bye_is_the_dialog_timeout() -> None:
          "$dlg(from_tag)": "f", "$dlg(start_ts)": (NOW - 5000) // 1000},
         {"is_BYE": False},
     )  # fmt: skip
-    calls.dialog_event("dialog:end")
+    calls.dialog_ended()
     # no answer time in ms on this copy: the middle of its start_ts second (5 s ago)
     assert [(r.reason, r.duration_s) for r in writer.records] == [(R.DIALOG_TIMEOUT, 4.5)]
 
@@ -219,12 +219,12 @@ def test_dialog_end_goes_the_general_way_when_the_store_does_not_take_the_facts(
            "$dlg(from_tag)": "f", "$ft": "f", "$dlg(start_ts)": 0}  # fmt: skip
     calls, _ksr, writer = make(pvs, {"is_BYE": True})
     writer.ended_down = True
-    calls.dialog_event("dialog:end")
+    calls.dialog_ended()
     assert [(r.call_id, r.reason, r.duration_s) for r in writer.records] == [
         ("c2", R.BYE_CALLER, 2.0)]  # fmt: skip
     for foreign in ("", "not json", '{"caller": 1}'):
         calls, _ksr, writer = make({**pvs, DLG_SETUP: foreign}, {"is_BYE": True})
-        calls.dialog_event("dialog:end")
+        calls.dialog_ended()
         assert not writer.records
 
 
@@ -271,9 +271,9 @@ def test_store_write_ended_pauses_and_leaves_the_spool_to_write(tmp_path: Path) 
     assert fake.stream[0] == record("c1").fields() | {"end_node": "n", "from_tag": "f1"}
 
 
-def test_dialog_start_keeps_the_answer_time_in_the_dialog() -> None:
+def test_an_answer_keeps_its_time_in_the_dialog() -> None:
     calls, ksr, writer = make({})
-    calls.dialog_event("dialog:start")
+    calls.answered()
     assert ksr.pvs[DLG_ANSWER] == str(NOW)
     assert not writer.records
 
@@ -492,14 +492,14 @@ def test_an_admitted_call_carries_its_facts_and_the_duration_backstop() -> None:
     assert names.index("dialog.dlg_manage") < names.index("dialog.dlg_set_timeout")
 
 
-def test_the_dialog_event_and_timer_entries_never_raise() -> None:
+def test_the_dialog_end_and_timer_entries_never_raise() -> None:
     from tests.unit.test_routes import make
 
     router, ksr = make()
     router.calls = CallRecords(ksr, "n", Writer(), router._policy, clock_ms=lambda: NOW)
     ksr.pvs.update({DLG_SETUP: FACTS.encode(), "$dlg(callid)": "c", "$dlg(from_tag)": "f"})
     ksr.returns["is_BYE"] = lambda: 1 / 0  # a bug of ours: logged, not raised into Kamailio
-    assert router.ksr_dialog_event(None, "dialog:end") == 1
+    assert router.ksr_dialog_end(None) == 1
     assert ksr.called("is_BYE")
     assert router.ksr_hygiene_timer(None, "rtimer") == 1
 

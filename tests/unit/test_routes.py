@@ -146,6 +146,18 @@ def test_replies_of_transactions_run_no_core_reply_route() -> None:
     assert name == routes.SL_REPLY and callable(getattr(Router, name))
 
 
+def test_only_the_end_of_an_answered_call_runs_a_dialog_event_in_python() -> None:
+    """No dialog event_callback (it runs at every state change); event_route[dialog:end], the
+    only route in kamailio.cfg, calls a Router method."""
+    cfg = (Path(__file__).resolve().parents[2] / "kamailio.cfg").read_text()
+    assert not re.search(r'^modparam\("dialog", "event_callback"', cfg, re.M)
+    routes_in_cfg = re.findall(r"^(\w*route\[[^\]]*\])", cfg, re.M)
+    assert routes_in_cfg == ["event_route[dialog:end]"]
+    (name,) = re.findall(r'^event_route\[dialog:end\] \{\n\tpython_exec\("(\w+)"\);\n\}$', cfg,
+                         re.M)  # fmt: skip
+    assert name == routes.DIALOG_END and callable(getattr(Router, name))
+
+
 def test_initial_invite_offers_on_its_vip_set_then_relays_from_that_vip() -> None:
     router, ksr = make()
     router.ksr_request_route(None)
@@ -928,6 +940,31 @@ def test_the_final_result_of_an_initial_invite_is_counted_once() -> None:
     router.ksr_onreply_manage(None)  # a retransmitted or forked 2xx
     assert counter.get() == before + 1
     assert ksr.pvs[routes.AVP_VIP] is None  # the marker removed, nothing else written
+
+
+def test_the_answer_time_is_kept_at_the_initial_invites_2xx_only() -> None:
+    """No dialog:start callback (kamailio.cfg): MANAGE_REPLY keeps it, once per call."""
+    from kemi.shell.hygiene import DLG_ANSWER, CallRecords
+    from tests.unit.test_cdr import Writer
+
+    router, ksr = make()
+    now = [1_000_000_000_000]
+    router.calls = CallRecords(ksr, "n", Writer(), router._policy, clock_ms=lambda: now[0])
+    ksr.pvs.update({"$fU": "alice", "$fd": "a.example", "$rs": 180})
+    router.ksr_request_route(None)
+    router.ksr_onreply_manage(None)
+    assert ksr.pvs.get(DLG_ANSWER) is None  # a provisional reply: not answered
+    ksr.pvs["$rs"] = 200
+    now[0] += 1234
+    router.ksr_onreply_manage(None)
+    now[0] += 1000
+    router.ksr_onreply_manage(None)  # a retransmitted 2xx: the first answer stays
+    assert ksr.pvs[DLG_ANSWER] == "1000000001234"
+    ksr.pvs[DLG_ANSWER] = None
+    ksr.returns["siputils.has_totag"] = 1  # a re-INVITE: its 2xx is not the answer
+    router.ksr_request_route(None)
+    router.ksr_onreply_manage(None)
+    assert ksr.called("rr.loose_route") and ksr.pvs[DLG_ANSWER] is None
 
 
 def test_a_tenants_own_media_flags_are_kept_for_the_dialog_and_the_replies() -> None:
