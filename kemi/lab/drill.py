@@ -416,8 +416,10 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         observed.append(f"{victim.name} corosync links: {link_status(setup, victim)}")
         observed.append(f"VIP holders with link 0 cut: {vip_holders(setup)}")
         cut_peers(setup, victim, cut=False)
-        observed.append(f"Corosync membership changes while link 0 was cut: "
-                        f"{membership_changes(setup, t_fail)}")  # fmt: skip
+        changes = membership_changes(setup, t_fail)
+        observed.append(f"Corosync membership changes while link 0 was cut: {changes}")
+        if changes:  # none expected: what Corosync saw, for the report (CI keeps no work dir)
+            observed += [f"corosync: {line}" for line in corosync_lines(setup, t_fail - 1)]
     else:
         # Power off the victim: its links first (no goodbye on the wire), then every process.
         setup.lab.links(victim.netns, up=False)
@@ -702,6 +704,25 @@ def membership_changes(setup: DrillSetup, since: float) -> int:
             ts = line_time(line) if pattern.search(line) else None
             count += ts is not None and ts >= since
     return count
+
+
+def corosync_lines(setup: DrillSetup, since: float, limit: int = 30) -> list[str]:
+    """Each node's Corosync TOTEM and KNET lines after `since`, a repeated line once: what a
+    report shows when a membership changed where none should (the logs go with the work dir)."""
+    out: list[str] = []
+    for node in setup.nodes:
+        log = setup.work / node.name / "log-corosync" / "corosync.log"
+        lines, last = [], ""
+        for line in log.read_text(errors="replace").splitlines():
+            ts = line_time(line)
+            if ts is None or ts < since or not ("[TOTEM" in line or "[KNET" in line):
+                continue
+            text = line.split("] ", 1)[-1]
+            if text != last:
+                lines.append(f"{node.name}: {line}")
+            last = text
+        out += lines[-limit:]
+    return out
 
 
 def failover_timeline(setup: DrillSetup, survivors: list[DrillNode], vip_no: int,
