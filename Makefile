@@ -86,7 +86,7 @@ bench: deps venv
 	$(PY) bench/routes_bench.py
 
 # Kamailio CPU per call, kemi-ha vs bench/native.cfg (issue 18), in a network namespace of its
-# own (loopback, make run's ports): ~12 min. BENCH_CPU_ARGS e.g. "--pairs 5 --ramp ''".
+# own (loopback, make run's ports): ~25 min (5 pairs). BENCH_CPU_ARGS e.g. "--pairs 3 --ramp ''".
 BENCH_NETNS ?= khw-cpu-bench
 BENCH_CPU_ARGS ?=
 bench-cpu: deps venv
