@@ -9,9 +9,9 @@ a stub, so that two versions of kemi/shell/routes.py can be compared determinist
   stores nothing: the Redis round trip is I/O, not Python);
 - a call is the callbacks Kamailio runs for it, in order, with what Kamailio would answer:
   SIP only: INVITE (request route, branch route if armed), 180 and 200 (MANAGE_REPLY: there
-  is no core reply route), the dialog's `dialog:start` event, ACK, BYE (request route,
-  `dialog:end`), 200 of the BYE (no callback); SDP: the same with an offer in the INVITE and an
-  answer in the 200 (the 180 without SDP);
+  is no core reply route; the 200's keeps the answer time), ACK, BYE (request route, then
+  kamailio.cfg's `event_route[dialog:end]`), 200 of the BYE (no callback); SDP: the same
+  with an offer in the INVITE and an answer in the 200 (the 180 without SDP);
 - first every call runs once against tests/fakes' strict fake KSR (it knows Kamailio's real KEMI
   export list and argument types, and records every call): the KSR calls per message; then
   the timed runs use a stub built from the same export list (a function per exported name that

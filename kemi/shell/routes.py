@@ -739,7 +739,7 @@ class Router:
         6.1 only): confirm it by RPC, or it is cleaned as early and its BYE ends nothing."""
         self.dialog_rpc(takeover.confirm_command(*self.dialog_ids()), "confirm")
         if self.calls is not None:
-            self.calls.answered_here()  # no dialog:start ran anywhere for this answer
+            self.calls.answered_here()  # no MANAGE_REPLY saw this answer anywhere
 
     def dialog_rpc(self, command: str, what: str) -> bool:
         ksr = self.ksr

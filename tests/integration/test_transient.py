@@ -197,7 +197,7 @@ def test_b_ringing_call_is_answered_after_the_takeover(cluster: Cluster) -> None
     power_off_a_and_take_vip1(cluster)
     confirmed_on_b_with_media(cluster)
     record = completed_through_b(cluster, caller, uas, "takeover reply 200 INVITE: answer")
-    # answered on B (no dialog:start anywhere): the ACK's time is its answer time
+    # answered on B (no MANAGE_REPLY saw its 200 anywhere): the ACK's time is its answer time
     assert 2.5 <= float(record["duration_s"]) <= 4.5  # SIPp holds it 3 s after the answer
 
 
