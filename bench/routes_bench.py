@@ -117,11 +117,11 @@ class Message:
         self.name, self.steps, self.pvs, self.returns = name, steps, pvs, returns
 
 
-def request(method: str, sdp: bool, in_dialog: bool, event: str | None = None) -> Message:
+def request(method: str, sdp: bool, in_dialog: bool, ends_dialog: bool = False) -> Message:
     steps: list[Step] = [("ksr_request_route", (None,))]
     if method == "INVITE" and not in_dialog:
         steps.append(("ksr_branch_manage", (None,)))  # run only if the route armed it
-    if event:  # kamailio.cfg's event_route[dialog:end]
+    if ends_dialog:  # kamailio.cfg's event_route[dialog:end], inside the BYE's loose_route
         steps.append(("ksr_dialog_end", (None,)))
     pvs = {"$rm": method, "$rb": SDP if sdp else "", "$tt": "2SIPpTag" if in_dialog else "",
            "$dlg(state)": "3" if method == "ACK" else "4"}  # fmt: skip
@@ -146,7 +146,7 @@ def call(sdp: bool) -> list[Message]:
         reply(180, "INVITE", sdp=False, manage=True),
         reply(200, "INVITE", sdp=sdp, manage=True),
         request("ACK", sdp=False, in_dialog=True),
-        request("BYE", sdp=False, in_dialog=True, event="dialog:end"),
+        request("BYE", sdp=False, in_dialog=True, ends_dialog=True),
         reply(200, "BYE", sdp=False, manage=False),
     ]
 
