@@ -78,7 +78,7 @@ class Floor:
             KSR.rtpengine.set_rtpengine_set(1)
             KSR.rtpengine.rtpengine_delete0()
         elif method == "ACK":
-            KSR.textops.has_body_type(SDP)
+            KSR.textops.has_body()
         if KSR.isdsturiset() < 0:
             KSR.nathelper.handle_ruri_alias()
         pv.get("$fs")
@@ -99,7 +99,7 @@ class Floor:
         pv.sets("$rU", "49" + user[1:])
         KSR.nathelper.nat_uac_test(19)
         pv.get("$pr")
-        if KSR.textops.has_body_type(SDP) > 0:
+        if KSR.textops.has_body() > 0 and KSR.textops.has_body_type(SDP) > 0:
             pv.get("$rb")
             KSR.rtpengine.set_rtpengine_set(1)
             KSR.rtpengine.rtpengine_offer(FLAGS)
@@ -139,8 +139,9 @@ class Floor:
         pv.get("$avp(kha_nat)")
         KSR.nathelper.nat_uac_test(1)
         pv.get("$pr")
-        if KSR.textops.has_body_type(SDP) > 0:
+        if KSR.textops.has_body() > 0:
             pv.get("$Ri")
+            KSR.textops.has_body_type(SDP)
             pv.get("$rb")
             KSR.rtpengine.set_rtpengine_set(1)
             KSR.rtpengine.rtpengine_answer(FLAGS)

@@ -79,7 +79,7 @@ RETURNS: dict[str, Any] = {
     "is_KDMQ": False, "is_CANCEL": False, "is_ACK": False, "is_OPTIONS": False,
     "is_INVITE": False, "is_BYE": False, "is_UPDATE": False, "is_myself_ruri": False,
     "siputils.has_totag": -1, "tmx.t_precheck_trans": -1, "tm.t_check_trans": -1,
-    "textops.has_body_type": -1, "rtpengine.set_rtpengine_set": 1,
+    "textops.has_body": -1, "textops.has_body_type": -1, "rtpengine.set_rtpengine_set": 1,
     "rtpengine.rtpengine_offer": 1, "rtpengine.rtpengine_answer": 1,
     "rtpengine.rtpengine_delete0": 1, "dialog.dlg_manage": 1, "rr.record_route": 1,
     "rr.loose_route": 1, "setdsturi": 1, "tm.t_on_branch": 1, "tm.t_on_reply": 1,
@@ -126,6 +126,7 @@ def request(method: str, sdp: bool, in_dialog: bool, ends_dialog: bool = False) 
     pvs = {"$rm": method, "$rb": SDP if sdp else "", "$tt": "2SIPpTag" if in_dialog else "",
            "$dlg(state)": "3" if method == "ACK" else "4"}  # fmt: skip
     returns = {f"is_{method}": True, "siputils.has_totag": 1 if in_dialog else -1,
+               "textops.has_body": 1 if sdp else -1,
                "textops.has_body_type": 1 if sdp else -1}  # fmt: skip
     return Message(method, steps, pvs, returns)
 
@@ -136,7 +137,7 @@ def reply(status: int, method: str, sdp: bool, manage: bool) -> Message:
     # MANAGE_REPLY keeps the answer time).
     steps: list[Step] = [("ksr_onreply_manage", (None,))] if manage else []
     pvs = {"$rs": status, "$rm": method, "$rb": SDP if sdp else "", "$tt": "2SIPpTag"}
-    returns = {"textops.has_body_type": 1 if sdp else -1}
+    returns = {"textops.has_body": 1 if sdp else -1, "textops.has_body_type": 1 if sdp else -1}
     return Message(f"{status} {method}", steps, pvs, returns)
 
 

@@ -62,6 +62,7 @@ from time import perf_counter
 from typing import Any, Literal
 
 from kemi.core import decide, dispatch, floods, nat, takeover
+from kemi.core.body import sdp_in_body
 from kemi.core.decide import Admit, InviteFacts, Reject
 from kemi.core.nat import Nat
 from kemi.core.numbers import header_action, rewrite_header
@@ -386,8 +387,9 @@ class Router:
         if method == "BYE":
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
         elif method == "INVITE" or method == "UPDATE":
-            if ksr.textops.has_body_type(SDP) > 0:
-                refused = sdp_refusal(self.pv.text("$rb"), policy.sdp_limits)
+            sdp = self.message_sdp() if ksr.textops.has_body() > 0 else None
+            if sdp is not None:
+                refused = sdp_refusal(sdp, policy.sdp_limits)
                 if refused is not None:
                     log.info("in-dialog %s refused: %s", method, refused.why)
                     ksr.sl.sl_send_reply(refused.code, refused.reason)
@@ -408,8 +410,9 @@ class Router:
         elif (
             method == "ACK"
             and vip is not None
-            and ksr.textops.has_body_type(SDP) > 0
-            and sdp_refusal(self.pv.text("$rb"), policy.sdp_limits) is None
+            and ksr.textops.has_body() > 0
+            and (sdp := self.message_sdp()) is not None
+            and sdp_refusal(sdp, policy.sdp_limits) is None
         ):
             # late offer: the SDP answer is in the ACK
             self.rtp_command(vip, "answer", ksr.rtpengine.rtpengine_answer,
@@ -444,6 +447,17 @@ class Router:
                 log.debug("no contact %s for %s %s", fix.value, self.pv.text("$rm"),
                           self.pv.text("$si"))  # fmt: skip
         return nated
+
+    def message_sdp(self) -> str | None:
+        """The SDP of a message with a body (textops.has_body), None if it carries none: the
+        body, or the SDP part of a multipart body (kemi.core.body: an NG112 call's location,
+        SIP-I's ISUP), which rtpengine's module rewrites in place. Not UTF-8: Garbled."""
+        if self.ksr.textops.has_body_type(SDP) > 0:  # or no Content-Type: SDP (RFC 3261)
+            try:
+                return self.get("$rb") or ""
+            except UnicodeDecodeError:  # refused by sdp_refusal
+                return self.pv.text("$rb")
+        return sdp_in_body(self.pv.text("$cT"), self.pv.text("$rb"))
 
     def route_invite(self, policy: Policy, source: str) -> None:
         """Initial INVITE: decide, then media first (nothing to undo if it fails), dialog, RR.
@@ -509,15 +523,12 @@ class Router:
         if decision.identity:
             self.route_identity(decision)
         nated = self.route_natmanage(decision.nat, nat.REQUEST_TESTS)
-        late = not ksr.textops.has_body_type(SDP) > 0
+        sdp = self.message_sdp() if ksr.textops.has_body() > 0 else None
+        late = sdp is None
         if late:
             ksr.pv.seti(AVP_LATE, 1)  # late offer: the 2xx carries it, the ACK the answer
         else:
-            try:
-                body = self.get("$rb") or ""
-            except UnicodeDecodeError:  # bytes that are not UTF-8: Garbled, refused below
-                body = pv.text("$rb")
-            refused = sdp_refusal(body, policy.sdp_limits)
+            refused = sdp_refusal(sdp, policy.sdp_limits)
             if refused is not None:
                 self.send_reject(refused, vip.address)
                 self.record_refusal(policy, decision, refused, callee)
@@ -693,12 +704,12 @@ class Router:
         ksr = self.ksr
         vip = decide.vip_for(policy, self.pv.text("$Ri"))
         status = int(ksr.pv.geti("$rs"))
-        has_sdp = ok(ksr.textops.has_body_type(SDP))
+        sdp = self.message_sdp() if ok(ksr.textops.has_body()) else None
         reply = takeover.OrphanReply(
             method=self.pv.text("$rm"),
             status=status,
-            has_sdp=has_sdp,
-            sdp_refused=has_sdp and sdp_refusal(self.pv.text("$rb"), policy.sdp_limits) is not None,
+            has_sdp=sdp is not None,
+            sdp_refused=sdp is not None and sdp_refusal(sdp, policy.sdp_limits) is not None,
             late_offer=self.pv.text(DLG_LATE) == "1",
             dlg_state=self.pv.number(DLG_STATE),
         )
@@ -786,7 +797,7 @@ class Router:
                 return 1
             call_nat = nat.BY_ENCODED.get(self.get(AVP_NAT), nat.NAT_OFF)
             nated = self.route_natmanage(call_nat, nat.REPLY_TESTS)
-            if not ksr.textops.has_body_type(SDP) > 0:
+            if not ksr.textops.has_body() > 0:
                 return 1
             holder = self.policies  # holder.current(), inline
             if ksr.pvx.shv_get(GEN_SHV) != holder.generation:
@@ -795,11 +806,10 @@ class Router:
             vip = policy.vip_by_address.get(self.get("$Ri"))
             if vip is None:
                 return 1
-            try:
-                body = self.get("$rb") or ""
-            except UnicodeDecodeError:  # bytes that are not UTF-8: Garbled, refused below
-                body = self.pv.text("$rb")
-            if sdp_refusal(body, policy.sdp_limits) is not None:
+            sdp = self.message_sdp()
+            if sdp is None:
+                return 1
+            if sdp_refusal(sdp, policy.sdp_limits) is not None:
                 # Relayed as it is, its media would bypass the relay: drop it (the callee resends).
                 log.warning("reply %d with an SDP rtpengine must not see dropped", status)
                 ksr.set_drop()

@@ -223,3 +223,31 @@ def test_healthy_after_torture(stack: Stack, log_dir: Path) -> None:
     for payload in TORTURE.values():
         send_raw(VIP2, SIP_PORT, payload.encode("latin-1", errors="replace"), timeout=0.05)
     next_call_works(log_dir, VIP2)
+
+
+# ----- SDP inside a multipart body (NG112 location, SIP-I ISUP) ----------------------------
+
+
+def test_multipart_offer_goes_through_the_vip_rtpengine(stack: Stack, log_dir: Path) -> None:
+    """The SDP part of a multipart/mixed INVITE is the offer (RFC 5621): rtpengine's module
+    rewrites that part; the callee gets the location part untouched (uas_multipart.xml)."""
+    call_id = f"multipart-{time.monotonic_ns()}"
+    uas = start_uas(log_dir, "uas_multipart.xml")
+    uac = start_uac(log_dir, VIP2, call_id, "uac_multipart.xml", duration_ms=3000)
+    wait_for(lambda: packets_of(stack, 1, call_id) >= 50, 10, "RTP relayed by VIP2's rtpengine")
+    assert packets_of(stack, 0, call_id) == 0
+    assert_ok(uac)
+    assert_ok(uas)
+
+
+def test_sdp_where_rtpengine_would_not_find_it_gets_488(stack: Stack, log_dir: Path) -> None:
+    """An SDP inside a multipart kind rtpengine's module does not read (here alternative) would
+    reach the callee unrewritten, its media past the relay: refused, no session made."""
+    body = (f"--b\r\nContent-Type: application/sdp\r\n\r\n{SDP_HEAD}{AUDIO.format(port=40000)}"
+            "\r\n--b--\r\n")  # fmt: skip
+    invite = with_sdp(invite_text(VIP1), body).replace(
+        "Content-Type: application/sdp\r\n", "Content-Type: multipart/alternative;boundary=b\r\n", 1
+    )
+    answer = send_raw(VIP1, SIP_PORT, invite, final=True)
+    assert answer is not None and answer.startswith("SIP/2.0 488"), answer
+    assert rtpengine_sessions(stack) == 0

@@ -12,14 +12,15 @@ from hypothesis import strategies as st
 
 from kemi.core.policy import SdpLimits
 from kemi.core.sdp import sdp_refusal
-from tests.unit.test_routes import HAPPY, PVS, SDP_BODY, TOKEN, make
+from tests.unit.test_routes import HAPPY, MULTIPART_BODY, PVS, SDP_BODY, TOKEN, make
 
 # Every string PV a route reads, with values that get a message deeper into the routes.
 PLAUSIBLE: dict[str, list[Any]] = {
     "$Ri": ["10.0.0.1", "10.0.0.2"],
     "$si": ["192.0.2.9", "10.0.0.9"],
     "$rm": ["INVITE", "BYE", "ACK", "UPDATE", "POST", "GET"],
-    "$rb": [SDP_BODY],
+    "$rb": [SDP_BODY, MULTIPART_BODY],
+    "$cT": ["application/sdp", "multipart/mixed;boundary=b", "multipart/related;boundary=b"],
     "$hu": ["/policy/reload", "/metrics"],
     "$hdr(Authorization)": [f"Bearer {TOKEN}"],
     "$avp(kha_dsts)": ["sip:gw1:5060 sip:gw2:5060"],
@@ -31,7 +32,7 @@ PLAUSIBLE: dict[str, list[Any]] = {
     "$hdr(Diversion)": ["<sip:0301@h>;reason=user-busy"],
     "$var(kha_n)": [0, 3],
 }
-STRING_PVS = sorted({*PVS, "$hu", "$rb", "$avp(kha_dsts)", "$avp(kha_tried)"} - {"$Rp"})
+STRING_PVS = sorted({*PVS, "$hu", "$rb", "$cT", "$avp(kha_dsts)", "$avp(kha_tried)"} - {"$Rp"})
 # KEMI functions whose int answer steers the routes: any of them may fail.
 STEERING = [name for name, value in HAPPY.items() if isinstance(value, int | bool)]
 STEERING.append("htable.sht_get")  # a ban's end (int), or no ban (None)

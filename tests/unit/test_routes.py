@@ -51,6 +51,7 @@ HAPPY: dict[str, Any] = {
     "siputils.has_totag": -1,
     "tmx.t_precheck_trans": -1,
     "tm.t_check_trans": -1,
+    "textops.has_body": 1,
     "textops.has_body_type": 1,
     "rtpengine.set_rtpengine_set": 1,
     "rtpengine.rtpengine_offer": 1,
@@ -107,6 +108,12 @@ SDP_BODY = (
     "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
     "m=audio 4000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
 )
+NO_BODY = {"textops.has_body": -1, "textops.has_body_type": -1}  # what textops says then
+MULTIPART_BODY = (  # an NG112 INVITE's body: the offer next to the caller's location
+    "--b\r\nContent-Type: application/sdp\r\n\r\n"
+    + SDP_BODY
+    + "\r\n--b\r\nContent-Type: application/pidf+xml\r\n\r\n<presence/>\r\n--b--\r\n"
+)
 PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0.0.2",
        "$ci": "call-1", "$si": "192.0.2.9", "$sp": 5060, "$dlg_var(kha_mflags)": None,
        "$avp(kha_mflags)": None, "$rm": "INVITE", "$var(kha_n)": 0, "$avp(kha_vip)": None,
@@ -117,7 +124,8 @@ PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0
        "$dlg_var(kha_nat)": None, "$dlg_var(kha_nmflags)": None, "$avp(kha_nat)": None,
        "$avp(kha_nmflags)": None, "$avp(kha_gws)": None, "$avp(kha_level)": None,
        "$hdr(P-Asserted-Identity)": None, "$hdr(Diversion)": None,
-       "$dlg_var(kha_dst)": None, "$du": None, "$ru": "sip:1000@10.0.0.2"}  # fmt: skip
+       "$dlg_var(kha_dst)": None, "$du": None, "$ru": "sip:1000@10.0.0.2",
+       "$cT": "application/sdp"}  # fmt: skip
 
 
 def make(**returns: Any) -> tuple[Router, FakeKSR]:
@@ -274,7 +282,7 @@ def test_in_dialog_bye_deletes_media_and_relays() -> None:
     )
     assert ksr.called("rtpengine.set_rtpengine_set", 2)
     assert ksr.called("tm.t_relay")
-    assert not ksr.called("textops.has_body_type")  # a BYE's body changes nothing
+    assert not ksr.called("textops.has_body")  # a BYE's body changes nothing
 
 
 def test_in_dialog_reinvite_with_sdp_is_offered() -> None:
@@ -530,7 +538,7 @@ def test_offer_refused_deletes_what_rtpengine_kept() -> None:
 
 
 def test_late_offer_invite_marks_the_transaction_and_the_2xx_offers() -> None:
-    router, ksr = make(**{"textops.has_body_type": -1})
+    router, ksr = make(**NO_BODY)
     router.ksr_request_route(None)
     assert not ksr.called("rtpengine.rtpengine_offer")
     assert ksr.pvs[routes.AVP_LATE] == 1 and ksr.called("tm.t_relay")
@@ -539,6 +547,49 @@ def test_late_offer_invite_marks_the_transaction_and_the_2xx_offers() -> None:
     router.ksr_onreply_manage(None)
     assert ksr.called("rtpengine.rtpengine_offer", "replace-origin ICE=remove")
     assert not ksr.called("rtpengine.rtpengine_answer")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "offered", "late", "refused"),
+    [
+        ("multipart/mixed;boundary=b", MULTIPART_BODY, True, False, None),
+        ('multipart/mixed; boundary="b"', MULTIPART_BODY, True, False, None),
+        # SIP-I: the ISUP alone, no SDP: a late offer like an INVITE without body
+        ("multipart/mixed;boundary=b",
+         "--b\r\nContent-Type: application/isup\r\n\r\n\\x01\\x00\r\n--b--\r\n",
+         False, True, None),
+        ("application/isup", "\\x01\\x00", False, True, None),
+        # an SDP rtpengine's module would not find: refused, never relayed past the relay
+        ("multipart/alternative;boundary=b", MULTIPART_BODY, False, False, 488),
+        ("multipart/mixed;boundary=b", MULTIPART_BODY.replace("c=IN IP4 192.0.2.9", "c=x"),
+         False, False, 488),
+    ],
+    ids=["mixed", "mixed-quoted-boundary", "mixed-isup-only", "isup", "alternative",
+         "mixed-bad-sdp-part"],
+)  # fmt: skip
+def test_initial_invite_finds_its_sdp_in_a_multipart_body(
+    content_type: str, body: str, offered: bool, late: bool, refused: int | None
+) -> None:
+    """RFC 5621: the offer may be a part of a multipart/mixed body (NG112's location, SIP-I's
+    ISUP); rtpengine's module rewrites that part, so it is offered like a plain SDP."""
+    router, ksr = make(**{"textops.has_body_type": -1})  # a body, but not application/sdp
+    ksr.pvs.update({"$cT": content_type, "$rb": body})
+    router.ksr_request_route(None)
+    assert ksr.called("rtpengine.rtpengine_offer", "replace-origin ICE=remove") is offered
+    assert (ksr.pvs.get(routes.AVP_LATE) == 1) is late
+    if refused is None:
+        assert ksr.replies() == [] and ksr.called("tm.t_relay")
+    else:
+        assert [code for code, _ in ksr.replies()] == [refused]
+        assert not ksr.called("tm.t_relay") and not ksr.called("dialog.dlg_manage")
+
+
+def test_reply_with_sdp_in_a_multipart_body_is_answered() -> None:
+    router, ksr = make(**{"textops.has_body_type": -1})
+    ksr.pvs.update({"$rs": 200, "$cT": "multipart/mixed;boundary=b", "$rb": MULTIPART_BODY})
+    router.ksr_onreply_manage(None)
+    assert ksr.called("rtpengine.rtpengine_answer", "replace-origin ICE=remove")
+    assert not ksr.called("set_drop")
 
 
 @pytest.mark.parametrize(
@@ -556,7 +607,11 @@ def test_in_dialog_offer_answer_by_direction(
     method: str, sdp: bool, late: bool, command: str | None
 ) -> None:
     router, ksr = make(
-        **{"siputils.has_totag": 1, "textops.has_body_type": 1 if sdp else -1},
+        **{
+            "siputils.has_totag": 1,
+            "textops.has_body": 1 if sdp else -1,
+            "textops.has_body_type": 1 if sdp else -1,
+        },
     )
     ksr.pvs["$rm"] = method
     router.ksr_request_route(None)
@@ -682,14 +737,14 @@ def test_orphan_reply_of_an_unknown_dialog_is_dropped_without_media() -> None:
 
 
 def test_orphan_180_without_sdp_is_forwarded_untouched() -> None:
-    router, ksr = make_orphan_reply(180, **{"textops.has_body_type": -1})
+    router, ksr = make_orphan_reply(180, **NO_BODY)
     router.ksr_sl_reply(None, "on_sl_reply")
     assert not ksr.called("set_drop")
     assert not ksr.called("rtpengine.rtpengine_answer")
 
 
 def test_orphan_487_ends_the_call_media_channels_and_dialog() -> None:
-    router, ksr = make_orphan_reply(487, **{"textops.has_body_type": -1})
+    router, ksr = make_orphan_reply(487, **NO_BODY)
     ksr.pvs[routes.DLG_PROFILES] = "kha_tenant=acme"
     router.ksr_sl_reply(None, "on_sl_reply")
     assert ksr.called("rtpengine.rtpengine_delete0")
@@ -701,14 +756,14 @@ def test_orphan_487_ends_the_call_media_channels_and_dialog() -> None:
 
 
 def test_orphan_200_to_a_cancel_is_forwarded_untouched() -> None:
-    router, ksr = make_orphan_reply(200, method="CANCEL", **{"textops.has_body_type": -1})
+    router, ksr = make_orphan_reply(200, method="CANCEL", **NO_BODY)
     router.ksr_sl_reply(None, "on_sl_reply")
     assert not any(n.startswith("rtpengine.rtpengine_") for n in ksr.names())
     assert not ksr.called("jsonrpcs.exec") and not ksr.called("set_drop")
 
 
 def in_dialog_ack(state: str, **returns: Any) -> tuple[Router, FakeKSR]:
-    router, ksr = make(**{"siputils.has_totag": 1, "textops.has_body_type": -1, **returns})
+    router, ksr = make(**{"siputils.has_totag": 1, **NO_BODY, **returns})
     ksr.pvs.update({"$rm": "ACK", "$dlg(state)": state})
     return router, ksr
 
@@ -767,7 +822,7 @@ def test_ack_of_a_negative_reply_without_transaction_is_forwarded_statelessly() 
 
 def test_initial_invite_keeps_late_offer_and_profiles_in_the_dialog() -> None:
     router, ksr = make_limited(global_count=0, tenant_count=0)
-    ksr.returns["textops.has_body_type"] = -1
+    ksr.returns["textops.has_body"] = ksr.returns["textops.has_body_type"] = -1
     router.ksr_request_route(None)
     assert ksr.pvs[routes.DLG_LATE] == "1"
     assert ksr.pvs[routes.DLG_PROFILES] == "kha_tenant=acme"
