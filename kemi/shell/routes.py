@@ -386,7 +386,7 @@ class Router:
         vip = policy.vip_by_address.get(local)
         if method == "BYE":
             self.rtp_command(vip, "delete", ksr.rtpengine.rtpengine_delete0)
-        elif method == "INVITE" or method == "UPDATE":
+        elif method == "INVITE" or method == "UPDATE" or method == "PRACK":
             sdp = self.message_sdp() if ksr.textops.has_body() > 0 else None
             if sdp is not None:
                 refused = sdp_refusal(sdp, policy.sdp_limits)
@@ -394,13 +394,20 @@ class Router:
                     log.info("in-dialog %s refused: %s", method, refused.why)
                     ksr.sl.sl_send_reply(refused.code, refused.reason)
                     return
+            if sdp is not None and method == "PRACK" and self.get(DLG_LATE) == "1":
+                # RFC 3262 5: a late offer's first reliable 1xx carried the offer (MANAGE_REPLY
+                # sent it as one), its PRACK the answer; any other PRACK's SDP is an offer.
+                if vip is not None:
+                    self.rtp_command(vip, "answer", ksr.rtpengine.rtpengine_answer,
+                                     self.dialog_media_flags(vip, nated))  # fmt: skip
+            elif sdp is not None:
                 self.keep_nat_for_replies(call_nat)
                 ksr.pv.sets(AVP_MEDIA_FLAGS, self.dialog_media_flags(vip))
                 flags = self.dialog_media_flags(vip, nated)
                 if vip is not None and not self.rtp_command(
                     vip, "offer", ksr.rtpengine.rtpengine_offer, flags
                 ):
-                    log.error("rtpengine offer failed on re-INVITE/UPDATE (set %d)", vip.set_id)
+                    log.error("rtpengine offer failed on %s (set %d)", method, vip.set_id)
                 ksr.tm.t_on_reply(MANAGE_REPLY)
             elif method == "INVITE":
                 self.keep_nat_for_replies(call_nat)

@@ -601,6 +601,8 @@ def test_reply_with_sdp_in_a_multipart_body_is_answered() -> None:
         ("UPDATE", False, False, None),
         ("ACK", True, False, "rtpengine.rtpengine_answer"),  # the answer of a late offer
         ("BYE", False, False, "rtpengine.rtpengine_delete0"),
+        ("PRACK", True, False, "rtpengine.rtpengine_offer"),  # the 1xx answered: a new offer
+        ("PRACK", False, False, None),
     ],
 )
 def test_in_dialog_offer_answer_by_direction(
@@ -619,6 +621,30 @@ def test_in_dialog_offer_answer_by_direction(
     assert rtp == ([command] if command else [])
     assert (ksr.pvs.get(routes.AVP_LATE) == 1) is late
     assert ksr.called("tm.t_relay")
+    if command == "rtpengine.rtpengine_offer":  # its 2xx answers: MANAGE_REPLY armed
+        assert ksr.called("tm.t_on_reply", routes.MANAGE_REPLY)
+
+
+def test_prack_of_a_late_offer_answers_the_reliable_1xx_offer() -> None:
+    """RFC 3262 5: the INVITE had no SDP, so its first reliable 1xx offered (MANAGE_REPLY sent
+    that SDP to rtpengine as the offer) and the PRACK's SDP is the answer."""
+    router, ksr = make(**{"siputils.has_totag": 1})
+    ksr.pvs.update({"$rm": "PRACK", routes.DLG_LATE: "1"})
+    router.ksr_request_route(None)
+    assert [n for n in ksr.names() if n.startswith("rtpengine.rtpengine_")] == [
+        "rtpengine.rtpengine_answer"
+    ]
+    assert ksr.called("rtpengine.set_rtpengine_set", 2) and ksr.called("tm.t_relay")
+    assert not ksr.called("tm.t_on_reply")  # its 200 carries no SDP to answer
+
+
+def test_prack_with_an_sdp_rtpengine_must_not_see_gets_488() -> None:
+    router, ksr = make(**{"siputils.has_totag": 1})
+    ksr.pvs.update({"$rm": "PRACK", routes.DLG_LATE: "1", "$rb": "v=0\r\nc=IN IP4 192.0.2.1\r\n"})
+    router.ksr_request_route(None)
+    assert [code for code, _ in ksr.replies()] == [488]
+    assert not ksr.called("tm.t_relay")
+    assert not [n for n in ksr.names() if n.startswith("rtpengine.rtpengine_")]
 
 
 NO_DIALOG = (481, "Call/Transaction Does Not Exist")
