@@ -459,7 +459,7 @@ class Router:
         """The SDP of a message with a body (textops.has_body), None if it carries none: the
         body, or the SDP part of a multipart body (kemi.core.body: an NG112 call's location,
         SIP-I's ISUP), which rtpengine's module rewrites in place. Not UTF-8: Garbled."""
-        if self.ksr.textops.has_body_type(SDP) > 0:  # or no Content-Type: SDP (RFC 3261)
+        if self.ksr.textops.has_body_type(SDP) > 0:  # no Content-Type counts as SDP (textops)
             try:
                 return self.get("$rb") or ""
             except UnicodeDecodeError:  # refused by sdp_refusal
