@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 API_FILE = Path(__file__).with_name("kemi_api.json")
+PV_NAMES_FILE = Path(__file__).with_name("pv_names.txt")
 _PARAM_TYPES: dict[str, type] = {"str": str, "int": int}
 
 
@@ -91,6 +92,8 @@ class FakeKSR:
         return call
 
     def _result(self, qualified: str, args: tuple[Any, ...]) -> Any:
+        if qualified.startswith("pv."):
+            check_pv_name(args[0])
         if qualified in ("pv.get", "pv.getw", "pv.gete", "pv.geti", "pv.getvs"):
             return self._pv(args[0])
         if qualified in ("pv.sets", "pv.seti"):
@@ -145,5 +148,20 @@ def _ret_none(path: Path = API_FILE) -> set[str]:
 
 
 _HEXA = re.compile(r"\$\((.+)\{s\.encode\.hexa\}\)")
+# $name, $name(inner), $(name{transformation}) or $(name(inner){transformation})
+_PV_CLASS = re.compile(r"\$\(?([A-Za-z_][A-Za-z0-9_.]*)")
+_PV_CLASSES = frozenset(
+    line.strip() for line in PV_NAMES_FILE.read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+)  # fmt: skip
+
+
+def check_pv_name(name: str) -> None:
+    """A PV Kamailio 5.6 does not define fails here as it would in Kamailio (pv_names.txt)."""
+    match = _PV_CLASS.match(name)
+    if match is None or match.group(1) not in _PV_CLASSES:
+        raise ValueError(f"{name!r} is not a PV Kamailio 5.6 defines")
+
+
 _API = load_api()
 _RET_NONE = _ret_none()

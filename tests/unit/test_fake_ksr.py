@@ -41,3 +41,27 @@ def test_unscripted_return_and_unset_pv_fail() -> None:
         ksr.pv.get("$ru")
     ksr.info("logging returns nothing and needs no script\n")
     assert ksr.names() == ["tm.t_relay", "pv.get", "info"]
+
+
+@pytest.mark.parametrize("name", ["$content_type", "$dlgvar(x)", "$(ctype{s.len})", "rU", "$"])
+def test_a_pv_kamailio_does_not_define_fails(name: str) -> None:
+    """An invented PV class fails as Kamailio's parser would (a wrong but real one, e.g. $ct,
+    the Contact, where the Content-Type $cT was meant, is for the integration tests)."""
+    ksr = FakeKSR(pvs={name: "x"})
+    with pytest.raises(ValueError, match="not a PV"):
+        ksr.pv.get(name)
+    with pytest.raises(ValueError, match="not a PV"):
+        ksr.pv.sets(name, "x")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["$cT", "$rU", "$dlg_var(kha_cdr)", "$avp(kha_vip)", "$sht(kha_ban=>x)", "$T_reply_code",
+     "$jsonrpl(code)"],
+)  # fmt: skip
+def test_the_pvs_kamailio_defines_pass(name: str) -> None:
+    ksr = FakeKSR(pvs={name: "x"})
+    ksr.pv.sets(name, "y")
+    assert ksr.pv.get(name) == "y"
+    ksr.pvs["$rb"] = "v=0"
+    assert ksr.pv.get("$(rb{s.encode.hexa})") == b"v=0".hex()
