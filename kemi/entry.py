@@ -27,6 +27,7 @@ from kemi.ops.rpc import KamailioRpc
 from kemi.policyfile import load_policy
 from kemi.shell import log as kamailio_log
 from kemi.shell import metrics
+from kemi.shell.dmq_resync import DialogResync
 from kemi.shell.gateways import GatewayList
 from kemi.shell.hygiene import CallRecords
 from kemi.shell.policy_holder import PolicyHolder
@@ -77,11 +78,12 @@ def mod_init() -> Router:
         media_query=media_query,
         media_delete=media_delete,
     )
+    dmq = os.environ.get(DMQ_ENV) == "1"
     router = Router(
         KSR,
         holder,
         node_address=node_address,
-        dmq=os.environ.get(DMQ_ENV) == "1",
+        dmq=dmq,
         dmq_nodes=lambda: list(rpc.call("dmq.list_nodes")),
         rtpengine_alive=ng_alive,
         http_token=http_token(run_dir),
@@ -91,6 +93,7 @@ def mod_init() -> Router:
         ),
         gateway_listing=lambda: rpc.call("dispatcher.list"),
         calls=calls,
+        resync=DialogResync(KSR) if dmq else None,
     )
     profile_dir = os.environ.get(PROFILE_ENV)  # a measured run only (bench-cpu --profile)
     # Everything loaded so far (modules, the compiled policy) lives as long as the process:

@@ -130,6 +130,15 @@ class Lab:
         h = self.hosts[host]
         sh("ip", "-n", h.name, "link", "set", self.iface_of(h, net), "up" if up else "down")
 
+    def partition(self, host: str, other: str, cut: bool) -> None:
+        """Lose (or stop losing) every packet between two hosts, links and processes up: a
+        broken interconnect. Dropped on arrival in each namespace, so a send succeeds and is
+        lost as through a dead switch (dropped on the way out, it fails at once, EPERM)."""
+        pair = (self.hosts[host], self.hosts[other])
+        for receiver, sender in (pair, pair[::-1]):
+            sh("ip", "netns", "exec", receiver.name, "iptables", "-I" if cut else "-D", "INPUT",
+               "-s", sender.address, "-j", "DROP")  # fmt: skip
+
     def links(self, host: str, up: bool) -> None:
         """Every interface of the host: a power cut or a pulled set of cables."""
         for net in range(1 + len(self.hosts[host].links)):

@@ -19,7 +19,6 @@ duplicate / spooled / lost and never raises; `drain()` retries the spool from th
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -29,16 +28,15 @@ from kemi.core import cdr
 from kemi.core.cdr import CallEnd, Cdr, EndReason, SetupFacts, SetupTemplate, SweepFacts
 from kemi.core.decide import Admit, Reject
 from kemi.core.policy import Policy
-from kemi.core.takeover import DLG_CONFIRMED, rpc_command
+from kemi.core.takeover import DLG_CONFIRMED
 from kemi.shell import metrics
+from kemi.shell.local_rpc import rpc_list
 from kemi.shell.pv import Pv
 
 log = logging.getLogger("kemi.cdr")
 
 DLG_SETUP = "$dlg_var(kha_cdr)"  # SetupFacts of the call (replicated with the dialog)
 DLG_ANSWER = "$dlg_var(kha_ta)"  # unix ms of the answer, where the 200 passed
-RPC_BODY = "$jsonrpl(body)"
-RPC_CODE = "$jsonrpl(code)"
 # The dialog timer stays a backstop behind the sweep's maximum duration (no BYE from it on a
 # replicated copy: kamailio #4938).
 MAX_DURATION_BACKSTOP_S = 60
@@ -318,13 +316,5 @@ class CallRecords:
         return callee or caller
 
     def dialogs(self) -> list[dict[str, Any]]:
-        self.ksr.jsonrpcs.exec(rpc_command("dlg.list"))
-        if self.pv.number(RPC_CODE) != 200:
-            log.error("dlg.list failed: %s", self.pv.text(RPC_BODY))
-            return []
-        try:
-            body = json.loads(self.pv.text(RPC_BODY))
-        except ValueError:
-            return []
-        result = body.get("result", []) if isinstance(body, dict) else []
+        result = rpc_list(self.ksr, self.pv, "dlg.list") or []
         return [d for d in result if isinstance(d, dict)]

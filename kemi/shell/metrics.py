@@ -45,6 +45,11 @@ RTPENGINE_ERRORS = Counter(
     "kemi_ha_rtpengine_errors_total", "rtpengine commands that failed, per set", ["set", "command"]
 )
 KDMQ = Counter("kemi_ha_kdmq_requests_total", "KDMQ requests received", ["result"])
+DMQ_RESYNCS = Counter(
+    "kemi_ha_dmq_dialog_resyncs_total",
+    "Dialogs asked again from a DMQ peer that became active (start, end of a partition)",
+    ["result"],
+)
 TAKEOVER_REPLIES = Counter(
     "kemi_ha_takeover_replies_total",
     "Replies of a known dialog with no transaction (a dead node's calls), by action",

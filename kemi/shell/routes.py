@@ -69,7 +69,8 @@ from kemi.core.numbers import header_action, rewrite_header
 from kemi.core.plan import PlanCache, plan_invite
 from kemi.core.policy import FloodGuard, GatewaySet, Policy, Vip
 from kemi.core.sdp import sdp_refusal
-from kemi.shell import metrics
+from kemi.shell import local_rpc, metrics
+from kemi.shell.dmq_resync import DialogResync
 from kemi.shell.hygiene import CallRecords
 from kemi.shell.policy_holder import GEN_SHV, PolicyHolder
 from kemi.shell.pv import Garbled, Pv
@@ -111,7 +112,6 @@ AVP_NAT = "$avp(kha_nat)"  # the same two for MANAGE_REPLY of this transaction
 AVP_NAT_FLAGS = "$avp(kha_nmflags)"
 NAT_PVS = (DLG_NAT, AVP_NAT, DLG_NAT_FLAGS, AVP_NAT_FLAGS)  # in the order route_invite sets them
 DLG_GATEWAY = "$dlg_var(kha_dst)"  # the gateway a dispatched INVITE's branch went to
-RPC_CODE = "$jsonrpl(code)"
 MISSING = object()
 SEND_SOCKETS_MAX = 4096  # (VIP, next hop) -> listen socket text: next hops seen lately
 EXEMPT_CACHE_MAX = 4096  # sources whose flood exemption is kept
@@ -176,6 +176,7 @@ class Router:
         ports: dict[str, int] | None = None,
         gateway_listing: Callable[[], Mapping[str, Any]] = dict,
         calls: CallRecords | None = None,
+        resync: DialogResync | None = None,
     ) -> None:
         self.ksr = ksr
         # SIP port per transport on every VIP: RELAY picks the socket of the next hop's one.
@@ -196,6 +197,7 @@ class Router:
         self.policies = policies
         self._policy = policies.current
         self.calls = calls  # CDRs, dead and overlong calls (kemi.shell.hygiene); None: off
+        self.resync = resync  # dialogs asked again from a DMQ peer back (None: no DMQ)
         self.send_sockets: dict[tuple[str, str], str | None] = {}  # (VIP, next hop) -> socket
         self.plans = PlanCache()  # initial INVITEs' plans (kemi.core.plan), per policy
         self.exempt: dict[str, bool] = {}  # flood exemption per source, for self.exempt_policy
@@ -762,7 +764,7 @@ class Router:
     def dialog_rpc(self, command: str, what: str) -> bool:
         ksr = self.ksr
         ksr.jsonrpcs.exec(command)
-        code = self.pv.number(RPC_CODE)
+        code = self.pv.number(local_rpc.RPC_CODE)
         done = code == 200
         metrics.TAKEOVER_DIALOGS.labels(what, "ok" if done else "error").inc()
         if not done:
@@ -926,11 +928,15 @@ class Router:
                 self.on_exception("event", exc)
         return 1
 
-    @guarded("event")
     def ksr_hygiene_timer(self, msg: Any, evname: str = "") -> int:
-        """rtimer (its own process): retry spooled CDRs, end dead and overlong calls."""
-        if self.calls is not None:
-            self.calls.tick()
+        """rtimer (its own process): retry spooled CDRs, end dead and overlong calls, ask a
+        DMQ peer that came back for its dialogs. One failing does not stop the other."""
+        for job in (self.calls, self.resync):
+            if job is not None:
+                try:
+                    job.tick()
+                except Exception as exc:
+                    self.on_exception("event", exc)
         return 1
 
     def record_refusal(self, policy: Policy, decision: Admit, refused: Reject, callee: str) -> None:

@@ -40,6 +40,7 @@ from tests.integration.calls import assert_ok, dialog_var, send_raw, wait_for
 from tests.integration.streamuac import StreamUac
 
 pytestmark = pytest.mark.integration
+FR_TIMER_S = 4  # kamailio.cfg's tm fr_timer: how long a KDMQ request is retransmitted
 
 
 @pytest.fixture(scope="module")
@@ -256,6 +257,36 @@ def test_c_node_a_dies_b_keeps_counting_and_a_resyncs(cluster: Cluster) -> None:
     cluster.move_vip(VIP1, NS_B, NS_A)
     cluster.a.config.rtpengine_vips = (VIP1,)
     cluster.a.start_rtpengine(cluster.a.policy.vips[0])
+    uas.stop()
+
+
+def test_f_after_a_partition_a_learns_the_calls_set_up_meanwhile(cluster: Cluster) -> None:
+    """A and B cannot reach each other (both up, clients reach both) while a call is set up
+    on B: the call's KDMQ updates to A time out. When the partition ends, A asks B for its
+    dialogs again (kemi.core.dmq_resync): A counts the call, and would know it if it took
+    over VIP2. Kamailio 5.6 asks only at start: A would never count it, and after a takeover
+    would answer its BYE or re-INVITE 481."""
+    uas = cluster.uas()
+    cluster.lab.partition(NS_A, NS_B, cut=True)  # the interconnect fails, both nodes up
+    call = cluster.uac(VIP2, calls=1, duration_ms=40000)
+    wait_for(lambda: cluster.count(cluster.b) == 1, timeout=10, what="the call up on B")
+    time.sleep(FR_TIMER_S + 1)  # tm has given up retransmitting the call's updates to A
+    b_seen = (B_ADDR, str(DMQ_PORT), "active")
+    wait_for(lambda: b_seen not in dmq_peers(cluster.a), timeout=30,
+             what="A's DMQ sees B gone", state=lambda: mesh_state(cluster))  # fmt: skip
+    assert cluster.count(cluster.a) == 0, "the call reached A through the partition"
+    cluster.lab.partition(NS_A, NS_B, cut=False)
+    wait_for(
+        lambda: cluster.count(cluster.a) == 1,
+        timeout=30,
+        what="A counts the call B set up during the partition",
+        state=lambda: f"{counts(cluster)}; {mesh_state(cluster)}",
+    )
+    log = (cluster.a.log_dir / "kamailio.log").read_text(errors="replace")
+    assert "its dialogs requested" in log
+    assert_ok(call, 60)
+    wait_for(lambda: every(cluster, 0), timeout=10, what="both back to 0",
+             state=lambda: counts(cluster))  # fmt: skip
     uas.stop()
 
 
