@@ -1,4 +1,4 @@
-"""When to ask a DMQ peer for its dialogs again.
+"""When to ask a DMQ peer for its dialogs (and its ban list) again.
 
 Kamailio 5.6's dialog module asks its peers for their dialogs once, when DMQ first answers at
 start (dlg_dmq.c's init callback; again only if every peer was deleted, which never happens to a
@@ -14,8 +14,10 @@ start (dlg_dmq.c's init callback; again only if every peer was deleted, which ne
 The shell polls DMQ's node list (hygiene timer) and, `delay_s` after a peer becomes active (or
 is first seen active), asks that peer for its dialogs (KDMQ `dialog`, `{"action":4}`: the
 peer sends every dialog it holds as an update, which is idempotent for dialogs already known
-here: same state, same profiles). Only pure decisions live here; kemi.shell.dmq_resync
-applies them.
+here: same state, same profiles). The htable module's ban list (`kha_ban`) has the same gap
+(htable's `dmq_init_sync` asks once, at start): its sync request goes to the same peer at the
+same time (`{"action":1}`: the peer sends its replicated tables to this node only). Only pure
+decisions live here; kemi.shell.dmq_resync applies them.
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-DIALOG_PEER = "dialog"  # the DMQ peer the dialog module registers
-# DLG_DMQ_SYNC (modules/dialog/dlg_dmq.h: NONE, UPDATE, STATE, RM, SYNC)
-SYNC_REQUEST = json.dumps({"action": 4}, separators=(",", ":"))
-CONTENT_TYPE = "application/json"  # what the dialog module sends its own messages as
+# (DMQ peer a module registers, its own sync request), in the order they are sent:
+# dialog: DLG_DMQ_SYNC (modules/dialog/dlg_dmq.h: NONE, UPDATE, STATE, RM, SYNC);
+# htable: HT_DMQ_SYNC (modules/htable/ht_dmq.h: NONE, SYNC, SET_CELL, ...).
+SYNC_REQUESTS: tuple[tuple[str, str], ...] = (
+    ("dialog", json.dumps({"action": 4}, separators=(",", ":"))),
+    ("htable", json.dumps({"action": 1}, separators=(",", ":"))),
+)
+CONTENT_TYPE = "application/json"  # what both modules send their own messages as
 ACTIVE = "active"
 
 

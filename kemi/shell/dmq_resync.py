@@ -1,8 +1,9 @@
-"""Ask a DMQ peer for its dialogs again when it comes back (kemi.core.dmq_resync says when).
+"""Ask a DMQ peer for its dialogs and bans again when it comes back (kemi.core.dmq_resync
+says when).
 
 Runs in the hygiene timer's process (rtimer, every 2 s): one `dmq.list_nodes` through
-KSR.jsonrpcs.exec (in-process, no FIFO round trip), and for each peer due a KDMQ `dialog`
-sync request through KSR.dmq.send_message.
+KSR.jsonrpcs.exec (in-process, no FIFO round trip), and for each peer due the `dialog` and
+`htable` modules' sync requests through KSR.dmq.send_message.
 """
 
 from __future__ import annotations
@@ -43,15 +44,16 @@ class DialogResync:
             self.ask(peer)
 
     def ask(self, peer: str) -> None:
-        rc = self.ksr.dmq.send_message(
-            dmq_resync.DIALOG_PEER,
-            dmq_resync.peer_uri(peer),
-            dmq_resync.SYNC_REQUEST,
-            dmq_resync.CONTENT_TYPE,
-        )
-        sent = rc is not None and int(rc) > 0
-        metrics.DMQ_RESYNCS.labels("sent" if sent else "error").inc()
-        if sent:
-            log.info("DMQ peer %s became active: its dialogs requested", peer)
-        else:
-            log.error("DMQ peer %s became active: dialog request not sent (rc %s)", peer, rc)
+        """Each module's sync request to `peer` (its dialogs, its ban list)."""
+        dmq = self.ksr.dmq
+        for module, request in dmq_resync.SYNC_REQUESTS:
+            rc = dmq.send_message(
+                module, dmq_resync.peer_uri(peer), request, dmq_resync.CONTENT_TYPE
+            )
+            sent = rc is not None and int(rc) > 0
+            metrics.DMQ_RESYNCS.labels(module, "sent" if sent else "error").inc()
+            if sent:
+                log.info("DMQ peer %s became active: its %s state requested", peer, module)
+            else:
+                log.error("DMQ peer %s became active: %s sync request not sent (rc %s)", peer,
+                          module, rc)  # fmt: skip

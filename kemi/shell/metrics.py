@@ -46,9 +46,9 @@ RTPENGINE_ERRORS = Counter(
 )
 KDMQ = Counter("kemi_ha_kdmq_requests_total", "KDMQ requests received", ["result"])
 DMQ_RESYNCS = Counter(
-    "kemi_ha_dmq_dialog_resyncs_total",
-    "Dialogs asked again from a DMQ peer that became active (start, end of a partition)",
-    ["result"],
+    "kemi_ha_dmq_resync_requests_total",
+    "Sync requests to a DMQ peer that became active (start, end of a partition), per module",
+    ["module", "result"],
 )
 TAKEOVER_REPLIES = Counter(
     "kemi_ha_takeover_replies_total",

@@ -34,6 +34,7 @@ from kemi.lab.cluster import (
     start_cluster,
 )
 from kemi.lab.net import lab_ns
+from kemi.ops.bans import add_ban, list_bans, remove_ban
 from kemi.ops.netns import in_netns
 from kemi.ops.stack import Stack
 from tests.integration.calls import assert_ok, dialog_var, send_raw, wait_for
@@ -260,12 +261,19 @@ def test_c_node_a_dies_b_keeps_counting_and_a_resyncs(cluster: Cluster) -> None:
     uas.stop()
 
 
+PARTITION_BANNED = "10.99.0.250"  # no host of the lab
+
+
+def banned(node: Stack, source: str) -> bool:
+    return any(ban.source == source for ban in list_bans(node.rpc))
+
+
 def test_f_after_a_partition_a_learns_the_calls_set_up_meanwhile(cluster: Cluster) -> None:
     """A and B cannot reach each other (both up, clients reach both) while a call is set up
     on B: the call's KDMQ updates to A time out. When the partition ends, A asks B for its
     dialogs again (kemi.core.dmq_resync): A counts the call, and would know it if it took
     over VIP2. Kamailio 5.6 asks only at start: A would never count it, and after a takeover
-    would answer its BYE or re-INVITE 481."""
+    would answer its BYE or re-INVITE 481. The same for a ban B set meanwhile (htable)."""
     uas = cluster.uas()
     cluster.lab.partition(NS_A, NS_B, cut=True)  # the interconnect fails, both nodes up
     call = cluster.uac(VIP2, calls=1, duration_ms=40000)
@@ -275,6 +283,9 @@ def test_f_after_a_partition_a_learns_the_calls_set_up_meanwhile(cluster: Cluste
     wait_for(lambda: b_seen not in dmq_peers(cluster.a), timeout=30,
              what="A's DMQ sees B gone", state=lambda: mesh_state(cluster))  # fmt: skip
     assert cluster.count(cluster.a) == 0, "the call reached A through the partition"
+    add_ban(cluster.b.rpc, PARTITION_BANNED, 600)  # a ban on B: its DMQ update to A is lost
+    time.sleep(FR_TIMER_S + 1)
+    assert not banned(cluster.a, PARTITION_BANNED)
     cluster.lab.partition(NS_A, NS_B, cut=False)
     wait_for(
         lambda: cluster.count(cluster.a) == 1,
@@ -282,8 +293,10 @@ def test_f_after_a_partition_a_learns_the_calls_set_up_meanwhile(cluster: Cluste
         what="A counts the call B set up during the partition",
         state=lambda: f"{counts(cluster)}; {mesh_state(cluster)}",
     )
+    wait_for(lambda: banned(cluster.a, PARTITION_BANNED), timeout=10, what="B's ban on A")
     log = (cluster.a.log_dir / "kamailio.log").read_text(errors="replace")
-    assert "its dialogs requested" in log
+    assert "became active: its dialog state requested" in log
+    remove_ban(cluster.a.rpc, PARTITION_BANNED)
     assert_ok(call, 60)
     wait_for(lambda: every(cluster, 0), timeout=10, what="both back to 0",
              state=lambda: counts(cluster))  # fmt: skip

@@ -49,9 +49,9 @@ def test_a_peer_gone_again_before_its_turn_waits_for_its_next_return() -> None:
     assert watch.step(7.0, frozenset({"b:5090", "c:5090"})) == ["b:5090"]
 
 
-def test_the_request_is_the_dialog_modules_own_sync_message() -> None:
-    assert json.loads(dmq_resync.SYNC_REQUEST) == {"action": 4}  # DLG_DMQ_SYNC
-    assert dmq_resync.DIALOG_PEER == "dialog"
+def test_the_requests_are_the_modules_own_sync_messages() -> None:
+    requests = {module: json.loads(body) for module, body in dmq_resync.SYNC_REQUESTS}
+    assert requests == {"dialog": {"action": 4}, "htable": {"action": 1}}  # *_DMQ_SYNC
 
 
 def resync(nodes: Any, code: str = "200", sent: int = 1) -> tuple[DialogResync, FakeKSR, list]:
@@ -68,8 +68,10 @@ def test_the_shell_asks_the_peer_through_dmq_with_kamailios_functions() -> None:
     assert not ksr.called("dmq.send_message")
     clock[0] = 3.0
     job.tick()
-    assert ksr.called("dmq.send_message", "dialog", "sip:10.0.0.2:5090", '{"action":4}',
-                      "application/json")  # fmt: skip
+    sent = [c.args for c in ksr.calls if c.name == "dmq.send_message"]
+    json_type = "application/json"
+    assert sent == [("dialog", "sip:10.0.0.2:5090", '{"action":4}', json_type),
+                    ("htable", "sip:10.0.0.2:5090", '{"action":1}', json_type)]  # fmt: skip
     (command, *_) = [json.loads(c.args[0]) for c in ksr.calls if c.name == "jsonrpcs.exec"]
     assert command["method"] == "dmq.list_nodes"
 
