@@ -558,6 +558,10 @@ class Router:
             ksr.dialog.set_dlg_profile(PROFILE_TENANT, decision.tenant.name)
         if decision.trunk is not None:
             ksr.dialog.set_dlg_profile(PROFILE_TRUNK, decision.trunk.name)
+        # Preloaded Route headers removed (RFC 3261 8.1.2: a phone's outbound proxy, often this
+        # VIP): the policy routes the call; left in, the next hop would follow them (back to
+        # the VIP: a loop; elsewhere: around the policy).
+        ksr.hdr.remove("Route")
         ksr.rr.record_route()
         if plan.dialog_flags is not None:
             ksr.pv.sets(DLG_MEDIA_FLAGS, plan.dialog_flags)

@@ -172,8 +172,10 @@ def test_initial_invite_offers_on_its_vip_set_then_relays_from_that_vip() -> Non
     names = ksr.names()
     assert ksr.called("rtpengine.set_rtpengine_set", 2)
     assert ksr.called("rtpengine.rtpengine_offer", "replace-origin ICE=remove")
-    order = ["rtpengine.rtpengine_offer", "dialog.dlg_manage", "rr.record_route", "tm.t_relay"]
+    order = ["rtpengine.rtpengine_offer", "dialog.dlg_manage", "hdr.remove", "rr.record_route",
+             "tm.t_relay"]  # fmt: skip
     assert [n for n in names if n in order] == order
+    assert ksr.called("hdr.remove", "Route")  # preloaded routes: the policy routes the call
     assert ksr.called("setdsturi", "sip:gw1:5060")
     assert ksr.called("tm.t_on_failure", routes.MANAGE_FAILURE)
     assert ksr.called("corex.set_send_socket", "udp:10.0.0.2:5060")
