@@ -27,7 +27,7 @@ from kemi.ops.rpc import KamailioRpc
 from kemi.policyfile import load_policy
 from kemi.shell import log as kamailio_log
 from kemi.shell import metrics
-from kemi.shell.dmq_resync import DialogResync
+from kemi.shell.dmq_resync import DmqResync
 from kemi.shell.gateways import GatewayList
 from kemi.shell.hygiene import CallRecords
 from kemi.shell.policy_holder import PolicyHolder
@@ -93,7 +93,7 @@ def mod_init() -> Router:
         ),
         gateway_listing=lambda: rpc.call("dispatcher.list"),
         calls=calls,
-        resync=DialogResync(KSR) if dmq else None,
+        resync=DmqResync(KSR) if dmq else None,
     )
     profile_dir = os.environ.get(PROFILE_ENV)  # a measured run only (bench-cpu --profile)
     # Everything loaded so far (modules, the compiled policy) lives as long as the process:

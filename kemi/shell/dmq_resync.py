@@ -22,7 +22,7 @@ from kemi.shell.pv import Pv
 log = logging.getLogger("kemi.dmq")
 
 
-class DialogResync:
+class DmqResync:
     """One per Kamailio process; only the hygiene timer's process ticks it."""
 
     def __init__(

@@ -70,7 +70,7 @@ from kemi.core.plan import PlanCache, plan_invite
 from kemi.core.policy import FloodGuard, GatewaySet, Policy, Vip
 from kemi.core.sdp import sdp_refusal
 from kemi.shell import local_rpc, metrics
-from kemi.shell.dmq_resync import DialogResync
+from kemi.shell.dmq_resync import DmqResync
 from kemi.shell.hygiene import CallRecords
 from kemi.shell.policy_holder import GEN_SHV, PolicyHolder
 from kemi.shell.pv import Garbled, Pv
@@ -176,7 +176,7 @@ class Router:
         ports: dict[str, int] | None = None,
         gateway_listing: Callable[[], Mapping[str, Any]] = dict,
         calls: CallRecords | None = None,
-        resync: DialogResync | None = None,
+        resync: DmqResync | None = None,
     ) -> None:
         self.ksr = ksr
         # SIP port per transport on every VIP: RELAY picks the socket of the next hop's one.

@@ -8,7 +8,7 @@ from typing import Any
 
 from kemi.core import dmq_resync
 from kemi.core.dmq_resync import ResyncWatch, active_peers
-from kemi.shell.dmq_resync import DialogResync
+from kemi.shell.dmq_resync import DmqResync
 from tests.fakes.ksr import FakeKSR
 
 
@@ -54,12 +54,12 @@ def test_the_requests_are_the_modules_own_sync_messages() -> None:
     assert requests == {"dialog": {"action": 4}, "htable": {"action": 1}}  # *_DMQ_SYNC
 
 
-def resync(nodes: Any, code: str = "200", sent: int = 1) -> tuple[DialogResync, FakeKSR, list]:
+def resync(nodes: Any, code: str = "200", sent: int = 1) -> tuple[DmqResync, FakeKSR, list]:
     body = json.dumps({"jsonrpc": "2.0", "result": nodes, "id": 1})
     ksr = FakeKSR(returns={"jsonrpcs.exec": 1, "dmq.send_message": sent},
                   pvs={"$jsonrpl(code)": code, "$jsonrpl(body)": body})  # fmt: skip
     clock = [0.0]
-    return DialogResync(ksr, ResyncWatch(delay_s=3), clock=lambda: clock[0]), ksr, clock
+    return DmqResync(ksr, ResyncWatch(delay_s=3), clock=lambda: clock[0]), ksr, clock
 
 
 def test_the_shell_asks_the_peer_through_dmq_with_kamailios_functions() -> None:
