@@ -262,6 +262,7 @@ def test_c_node_a_dies_b_keeps_counting_and_a_resyncs(cluster: Cluster) -> None:
 
 
 PARTITION_BANNED = "10.99.0.250"  # no host of the lab
+CALL_S = 50  # the partition test's call: its BYE comes after the VIP moved to A
 
 
 def banned(node: Stack, source: str) -> bool:
@@ -276,7 +277,8 @@ def test_f_after_a_partition_a_learns_the_calls_set_up_meanwhile(cluster: Cluste
     it, and would answer that BYE 481. The same for a ban B set meanwhile (htable)."""
     uas = cluster.uas()
     cluster.lab.partition(NS_A, NS_B, cut=True)  # the interconnect fails, both nodes up
-    call = cluster.uac(VIP2, calls=1, duration_ms=40000)
+    started = time.monotonic()
+    call = cluster.uac(VIP2, calls=1, duration_ms=CALL_S * 1000)
     wait_for(lambda: cluster.count(cluster.b) == 1, timeout=10, what="the call up on B")
     time.sleep(FR_TIMER_S + 1)  # tm has given up retransmitting the call's updates to A
     b_seen = (B_ADDR, str(DMQ_PORT), "active")
@@ -297,6 +299,7 @@ def test_f_after_a_partition_a_learns_the_calls_set_up_meanwhile(cluster: Cluste
     log = (cluster.a.log_dir / "kamailio.log").read_text(errors="replace")
     assert "became active: its dialog state requested" in log
     remove_ban(cluster.a.rpc, PARTITION_BANNED)
+    assert time.monotonic() - started < CALL_S - 5, "the BYE would not wait for the move"
     cluster.move_vip(VIP2, NS_B, NS_A)  # A takes VIP2 over: the call's BYE reaches A
     try:
         assert_ok(call, 60)  # A relays it (a 481 would fail the caller's BYE)
