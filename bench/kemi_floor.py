@@ -110,6 +110,7 @@ class Floor:
         pv.sets("$dlg_var(kha_cdr)", facts)
         KSR.dialog.set_dlg_profile_static("kha_global")
         KSR.dialog.set_dlg_profile("kha_tenant", "bench")
+        KSR.hdr.remove("Route")
         KSR.rr.record_route()
         pv.sets("$dlg_var(kha_nat)", "detect/alias")
         pv.sets("$avp(kha_nat)", "detect/alias")

@@ -81,7 +81,7 @@ RETURNS: dict[str, Any] = {
     "siputils.has_totag": -1, "tmx.t_precheck_trans": -1, "tm.t_check_trans": -1,
     "textops.has_body": -1, "textops.has_body_type": -1, "rtpengine.set_rtpengine_set": 1,
     "rtpengine.rtpengine_offer": 1, "rtpengine.rtpengine_answer": 1,
-    "rtpengine.rtpengine_delete0": 1, "dialog.dlg_manage": 1, "rr.record_route": 1,
+    "rtpengine.rtpengine_delete0": 1, "dialog.dlg_manage": 1, "hdr.remove": 1, "rr.record_route": 1,
     "rr.loose_route": 1, "setdsturi": 1, "tm.t_on_branch": 1, "tm.t_on_reply": 1,
     "tm.t_on_failure": 1, "corex.set_send_socket": 1, "corex.set_send_socket_name": 1,
     "tm.t_relay": 1, "pvx.shv_get": 0, "dialog.get_profile_size": 1,

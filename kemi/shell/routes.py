@@ -197,7 +197,7 @@ class Router:
         self.policies = policies
         self._policy = policies.current
         self.calls = calls  # CDRs, dead and overlong calls (kemi.shell.hygiene); None: off
-        self.resync = resync  # dialogs asked again from a DMQ peer back (None: no DMQ)
+        self.resync = resync  # dialogs and bans asked again from a DMQ peer back (None: no DMQ)
         self.send_sockets: dict[tuple[str, str], str | None] = {}  # (VIP, next hop) -> socket
         self.plans = PlanCache()  # initial INVITEs' plans (kemi.core.plan), per policy
         self.exempt: dict[str, bool] = {}  # flood exemption per source, for self.exempt_policy
@@ -934,7 +934,7 @@ class Router:
 
     def ksr_hygiene_timer(self, msg: Any, evname: str = "") -> int:
         """rtimer (its own process): retry spooled CDRs, end dead and overlong calls, ask a
-        DMQ peer that came back for its dialogs. One failing does not stop the other."""
+        DMQ peer that came back for its dialogs and bans. One failing does not stop the other."""
         for job in (self.calls, self.resync):
             if job is not None:
                 try:
