@@ -17,6 +17,15 @@ rtpengine, the media session; it has no transaction. What reaches it then:
 4. a CANCEL, or the ACK of a negative reply: no transaction to follow and their Request-URI is
    the proxy itself, so they are forwarded statelessly to the destination the policy routes the
    call to (its first one: a failover to a later destination is not known here).
+5. a BYE on a copy still early: the 2xx passed a node that died (or a Kamailio that crashed and
+   came back) and its ACK reached no live node (sent during the outage; an ACK is never
+   retransmitted). Kamailio ignores a BYE in an early dialog, so the copy would keep its
+   channels until the dialog module's early timeout, and the call would get no record: it is
+   confirmed by RPC before the BYE passes, which then ends it as any answered call.
+
+A call ended here by RPC (2.) is not told to the other nodes by Kamailio 5.6 (dlg.set_state
+replicates nothing): their copies, early too, would keep the call's channels until their own
+early timeout. The dialog module's own DMQ message for an ended dialog is sent to them.
 
 Only pure decisions live here; kemi.shell.routes applies them.
 """
@@ -53,6 +62,31 @@ class OrphanReply:
 
 def unconfirmed(dlg_state: int) -> bool:
     return dlg_state in (DLG_UNCONFIRMED, DLG_EARLY)
+
+
+def bye_confirms(dlg_state: int, invite_passed_here: bool) -> bool:
+    """A BYE on a dialog this node holds early (5. above). Not when the INVITE's transaction may
+    still be here: a caller may end an early dialog with a BYE (RFC 3261 15), which Kamailio
+    leaves to the INVITE's own outcome."""
+    return unconfirmed(dlg_state) and not invite_passed_here
+
+
+def invite_passed_here(set_up_by: str, invite_ms: int, this_node: str, started_ms: int) -> bool:
+    """Could this Kamailio hold the call's INVITE transaction: set up by this node, after this
+    Kamailio started (a restarted one has lost its transactions)."""
+    return set_up_by == this_node and invite_ms >= started_ms
+
+
+DMQ_STATE = 2  # the dialog module's DMQ actions (dlg_dmq.h): NONE, UPDATE, STATE, RM, SYNC
+
+
+def ended_copy_update(h_entry: int, h_id: int) -> str:
+    """The dialog module's DMQ state update "deleted" for dialog [h_entry:h_id]: a peer frees the
+    call's channels and forgets the dialog (dlg_dmq_handle_msg, Kamailio 5.6)."""
+    return json.dumps(
+        {"action": DMQ_STATE, "h_entry": h_entry, "h_id": h_id, "state": DLG_DELETED},
+        separators=(",", ":"),
+    )
 
 
 def orphan_reply_action(reply: OrphanReply) -> OrphanAction:

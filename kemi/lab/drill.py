@@ -22,6 +22,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -45,7 +46,7 @@ from kemi.ops.ng import NgClient, rtp_streams
 from kemi.ops.procs import Daemon, NotReady, wait_until
 from kemi.ops.render import COROSYNC_PROFILES, render
 from kemi.ops.rpc import KamailioRpc
-from kemi.ops.stack import REPO_ROOT
+from kemi.ops.stack import REPO_ROOT, sip_options_ok
 
 # Another drill can run beside this one with its own namespaces and network, e.g.
 # KEMI_HA_DRILL_PREFIX=khf KEMI_HA_DRILL_NET=10.97.0 (links on 10.97.<k>.x).
@@ -320,7 +321,17 @@ def spread(calls: int, vips: int) -> list[int]:
     return [calls // vips + (1 if i < calls % vips else 0) for i in range(vips)]
 
 
-SCENARIOS = ("power-off", "one-link-lost", "rejoin", "link-cut", "failback", "fenced")
+SCENARIOS = (
+    "power-off",
+    "one-link-lost",
+    "rejoin",
+    "link-cut",
+    "failback",
+    "fenced",
+    "kamailio-crash",
+    "rtpengine-crash",
+)
+CRASHES = ("kamailio-crash", "rtpengine-crash")  # one process dies, the node stays up
 
 
 def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
@@ -341,6 +352,11 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
                    other stops its resources; the drill samples who holds each VIP every 50 ms.
     fenced         power-off with fencing configured: Pacemaker fences the node (the lab agent
                    fence_kemiha_netns) before it moves the node's resources (fencing_checked).
+    kamailio-crash one UDP worker of the node's Kamailio killed (SIGKILL, as a segfault ends
+                   it): Kamailio's main process then stops all of Kamailio, `kemi-ha run` exits,
+                   and Pacemaker recovers it; the node, its rtpengines and Redis stay up.
+    rtpengine-crash the node's active rtpengine (of the VIP it holds) killed (SIGKILL); the
+                   node, its Kamailio and its standby rtpengines stay up.
     """
     if scenario in ("rejoin", "failback"):
         after_s = max(after_s, 40.0)
@@ -420,6 +436,8 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         observed.append(f"Corosync membership changes while link 0 was cut: {changes}")
         if changes:  # none expected: what Corosync saw, for the report (CI keeps no work dir)
             observed += [f"corosync: {line}" for line in corosync_lines(setup, t_fail - 1)]
+    elif scenario in CRASHES:
+        crash(setup, victim, scenario, t_fail, observed)
     else:
         # Power off the victim: its links first (no goodbye on the wire), then every process.
         setup.lab.links(victim.netns, up=False)
@@ -480,8 +498,8 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         rejoin_gap = max(quiet, default=float("nan"))
         observed.append(f"worst RTP gap of any call while {victim.name} rejoined: "
                         f"{rejoin_gap:.0f} ms")  # fmt: skip
-    failed_vip = "" if scenario in ("one-link-lost", "link-cut") else victim.vip
-    survivors = survivors if scenario != "rejoin" else nodes
+    failed_vip = "" if scenario in ("one-link-lost", "link-cut", "kamailio-crash") else victim.vip
+    survivors = survivors if scenario not in ("rejoin", *CRASHES) else nodes
     timeline = failover_timeline(setup, [n for n in survivors if n is not victim],
                                  nodes.index(victim) + 1, t_fail)  # fmt: skip
     resumed_at = [t for (vip, _p), times in streams.items() if vip == victim.vip
@@ -510,9 +528,11 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
             wait_until(lambda r=rpc: int(r.call("dlg.stats_active")["all"]) == 0, 30,
                        f"dialogs on {name} back to 0")  # fmt: skip
         except NotReady as exc:  # a leak is a finding of the run (survivor_dialogs), not a crash
-            observed.append(str(exc))
+            left = [f"{d.get('call-id')} state {d.get('state')}" for d in rpc.call("dlg.list")]
+            observed.append(f"{exc}: {', '.join(left)}")
     # who may end a call: every node still (or again) running at the end of the scenario
-    enders = nodes if scenario in ("one-link-lost", "link-cut", "rejoin", "failback") else [
+    kept = ("one-link-lost", "link-cut", "rejoin", "failback", *CRASHES)
+    enders = nodes if scenario in kept else [
         n for n in nodes if n is not victim]  # fmt: skip
     password = read_password(setup.work / REDIS_PASSWORD_FILE)
     cdrs_ok = cdrs_checked(enders, call_vip, duration_ms / 1000, observed, password)
@@ -594,6 +614,43 @@ def start_transient(setup: DrillSetup, work: Path, victim: DrillNode, count: int
         setup.runs += [callee, caller]
         started.append((name, callee, caller))
     return started
+
+
+def crash(setup: DrillSetup, victim: DrillNode, scenario: str, t_fail: float,
+          observed: list[str]) -> None:  # fmt: skip
+    """Kill one process of the victim (by PID), then follow its recovery: when its VIP answers
+    again (SIP OPTIONS, or rtpengine's ng ping where the VIP is) and where the VIP went."""
+    index = setup.nodes.index(victim) + 1
+    if scenario == "kamailio-crash":
+        workers = [p for p in setup.rpc[victim.name].call("core.psx")
+                   if str(p.get("DSC", "")).startswith("udp receiver")]  # fmt: skip
+        pid = int(workers[0]["PID"])
+        os.kill(pid, signal.SIGKILL)
+        observed.append(f"killed {victim.name}'s Kamailio worker {pid} ({workers[0]['DSC']})")
+
+        def sip() -> bool:
+            with in_netns(CLIENT_NS):
+                return sip_options_ok(victim.vip, 5060, 0.1, CLIENT)
+
+        wait_until(lambda: not sip(), 5, "the crash seen on SIP")
+        wait_until(sip, 90, f"SIP answered again on {victim.vip}", step=0.0)
+        what = "answered SIP OPTIONS"
+    else:
+        pidfile = setup.work / victim.name / "run-kemi-ha" / f"rtpengine-{victim.vip}.pid"
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+        observed.append(f"killed {victim.name}'s active rtpengine of {victim.vip} ({pid})")
+
+        def relay() -> bool:
+            holder = next(n for n in setup.nodes if n.name == vip_holders(setup)[f"vip{index}"])
+            with in_netns(holder.netns):
+                return NgClient("127.0.0.1", 2222 + index, timeout=0.1).ping()
+
+        time.sleep(0.2)
+        wait_until(relay, 90, f"an rtpengine for {victim.vip} again", step=0.0)
+        what = "had an rtpengine answering ng"
+    observed.append(f"{victim.vip} {what} {1000 * (time.time() - t_fail):.0f} ms after the "
+                    f"kill; VIP holders {vip_holders(setup)}")  # fmt: skip
 
 
 def vip_holders(setup: DrillSetup, among: list[DrillNode] | None = None) -> dict[str, str]:

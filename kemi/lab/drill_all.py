@@ -27,6 +27,8 @@ CASES: tuple[DrillCase, ...] = (
     DrillCase("fenced", calls=20, repeat=2),
     DrillCase("rejoin", calls=20),
     DrillCase("failback", calls=20),
+    DrillCase("kamailio-crash", calls=20, repeat=2, transient=5),
+    DrillCase("rtpengine-crash", calls=20, repeat=2),
 )
 
 # The observed lines worth a place in the table, by what they start with or contain.
@@ -40,6 +42,7 @@ HIGHLIGHTS = (
     "started after the fence",
     "started BEFORE the fence",
     "random fence delay",
+    "after the kill",
 )
 
 

@@ -478,11 +478,11 @@ class Stack:
             raise failed(str(exc).removeprefix(f"{daemon.name}: ")) from None
 
 
-def sip_options_ok(host: str, port: int, timeout: float = 0.5) -> bool:
+def sip_options_ok(host: str, port: int, timeout: float = 0.5, source: str = "127.0.0.1") -> bool:
     """Send one OPTIONS to the proxy itself and expect a 200 (what a monitor would do)."""
     call_id = uuid.uuid4().hex
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((source, 0))
         sock.settimeout(timeout)
         lport = sock.getsockname()[1]
         msg = (

@@ -189,6 +189,9 @@ class Router:
         # Without a token no state-changing HTTP request is accepted at all.
         self.http_authorization = f"Bearer {http_token}".encode() if http_token else b""
         self.node_address = node_address
+        # This Kamailio's start (mod_init, before the fork): a call set up before it has no
+        # transaction here, even when this node set it up (a restart after a crash).
+        self.started_ms = int(time.time() * 1000)
         self.dmq = dmq
         self.dmq_nodes = dmq_nodes  # what DMQ knows of its peers (RPC dmq.list_nodes)
         self.rtpengine_alive = rtpengine_alive  # ng ping of one socket, for the scrape only
@@ -359,6 +362,8 @@ class Router:
     def route_withindlg(self, policy: Policy, method: str) -> None:
         """WITHINDLG: follow Record-Route; keep the media session in step with the dialog."""
         ksr = self.ksr
+        if method == "BYE" and self.dmq:
+            self.confirm_early_copy()  # before loose_route(): the dialog module ends it there
         if not ksr.rr.loose_route() > 0:
             if method == "ACK":
                 if ksr.tm.t_check_trans() > 0:
@@ -753,7 +758,28 @@ class Router:
         ksr.dialog.unset_dlg_profile_static(PROFILE_GLOBAL)
         for name, value in takeover.parse_profile_entries(self.pv.text(DLG_PROFILES)):
             ksr.dialog.unset_dlg_profile(name, value)
-        self.dialog_rpc(takeover.end_command(*self.dialog_ids()), "end")
+        update = takeover.ended_copy_update(self.pv.number("$dlg(h_entry)"),
+                                            self.pv.number("$dlg(h_id)"))  # fmt: skip
+        if self.dialog_rpc(takeover.end_command(*self.dialog_ids()), "end") and self.dmq:
+            # dlg.set_state tells no peer: their copies would keep the call's channels
+            rc = ksr.dmq.bcast_message("dialog", update, JSON)
+            if not ok(rc):
+                log.error("the end of an orphan call not sent to the DMQ peers (rc %s)", rc)
+
+    def confirm_early_copy(self) -> None:
+        """A BYE on a call this node holds early and whose INVITE did not pass this Kamailio
+        (kemi.core.takeover, 5.): confirmed first, so that this BYE ends it."""
+        state = self.pv.number(DLG_STATE)
+        if not takeover.unconfirmed(state):
+            return  # every BYE of a call that was answered here or confirmed by its ACK
+        facts = self.calls.setup_facts() if self.calls is not None else None
+        here = facts is not None and takeover.invite_passed_here(
+            facts.node, facts.invite_ms, self.node_address, self.started_ms
+        )
+        if takeover.bye_confirms(state, here):
+            log.warning("BYE on a call still early here (its ACK reached no live node): "
+                        "confirmed, this BYE ends it")  # fmt: skip
+            self.confirm_dialog()
 
     def dialog_ids(self) -> tuple[str, str, str]:
         return self.pv.text("$ci"), self.pv.text("$ft"), self.pv.text("$tt")

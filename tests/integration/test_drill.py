@@ -4,7 +4,8 @@ call drops, whatever its state.
 Power-off: 20 established calls with RTP both ways at 50 packets/s, plus 2 calls of each
 transient kind at the fault (ringing, answered-not-ACKed, being cancelled, hold re-INVITE
 answered after it, hold re-INVITE and BYE sent during the outage). Then failback, one lost
-Corosync link of two, link-cut (quorum device) and fenced.
+Corosync link of two, link-cut (quorum device), fenced, and a crash of Kamailio alone (calls
+of every transient kind too) and of an rtpengine alone.
 The figures belong to `make drill` and docs/ha.md; the bounds here are loose on purpose.
 """
 
@@ -136,12 +137,42 @@ def test_a_powered_off_node_is_fenced_before_its_vip_moves(require_root: None) -
     assert any("VIP1 started after the fence" in line for line in result.observed), text
 
 
-def one_run(scenario: str, calls: int = 6, **cluster: int) -> tuple[RunResult, str]:
+def test_a_kamailio_crash_drops_no_call_whatever_its_state(require_root: None) -> None:
+    """kamailio-crash: one Kamailio worker killed (as a segfault ends it), so all of that node's
+    Kamailio stops; Pacemaker starts it again on the same node (the VIP stays, its rtpengine
+    never stopped relaying), and the new Kamailio takes its own calls back from the peer over
+    DMQ. Calls of every transient kind complete, and no dialog or channel is left anywhere:
+    an answered call whose ACK was lost in the outage, and a call cancelled meanwhile, were
+    left early on both nodes with their channels before (kemi.core.takeover, 5.)."""
+    result, text = one_run("kamailio-crash", transient=2)
+    assert result.dropped == 0, text
+    for kind, *_scenarios in TRANSIENT:
+        assert f"{kind}=2/2 completed (caller's SIPp)" in result.observed, text
+    assert any("answered SIP OPTIONS" in line for line in result.observed), text
+    assert result.holders_after == {"vip1": "drill1", "vip2": "drill2"}, text
+    assert all(c.gap_ms < 500 for c in result.calls), text  # the media never stopped
+    assert result.survivor_dialogs == 0 and result.survivor_channels == 0, text
+    assert result.cdrs_ok == len(result.calls), text
+
+
+def test_an_rtpengine_crash_drops_no_call(require_root: None) -> None:
+    """rtpengine-crash: the active rtpengine of a VIP killed; its node's Kamailio stays up.
+    Pacemaker promotes the VIP's hot standby (with the VIP, colocated) on the other node:
+    the calls lose about a second of audio, none drops."""
+    result, text = one_run("rtpengine-crash")
+    assert result.dropped == 0, text
+    assert all(c.gap_ms < 5000 for c in result.calls if c.vip == result.failed_vip), text
+    assert result.takeover.startswith("hot standby"), result.takeover
+    assert result.survivor_dialogs == 0 and result.survivor_channels == 0, text
+
+
+def one_run(scenario: str, calls: int = 6, transient: int = 0,
+            **cluster: int) -> tuple[RunResult, str]:  # fmt: skip
     """One run of `scenario` on a fresh two-node cluster; its result and report."""
     work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-test-"))  # readable by the redis user
     try:
         with drill_cluster(work, "tuned", **cluster) as setup:
-            result = run_once(setup, calls, run_no=1, scenario=scenario)
+            result = run_once(setup, calls, run_no=1, scenario=scenario, transient=transient)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text, _summary = report([result], calls, "tuned", scenario)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -718,13 +719,14 @@ def test_without_a_token_no_state_change_is_accepted() -> None:
 
 # ----- calls caught mid-setup by a takeover (issue 13) --------------------------------------
 
-ORPHAN = {"dialog.is_known_dlg": 1}
+ORPHAN = {"dialog.is_known_dlg": 1, "dmq.bcast_message": 1}
 
 
 def make_orphan_reply(status: int, method: str = "INVITE", state: str = "2",
                       **returns: Any) -> tuple[Router, FakeKSR]:  # fmt: skip
     router, ksr = make(**{**ORPHAN, **returns})
-    ksr.pvs.update({"$rs": status, "$rm": method, "$dlg(state)": state})
+    ksr.pvs.update({"$rs": status, "$rm": method, "$dlg(state)": state,
+                    "$dlg(h_entry)": "7", "$dlg(h_id)": "1"})  # fmt: skip
     return router, ksr
 
 
@@ -783,6 +785,21 @@ def test_orphan_487_ends_the_call_media_channels_and_dialog() -> None:
     assert not ksr.called("set_drop")  # the caller gets its 487
 
 
+@pytest.mark.parametrize(("dmq", "code", "told"), [(True, "200", True), (False, "200", False),
+                                                   (True, "500", False)])  # fmt: skip
+def test_an_orphan_call_ended_here_is_ended_on_the_peers_too(
+    dmq: bool, code: str, told: bool
+) -> None:
+    """dlg.set_state replicates nothing: the peers get the dialog module's own "deleted"."""
+    router, ksr = make_orphan_reply(487, **NO_BODY)
+    router.dmq = dmq
+    ksr.pvs.update({"$dlg(h_entry)": "1016", "$dlg(h_id)": "166673", "$jsonrpl(code)": code})
+    router.ksr_sl_reply(None, "on_sl_reply")
+    sent = [c.args for c in ksr.calls if c.name == "dmq.bcast_message"]
+    assert sent == ([("dialog", '{"action":2,"h_entry":1016,"h_id":166673,"state":5}',
+                      "application/json")] if told else [])  # fmt: skip
+
+
 def test_orphan_200_to_a_cancel_is_forwarded_untouched() -> None:
     router, ksr = make_orphan_reply(200, method="CANCEL", **NO_BODY)
     router.ksr_sl_reply(None, "on_sl_reply")
@@ -805,6 +822,53 @@ def test_ack_on_an_early_copy_confirms_it_by_rpc_then_relays(state: str, confirm
     if confirmed:
         assert '"params": ["call-1", "ftag-1", "ttag-1", 4]' in commands[0]
     assert ksr.called("tm.t_relay")
+
+
+def in_dialog_bye(state: str, **returns: Any) -> tuple[Router, FakeKSR]:
+    router, ksr = make(**{"siputils.has_totag": 1, **NO_BODY, **returns})
+    ksr.pvs.update({"$rm": "BYE", "$dlg(state)": state})
+    return router, ksr
+
+
+@pytest.mark.parametrize(("state", "dmq", "confirmed"), [("2", True, True), ("1", True, True),
+                                                         ("4", True, False), ("3", True, False),
+                                                         ("2", False, False)])  # fmt: skip
+def test_bye_on_an_early_copy_confirms_it_before_loose_route(
+    state: str, dmq: bool, confirmed: bool
+) -> None:
+    """Its ACK reached no live node: confirmed first, so that the dialog module (at loose_route)
+    ends it on this BYE; a single node never reads the state for a BYE."""
+    router, ksr = in_dialog_bye(state)
+    router.dmq = dmq
+    router.ksr_request_route(None)
+    names = ksr.names()
+    commands = [c.args[0] for c in ksr.calls if c.name == "jsonrpcs.exec"]
+    assert len(commands) == (1 if confirmed else 0)
+    if confirmed:
+        assert '"params": ["call-1", "ftag-1", "ttag-1", 4]' in commands[0]
+        assert names.index("jsonrpcs.exec") < names.index("rr.loose_route")
+    assert ksr.called("rtpengine.rtpengine_delete0") and ksr.called("tm.t_relay")
+
+
+@pytest.mark.parametrize(("node", "invite_after_start", "confirmed"), [
+    ("n", True, False),  # this node's call since this Kamailio started: its INVITE may be here
+    ("n", False, True),  # this node's call from before a restart: its transaction is gone
+    ("other", True, True),  # another node's call
+])  # fmt: skip
+def test_bye_on_an_early_dialog_of_our_own_invite_follows_kamailio(
+    node: str, invite_after_start: bool, confirmed: bool
+) -> None:
+    from kemi.shell.hygiene import DLG_SETUP, CallRecords
+    from tests.unit.test_cdr import FACTS, Writer
+
+    router, ksr = in_dialog_bye("2")
+    router.calls = CallRecords(ksr, "n", Writer(), router._policy, clock_ms=lambda: 0)
+    router.node_address = "n"
+    facts = dataclasses.replace(FACTS, node=node)
+    router.started_ms = facts.invite_ms + (-1 if invite_after_start else 1)
+    ksr.pvs[DLG_SETUP] = facts.encode()
+    router.ksr_request_route(None)
+    assert ksr.called("jsonrpcs.exec") is confirmed
 
 
 def test_failed_confirmation_is_logged_and_the_ack_still_relayed() -> None:

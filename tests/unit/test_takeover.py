@@ -10,8 +10,11 @@ from kemi.core.takeover import (
     OrphanAction,
     OrphanReply,
     ack_confirms,
+    bye_confirms,
     confirm_command,
     end_command,
+    ended_copy_update,
+    invite_passed_here,
     orphan_reply_action,
     parse_profile_entries,
     profile_entries,
@@ -65,3 +68,26 @@ def test_profile_entries_round_trip() -> None:
     text = profile_entries("acme", "t1")
     assert parse_profile_entries(text) == (("kha_tenant", "acme"), ("kha_trunk", "t1"))
     assert parse_profile_entries("junk kha_global=x kha_tenant= =y") == ()
+
+
+@pytest.mark.parametrize(("state", "passed_here", "confirm"), [
+    (2, False, True), (1, False, True),  # a copy early at its BYE: its ACK reached no live node
+    (2, True, False),  # a caller's BYE on an early dialog of our own INVITE: Kamailio's rules
+    (3, False, False), (4, False, False), (5, False, False), (0, False, False),
+])  # fmt: skip
+def test_a_bye_confirms_only_an_early_copy_without_its_invite_here(
+    state: int, passed_here: bool, confirm: bool
+) -> None:
+    assert bye_confirms(state, passed_here) is confirm
+
+
+def test_an_invite_passed_here_only_through_this_node_since_this_kamailio_started() -> None:
+    assert invite_passed_here("10.0.0.1", 2_000, "10.0.0.1", 1_000)
+    assert not invite_passed_here("10.0.0.2", 2_000, "10.0.0.1", 1_000)  # another node's call
+    assert not invite_passed_here("10.0.0.1", 999, "10.0.0.1", 1_000)  # before a restart here
+
+
+def test_the_end_sent_to_the_peers_is_the_dialog_modules_dmq_state_update() -> None:
+    """dlg_dmq.c (5.6): action 2 = DLG_DMQ_STATE, state 5 = deleted, the dialog by h_entry/h_id."""
+    assert json.loads(ended_copy_update(1016, 166673)) == {
+        "action": 2, "h_entry": 1016, "h_id": 166673, "state": 5}  # fmt: skip
