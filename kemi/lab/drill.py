@@ -330,6 +330,7 @@ SCENARIOS = (
     "fenced",
     "kamailio-crash",
     "rtpengine-crash",
+    "redis-crash",
 )
 CRASHES = ("kamailio-crash", "rtpengine-crash")  # one process dies, the node stays up
 
@@ -357,8 +358,11 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
                    and Pacemaker recovers it; the node, its rtpengines and Redis stay up.
     rtpengine-crash the node's active rtpengine (of the VIP it holds) killed (SIGKILL); the
                    node, its Kamailio and its standby rtpengines stay up.
+    redis-crash    the Redis of the node that holds the hot standby of the victim's VIP killed
+                   (SIGKILL; a replica in run 1, the master prefers the first node); once it is
+                   back, the victim powered off: the standby must still hold the calls.
     """
-    if scenario in ("rejoin", "failback"):
+    if scenario in ("rejoin", "failback", "redis-crash"):
         after_s = max(after_s, 40.0)
     nodes = setup.nodes
     victim = nodes[(run_no - 1) % len(nodes)]
@@ -439,6 +443,10 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     elif scenario in CRASHES:
         crash(setup, victim, scenario, t_fail, observed)
     else:
+        if scenario == "redis-crash":  # first the standby's Redis, then the power-off
+            crash(setup, survivors[0], scenario, t_fail, observed)
+            time.sleep(2.0)
+            t_fail = time.time()
         # Power off the victim: its links first (no goodbye on the wire), then every process.
         setup.lab.links(victim.netns, up=False)
         kill_netns(victim.netns)
@@ -518,7 +526,8 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         )
     if scenario == "fenced":
         observed += fencing_checked(setup, victim, survivors, timeline, nodes.index(victim) + 1)
-    up = nodes if scenario != "power-off" else [n for n in nodes if n is not victim]
+    up = nodes if scenario not in ("power-off", "redis-crash") else [
+        n for n in nodes if n is not victim]  # fmt: skip
     holder = took_over or vip_holders(setup, up).get(f"vip{nodes.index(victim) + 1}", "")
     log = setup.work / holder / "log-kemi-ha" / f"rtpengine-{victim.vip}.log"
     restore = takeover_mode(log, t_fail) if holder and failed_vip else "no takeover"
@@ -634,8 +643,8 @@ def crash(setup: DrillSetup, victim: DrillNode, scenario: str, t_fail: float,
 
         wait_until(lambda: not sip(), 5, "the crash seen on SIP")
         wait_until(sip, 90, f"SIP answered again on {victim.vip}", step=0.0)
-        what = "answered SIP OPTIONS"
-    else:
+        what = f": {victim.vip} answered SIP OPTIONS"
+    elif scenario == "rtpengine-crash":
         pidfile = setup.work / victim.name / "run-kemi-ha" / f"rtpengine-{victim.vip}.pid"
         pid = int(pidfile.read_text().strip())
         os.kill(pid, signal.SIGKILL)
@@ -648,8 +657,39 @@ def crash(setup: DrillSetup, victim: DrillNode, scenario: str, t_fail: float,
 
         time.sleep(0.2)
         wait_until(relay, 90, f"an rtpengine for {victim.vip} again", step=0.0)
-        what = "had an rtpengine answering ng"
-    observed.append(f"{victim.vip} {what} {1000 * (time.time() - t_fail):.0f} ms after the "
+        what = f": {victim.vip} had an rtpengine answering ng"
+    else:
+        master = setup.ha[victim.name].promoted("redis-clone")
+        pidfile = setup.work / victim.name / "run-kemi-ha" / "redis" / "redis-server.pid"
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+        role = "master" if master == victim.name else "replica"
+        observed.append(f"killed {victim.name}'s Redis ({role}, {pid})")
+        password = read_password(setup.work / REDIS_PASSWORD_FILE)
+
+        def writable() -> bool:
+            with in_netns(victim.netns):
+                conn = redis.Redis(host=REDIS_VIP, port=6379, socket_timeout=0.2,
+                                   password=password)  # fmt: skip
+                return bool(conn.set("kemi-ha-drill-probe", "1", ex=5))
+
+        def local() -> bool:  # a replica in sync again (or the master)
+            info = setup.ha[victim.name].run(["redis-cli", "-a", password, "--no-auth-warning",
+                                              "info", "replication"]).stdout  # fmt: skip
+            return "master_link_status:up" in info or "role:master" in info
+
+        time.sleep(0.2)
+        wait_until(writable, 90, "the Redis VIP writable again", step=0.0)
+        observed.append(
+            f"the Redis VIP writable again {1000 * (time.time() - t_fail):.0f} ms "
+            f"after the kill; master on {setup.ha[victim.name].promoted('redis-clone')}"
+        )
+        wait_until(local, 90, f"{victim.name}'s Redis back")
+        what = "'s own Redis in sync again"
+        # Pacemaker's recovery may restart it once more: the next fault waits for it to settle
+        setup.ha[victim.name].run(["crm_resource", "--wait", "--timeout", "60s"], timeout=70)
+        wait_until(local, 90, f"{victim.name}'s Redis back after Pacemaker settled")
+    observed.append(f"{victim.name}{what} {1000 * (time.time() - t_fail):.0f} ms after the "
                     f"kill; VIP holders {vip_holders(setup)}")  # fmt: skip
 
 

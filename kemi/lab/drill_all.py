@@ -29,6 +29,7 @@ CASES: tuple[DrillCase, ...] = (
     DrillCase("failback", calls=20),
     DrillCase("kamailio-crash", calls=20, repeat=2, transient=5),
     DrillCase("rtpengine-crash", calls=20, repeat=2),
+    DrillCase("redis-crash", calls=20),
 )
 
 # The observed lines worth a place in the table, by what they start with or contain.
@@ -43,6 +44,7 @@ HIGHLIGHTS = (
     "started BEFORE the fence",
     "random fence delay",
     "after the kill",
+    "killed ",
 )
 
 

@@ -4,8 +4,9 @@ call drops, whatever its state.
 Power-off: 20 established calls with RTP both ways at 50 packets/s, plus 2 calls of each
 transient kind at the fault (ringing, answered-not-ACKed, being cancelled, hold re-INVITE
 answered after it, hold re-INVITE and BYE sent during the outage). Then failback, one lost
-Corosync link of two, link-cut (quorum device), fenced, and a crash of Kamailio alone (calls
-of every transient kind too) and of an rtpengine alone.
+Corosync link of two, link-cut (quorum device), fenced, a crash of Kamailio alone (calls of
+every transient kind too), of an rtpengine alone, and of the hot standby's Redis before a
+power-off.
 The figures belong to `make drill` and docs/ha.md; the bounds here are loose on purpose.
 """
 
@@ -164,6 +165,20 @@ def test_an_rtpengine_crash_drops_no_call(require_root: None) -> None:
     assert all(c.gap_ms < 5000 for c in result.calls if c.vip == result.failed_vip), text
     assert result.takeover.startswith("hot standby"), result.takeover
     assert result.survivor_dialogs == 0 and result.survivor_channels == 0, text
+
+
+def test_a_redis_crash_leaves_the_hot_standby_ready(require_root: None) -> None:
+    """redis-crash: the Redis replica beside the hot standby of VIP1 killed; Pacemaker brings it
+    back in sync; then VIP1's node is powered off: the standby, whose Redis went away and came
+    back, still holds every call (hot, not a cold restore) and no call drops."""
+    result, text = one_run("redis-crash")
+    assert any(line.startswith("killed drill2's Redis (replica")
+               for line in result.observed), text  # fmt: skip
+    assert any("own Redis in sync again" in line for line in result.observed), text
+    assert result.dropped == 0, text
+    assert result.takeover.startswith("hot standby"), result.takeover
+    assert all(c.gap_ms < 5000 for c in result.calls if c.vip == result.failed_vip), text
+    assert result.cdrs_ok == len(result.calls), text
 
 
 def one_run(scenario: str, calls: int = 6, transient: int = 0,
