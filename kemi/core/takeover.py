@@ -25,7 +25,7 @@ rtpengine, the media session; it has no transaction. What reaches it then:
 
 A call ended here by RPC (2.) is not told to the other nodes by Kamailio 5.6 (dlg.set_state
 replicates nothing): their copies, early too, would keep the call's channels until their own
-early timeout. The dialog module's own DMQ message for an ended dialog is sent to them.
+early timeout. The dialog module's own DMQ "remove" is sent to them.
 
 Only pure decisions live here; kemi.shell.routes applies them.
 """
@@ -77,16 +77,14 @@ def invite_passed_here(set_up_by: str, invite_ms: int, this_node: str, started_m
     return set_up_by == this_node and invite_ms >= started_ms
 
 
-DMQ_STATE = 2  # the dialog module's DMQ actions (dlg_dmq.h): NONE, UPDATE, STATE, RM, SYNC
+DMQ_RM = 3  # the dialog module's DMQ actions (dlg_dmq.h): NONE, UPDATE, STATE, RM, SYNC
 
 
-def ended_copy_update(h_entry: int, h_id: int) -> str:
-    """The dialog module's DMQ state update "deleted" for dialog [h_entry:h_id]: a peer frees the
-    call's channels and forgets the dialog (dlg_dmq_handle_msg, Kamailio 5.6)."""
-    return json.dumps(
-        {"action": DMQ_STATE, "h_entry": h_entry, "h_id": h_id, "state": DLG_DELETED},
-        separators=(",", ":"),
-    )
+def removed_copy_message(h_entry: int, h_id: int) -> str:
+    """The dialog module's DMQ "remove" of dialog [h_entry:h_id], as a node sends it when it
+    destroys a dialog: a peer drops its copy with the call's channels (dlg_dmq_handle_msg,
+    Kamailio 5.6)."""
+    return json.dumps({"action": DMQ_RM, "h_entry": h_entry, "h_id": h_id}, separators=(",", ":"))
 
 
 def orphan_reply_action(reply: OrphanReply) -> OrphanAction:
@@ -124,10 +122,14 @@ def confirm_command(call_id: str, from_tag: str, to_tag: str) -> str:
     return rpc_command("dlg.set_state", call_id, from_tag, to_tag, DLG_CONFIRMED)
 
 
-def end_command(call_id: str, from_tag: str, to_tag: str) -> str:
+def end_commands(call_id: str, from_tag: str, to_tag: str) -> tuple[str, str]:
     """Mark an unconfirmed dialog deleted: dlg.end_dlg/terminate_dlg refuse non-confirmed ones
-    in 5.6; a deleted dialog leaves the active counts at once and is freed by the clean timer."""
-    return rpc_command("dlg.set_state", call_id, from_tag, to_tag, DLG_DELETED)
+    in 5.6. Through "confirmed": only that step of dlg.set_state stamps the end time, without
+    which the dialog module's clean timer never frees a deleted dialog (dlg_clean_run: it would
+    stay in memory and in dlg.list for good). Deleted, it leaves the active counts at once."""
+    return confirm_command(call_id, from_tag, to_tag), rpc_command(
+        "dlg.set_state", call_id, from_tag, to_tag, DLG_DELETED
+    )
 
 
 PROFILE_SEPARATOR = " "

@@ -758,11 +758,11 @@ class Router:
         ksr.dialog.unset_dlg_profile_static(PROFILE_GLOBAL)
         for name, value in takeover.parse_profile_entries(self.pv.text(DLG_PROFILES)):
             ksr.dialog.unset_dlg_profile(name, value)
-        update = takeover.ended_copy_update(self.pv.number("$dlg(h_entry)"),
-                                            self.pv.number("$dlg(h_id)"))  # fmt: skip
-        if self.dialog_rpc(takeover.end_command(*self.dialog_ids()), "end") and self.dmq:
+        removal = takeover.removed_copy_message(self.pv.number("$dlg(h_entry)"),
+                                                self.pv.number("$dlg(h_id)"))  # fmt: skip
+        if self.dialog_rpc(takeover.end_commands(*self.dialog_ids()), "end") and self.dmq:
             # dlg.set_state tells no peer: their copies would keep the call's channels
-            rc = ksr.dmq.bcast_message("dialog", update, JSON)
+            rc = ksr.dmq.bcast_message("dialog", removal, JSON)
             if not ok(rc):
                 log.error("the end of an orphan call not sent to the DMQ peers (rc %s)", rc)
 
@@ -787,19 +787,22 @@ class Router:
     def confirm_dialog(self) -> None:
         """Kamailio 5.6 does not confirm a replicated early dialog on its ACK (#2423, fixed in
         6.1 only): confirm it by RPC, or it is cleaned as early and its BYE ends nothing."""
-        self.dialog_rpc(takeover.confirm_command(*self.dialog_ids()), "confirm")
+        self.dialog_rpc((takeover.confirm_command(*self.dialog_ids()),), "confirm")
         if self.calls is not None:
             self.calls.answered_here()  # no MANAGE_REPLY saw this answer anywhere
 
-    def dialog_rpc(self, command: str, what: str) -> bool:
+    def dialog_rpc(self, commands: tuple[str, ...], what: str) -> bool:
+        """The dialog's RPC commands in order, until one fails; counted once."""
         ksr = self.ksr
-        ksr.jsonrpcs.exec(command)
-        code = self.pv.number(local_rpc.RPC_CODE)
-        done = code == 200
-        metrics.TAKEOVER_DIALOGS.labels(what, "ok" if done else "error").inc()
-        if not done:
-            log.error("dialog %s by RPC failed (code %s): %s", what, code, command)
-        return done
+        for command in commands:
+            ksr.jsonrpcs.exec(command)
+            code = self.pv.number(local_rpc.RPC_CODE)
+            if code != 200:
+                metrics.TAKEOVER_DIALOGS.labels(what, "error").inc()
+                log.error("dialog %s by RPC failed (code %s): %s", what, code, command)
+                return False
+        metrics.TAKEOVER_DIALOGS.labels(what, "ok").inc()
+        return True
 
     def forward_orphan(self, policy: Policy, method: str) -> None:
         """A CANCEL or a negative reply's ACK with no transaction: stateless, from the VIP it

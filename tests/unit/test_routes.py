@@ -780,8 +780,9 @@ def test_orphan_487_ends_the_call_media_channels_and_dialog() -> None:
     assert ksr.called("rtpengine.rtpengine_delete0")
     assert ksr.called("dialog.unset_dlg_profile_static", "kha_global")
     assert ksr.called("dialog.unset_dlg_profile", "kha_tenant", "acme")
-    (command,) = [c.args[0] for c in ksr.calls if c.name == "jsonrpcs.exec"]
-    assert '"dlg.set_state"' in command and '["call-1", "ftag-1", "ttag-1", 5]' in command
+    confirm, delete = [c.args[0] for c in ksr.calls if c.name == "jsonrpcs.exec"]
+    assert '"dlg.set_state"' in confirm and '["call-1", "ftag-1", "ttag-1", 4]' in confirm
+    assert '"dlg.set_state"' in delete and '["call-1", "ftag-1", "ttag-1", 5]' in delete
     assert not ksr.called("set_drop")  # the caller gets its 487
 
 
@@ -790,13 +791,13 @@ def test_orphan_487_ends_the_call_media_channels_and_dialog() -> None:
 def test_an_orphan_call_ended_here_is_ended_on_the_peers_too(
     dmq: bool, code: str, told: bool
 ) -> None:
-    """dlg.set_state replicates nothing: the peers get the dialog module's own "deleted"."""
+    """dlg.set_state replicates nothing: the peers get the dialog module's own "remove"."""
     router, ksr = make_orphan_reply(487, **NO_BODY)
     router.dmq = dmq
     ksr.pvs.update({"$dlg(h_entry)": "1016", "$dlg(h_id)": "166673", "$jsonrpl(code)": code})
     router.ksr_sl_reply(None, "on_sl_reply")
     sent = [c.args for c in ksr.calls if c.name == "dmq.bcast_message"]
-    assert sent == ([("dialog", '{"action":2,"h_entry":1016,"h_id":166673,"state":5}',
+    assert sent == ([("dialog", '{"action":3,"h_entry":1016,"h_id":166673}',
                       "application/json")] if told else [])  # fmt: skip
 
 

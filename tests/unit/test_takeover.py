@@ -12,12 +12,12 @@ from kemi.core.takeover import (
     ack_confirms,
     bye_confirms,
     confirm_command,
-    end_command,
-    ended_copy_update,
+    end_commands,
     invite_passed_here,
     orphan_reply_action,
     parse_profile_entries,
     profile_entries,
+    removed_copy_message,
 )
 
 A = OrphanAction
@@ -59,7 +59,9 @@ def test_rpc_commands_are_kamailio_56_signatures() -> None:
     """dlg.set_state <callid> <from-tag> <to-tag> <state> (checked with kamcmd on 5.6.3)."""
     confirm = json.loads(confirm_command("c1", "f1", "t1"))
     assert (confirm["method"], confirm["params"]) == ("dlg.set_state", ["c1", "f1", "t1", 4])
-    assert json.loads(end_command("c1", "f1", "t1"))["params"][3] == 5
+    confirm_first, delete = (json.loads(c) for c in end_commands("c1", "f1", "t1"))
+    assert confirm_first["params"] == ["c1", "f1", "t1", 4]  # only this stamps its end time
+    assert delete["params"] == ["c1", "f1", "t1", 5]
     assert confirm["jsonrpc"] == "2.0" and "id" in confirm
 
 
@@ -87,7 +89,7 @@ def test_an_invite_passed_here_only_through_this_node_since_this_kamailio_starte
     assert not invite_passed_here("10.0.0.1", 999, "10.0.0.1", 1_000)  # before a restart here
 
 
-def test_the_end_sent_to_the_peers_is_the_dialog_modules_dmq_state_update() -> None:
-    """dlg_dmq.c (5.6): action 2 = DLG_DMQ_STATE, state 5 = deleted, the dialog by h_entry/h_id."""
-    assert json.loads(ended_copy_update(1016, 166673)) == {
-        "action": 2, "h_entry": 1016, "h_id": 166673, "state": 5}  # fmt: skip
+def test_the_end_sent_to_the_peers_is_the_dialog_modules_dmq_remove() -> None:
+    """dlg_dmq.c (5.6): action 3 = DLG_DMQ_RM, the dialog by h_entry/h_id."""
+    assert json.loads(removed_copy_message(1016, 166673)) == {
+        "action": 3, "h_entry": 1016, "h_id": 166673}  # fmt: skip
