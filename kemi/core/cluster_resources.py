@@ -97,7 +97,15 @@ def _kamailio(spec: ClusterSpec) -> Clone:
             ("node_config", f"{spec.etc_dir}/node.yaml"),
             ("logfile", f"{spec.log_dir}/kemi-ha-run.log"),
         ),
-        (Op("monitor", "5s", "10s"), Op("start", "0", "60s"), Op("stop", "0", "30s")),
+        (
+            # Every second `kemi-ha run` is alive (it exits within 0.5 s of Kamailio's death); at
+            # most every 5 s the agent also checks SIP on the VIPs held here (a frozen Kamailio).
+            # One operation: two monitors would both fail on one crash, and their fail counts
+            # add up against migration-threshold (2: the node was banned at once, seen).
+            Op("monitor", "1s", "10s"),
+            Op("start", "0", "60s"),
+            Op("stop", "0", "30s"),
+        ),
     )  # fmt: skip
     meta = (
         ("clone-max", str(len(spec.nodes))),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,8 +52,10 @@ def node_yaml(tmp_path: Path, require_root: None) -> Iterator[Path]:
     agent("stop", node, tmp_path)
 
 
-def agent(action: str, node: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+def agent(action: str, node: Path, tmp: Path,
+          check_level: int = 10) -> subprocess.CompletedProcess[str]:  # fmt: skip
     env = {
+        "OCF_CHECK_LEVEL": str(check_level),
         "OCF_ROOT": "/usr/lib/ocf", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "OCF_RESOURCE_INSTANCE": "kamailio", "__OCF_ACTION": action,
         "OCF_RESKEY_kemi_ha": str(KEMI_HA), "OCF_RESKEY_node_config": str(node),
@@ -76,21 +79,30 @@ def test_agent_passes_ocf_tester(node_yaml: Path, tmp_path: Path) -> None:
 
 
 def test_monitor_fails_when_kamailio_stops_answering_sip(node_yaml: Path, tmp_path: Path) -> None:
-    """SIGSTOP freezes Kamailio with its PID alive: only a SIP/RPC check notices."""
+    """SIGSTOP freezes Kamailio with its PID alive: only the SIP/RPC check notices. The
+    every-second monitor runs it at most every 5 s (else `kemi-ha run`'s PID only), depth 10
+    always."""
     assert agent("start", node_yaml, tmp_path).returncode == OCF_RUNNING
     assert agent("monitor", node_yaml, tmp_path).returncode == OCF_RUNNING
+    assert agent("monitor", node_yaml, tmp_path, check_level=0).returncode == OCF_RUNNING
     pid = int((tmp_path / "run" / "kamailio.pid").read_text())
     group = os.getpgid(pid)
     os.killpg(group, signal.SIGSTOP)
     try:
+        shallow = agent("monitor", node_yaml, tmp_path, check_level=0)  # checked < 5 s ago
+        time.sleep(5.0)
+        throttled = agent("monitor", node_yaml, tmp_path, check_level=0)  # its turn now
         frozen = agent("monitor", node_yaml, tmp_path)
     finally:
         os.killpg(group, signal.SIGCONT)
+    assert shallow.returncode == OCF_RUNNING, shallow.stdout + shallow.stderr
+    assert throttled.returncode == OCF_ERR_GENERIC, throttled.stdout + throttled.stderr
     assert frozen.returncode == OCF_ERR_GENERIC, frozen.stdout + frozen.stderr
     assert "does not serve" in frozen.stdout + frozen.stderr
     assert agent("monitor", node_yaml, tmp_path).returncode == OCF_RUNNING
     assert agent("stop", node_yaml, tmp_path).returncode == OCF_RUNNING
     assert agent("monitor", node_yaml, tmp_path).returncode == OCF_NOT_RUNNING
+    assert agent("monitor", node_yaml, tmp_path, check_level=0).returncode == OCF_NOT_RUNNING
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # stop took Kamailio down with kemi-ha run
 

@@ -131,6 +131,10 @@ def test_redis_and_kamailio_are_configured_once() -> None:
     assert ("notify", "0", "10s", None, None) in redis["ops"]
     kamailio = crm["resources"]["kamailio"]
     assert kamailio["agent"] == ("ocf", "kemi-ha", "kamailio")
+    # one monitor, every second (a crash seen within a second; the agent checks SIP at most
+    # every 5 s): two would add their fail counts on one crash against migration-threshold
+    assert [op for op in kamailio["ops"] if op[0] == "monitor"] == [
+        ("monitor", "1s", "10s", None, None)]  # fmt: skip
     assert kamailio["params"]["logfile"] == "/var/log/kemi-ha/kemi-ha-run.log"
     assert kamailio["params"]["node_config"] == "/etc/kemi-ha/node.yaml"
 
