@@ -77,6 +77,18 @@ def invite_passed_here(set_up_by: str, invite_ms: int, this_node: str, started_m
     return set_up_by == this_node and invite_ms >= started_ms
 
 
+# After this Kamailio starts with DMQ peers, their dialogs arrive over the next seconds
+# (Kamailio's sync at start, kemi-ha's request 3 s after a peer turns active).
+RESYNC_WINDOW_MS = 10_000
+
+
+def unknown_dialog_answer(dmq: bool, now_ms: int, started_ms: int) -> bool:
+    """An in-dialog request (our Route, a To-tag) for a dialog this node does not know: 481,
+    except in the first seconds after a (re)start with DMQ peers, when its dialog may not have
+    arrived yet: then silence, and the sender's retransmission (up to 32 s) finds it."""
+    return not dmq or now_ms - started_ms >= RESYNC_WINDOW_MS
+
+
 DMQ_RM = 3  # the dialog module's DMQ actions (dlg_dmq.h): NONE, UPDATE, STATE, RM, SYNC
 
 

@@ -376,7 +376,14 @@ class Router:
             return
         if not ksr.dialog.is_known_dlg() > 0:
             # A To-tag and our Route, but no such dialog (here or replicated over DMQ): no
-            # media session and no relay for it (RFC 3261 12.2.2). An ACK gets no answer.
+            # media session and no relay for it (RFC 3261 12.2.2). An ACK gets no answer, nor
+            # anything in the first seconds after a restart, while the peers' dialogs come.
+            now_ms = int(time.time() * 1000)
+            if not takeover.unknown_dialog_answer(self.dmq, now_ms, self.started_ms):
+                log.info("in-dialog %s for a dialog not known yet (restarted %d ms ago): "
+                         "dropped, its retransmission may find it", method,
+                         now_ms - self.started_ms)  # fmt: skip
+                return
             log.info("in-dialog %s for no known dialog refused", method)
             if method != "ACK":
                 ksr.sl.sl_send_reply(481, "Call/Transaction Does Not Exist")

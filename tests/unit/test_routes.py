@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from kemi.core import takeover
 from kemi.policyfile import load_policy, parse_policy
 from kemi.shell import log as kamailio_log
 from kemi.shell import metrics, routes
@@ -660,11 +661,26 @@ def test_in_dialog_request_of_no_known_dialog_gets_481_without_media(
     method: str, replies: list[tuple[int, str]]
 ) -> None:
     router, ksr = make(**{"siputils.has_totag": 1, "dialog.is_known_dlg": -1})
+    router.started_ms -= takeover.RESYNC_WINDOW_MS  # up for a while: the peers' dialogs are in
     ksr.pvs["$rm"] = method
     router.ksr_request_route(None)
     assert ksr.replies() == replies
     assert not any(n.startswith("rtpengine.") for n in ksr.names())
     assert not ksr.called("tm.t_relay")
+
+
+@pytest.mark.parametrize(("dmq", "replies"), [(True, []), (False, [NO_DIALOG])])
+def test_right_after_a_restart_with_dmq_an_unknown_dialogs_bye_waits_for_its_retransmission(
+    dmq: bool, replies: list[tuple[int, str]]
+) -> None:
+    """Its dialog may still be on its way from a peer (drill kamailio-crash: BYEs and
+    re-INVITEs sent during the restart got 481 and their calls' dialogs stayed up)."""
+    router, ksr = make(**{"siputils.has_totag": 1, "dialog.is_known_dlg": -1})
+    router.dmq = dmq
+    ksr.pvs["$rm"] = "BYE"
+    router.ksr_request_route(None)
+    assert ksr.replies() == replies
+    assert not ksr.called("tm.t_relay") and not ksr.called("rtpengine.rtpengine_delete0")
 
 
 @pytest.mark.parametrize(("known", "dropped"), [(1, False), (-1, True)],

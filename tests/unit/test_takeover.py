@@ -18,6 +18,7 @@ from kemi.core.takeover import (
     parse_profile_entries,
     profile_entries,
     removed_copy_message,
+    unknown_dialog_answer,
 )
 
 A = OrphanAction
@@ -93,3 +94,9 @@ def test_the_end_sent_to_the_peers_is_the_dialog_modules_dmq_remove() -> None:
     """dlg_dmq.c (5.6): action 3 = DLG_DMQ_RM, the dialog by h_entry/h_id."""
     assert json.loads(removed_copy_message(1016, 166673)) == {
         "action": 3, "h_entry": 1016, "h_id": 166673}  # fmt: skip
+
+
+def test_an_unknown_dialog_gets_481_but_in_the_first_seconds_after_a_restart_with_dmq() -> None:
+    assert unknown_dialog_answer(dmq=False, now_ms=1_000, started_ms=0)  # a single node: at once
+    assert not unknown_dialog_answer(dmq=True, now_ms=9_999, started_ms=0)  # peers' dialogs due
+    assert unknown_dialog_answer(dmq=True, now_ms=10_000, started_ms=0)
