@@ -70,7 +70,7 @@ drill: deps venv
 	$(PY) -m kemi.lab drill --nodes $(NODES) --calls $(CALLS) --profile $(PROFILE) --repeat $(REPEAT) \
 		--scenario $(SCENARIO) --links $(LINKS) --transient $(TRANSIENT)
 
-# Every scenario at sizes CI has no time for (~40 min): writes docs/drill-all.md.
+# Every scenario at sizes CI has no time for (~50 min, 500 calls for the power-off): writes docs/drill-all.md.
 drill-all: deps venv
 	$(PY) -m kemi.lab drill-all --out docs/drill-all.md
 

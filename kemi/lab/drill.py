@@ -42,7 +42,7 @@ from kemi.lab.sipp import SippRun, sipp
 from kemi.ops.cdrstore import read_cdrs, read_password
 from kemi.ops.cluster_status import collect_cluster, render_cluster
 from kemi.ops.netns import in_netns
-from kemi.ops.ng import NgClient, rtp_streams
+from kemi.ops.ng import NgClient, NgError, rtp_streams
 from kemi.ops.procs import Daemon, NotReady, wait_until
 from kemi.ops.render import COROSYNC_PROFILES, render
 from kemi.ops.rpc import KamailioRpc
@@ -404,11 +404,17 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     unconfirmed = {name: calls - int(rpc.call("dlg.stats_active")["ongoing"])
                    for name, rpc in setup.rpc.items()}  # fmt: skip
     legs_of: dict[tuple[str, int], str] = {}  # (VIP, rtpengine's RTP port of a leg) -> call
+    no_session: list[str] = []
     for i, n in enumerate(nodes, start=1):  # ng is on each node's loopback: ask VIP i's holder
         with in_netns(n.netns):
-            ng = NgClient("127.0.0.1", 2222 + i)
+            ng = NgClient("127.0.0.1", 2222 + i, timeout=10.0)  # busy with hundreds of calls
             for call_id in (c for c, vip in call_vip.items() if vip == n.vip):
-                for stream in rtp_streams(ng.query(call_id)):
+                try:
+                    streams = rtp_streams(ng.query(call_id))
+                except NgError:  # ended already (e.g. a SIPp too loaded aborted it): no legs
+                    no_session.append(call_id)
+                    continue
+                for stream in streams:
                     legs_of[(n.vip, int(stream["local port"]))] = call_id
     time.sleep(hold_s - 1.0)
     kinds = start_transient(setup, work, victim, transient) if transient else []
@@ -420,6 +426,11 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
     observed: list[str] = [f"VIP holders before: {holders}"]
     if any(unconfirmed.values()):
         observed.append(f"replicated dialogs not confirmed before the fault: {unconfirmed}")
+    if no_session:  # counted as dropped (no media after the fault): said why here
+        observed.append(
+            f"{len(no_session)} calls had no media session before the fault (ended "
+            f"already: see the SIPp logs), e.g. {', '.join(no_session[:3])}"
+        )
     t_fail = time.time()
     duplicate_ms = 0.0
     if scenario == "link-cut":
@@ -1056,10 +1067,15 @@ def run_case(case: DrillCase, keep: bool = False) -> list[RunResult]:
     results: list[RunResult] = []
     for run_no in range(1, case.repeat + 1):
         work = Path(tempfile.mkdtemp(prefix="kemi-ha-drill-"))
-        with drill_cluster(work, case.profile, case.nodes, case.links, case.qdevice,
-                           case.scenario == "fenced") as setup:  # fmt: skip
-            results.append(run_once(setup, case.calls, run_no, scenario=case.scenario,
-                                    transient=case.transient))  # fmt: skip
+        try:
+            with drill_cluster(work, case.profile, case.nodes, case.links, case.qdevice,
+                               case.scenario == "fenced") as setup:  # fmt: skip
+                results.append(run_once(setup, case.calls, run_no, scenario=case.scenario,
+                                        transient=case.transient))  # fmt: skip
+        except BaseException:
+            print(f"drill: run {run_no} failed; its logs are kept in {work} (with the lab's "
+                  "Redis password: remove it when read)", flush=True)  # fmt: skip
+            raise
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
         else:

@@ -19,6 +19,7 @@ from kemi.lab.drill import DrillCase, RunResult, report, run_case
 
 CASES: tuple[DrillCase, ...] = (
     DrillCase("power-off", calls=100, repeat=4),
+    DrillCase("power-off", calls=500, repeat=2),  # 5x the reference's 100-105 calls
     DrillCase("power-off", calls=20, repeat=3, transient=10),
     DrillCase("power-off", nodes=3, calls=60, repeat=3),
     DrillCase("power-off", calls=20, repeat=2, qdevice=True),
