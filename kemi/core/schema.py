@@ -4,6 +4,7 @@ policies/policy.schema.json must equal json_schema() (a test checks it)."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from typing import Any, Literal, Union
@@ -43,7 +44,8 @@ def _object(cls: Any, defs: dict[str, Any]) -> dict[str, Any]:
         props[f.name] = prop
     out: dict[str, Any] = {
         "type": "object",
-        "description": (cls.__doc__ or "").strip() if cls.__doc__ else cls.__name__,
+        # cleandoc: Python 3.13 dedents docstrings itself, 3.11 does not (Debian 13 vs 12)
+        "description": inspect.cleandoc(cls.__doc__) if cls.__doc__ else cls.__name__,
         "properties": props,
         "additionalProperties": False,
     }
