@@ -4,6 +4,10 @@ its base policy path made absolute and a fresh Redis password file beside it (re
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from kemi.lab.drill import REDIS_PASSWORD_FILE
@@ -28,3 +32,19 @@ def example(directory: Path, source: Path = EXAMPLE) -> Path:
 
 def password(directory: Path) -> str:
     return (directory / REDIS_PASSWORD_FILE).read_text().strip()
+
+
+@contextlib.contextmanager
+def installed_agent(name: str) -> Iterator[Path]:
+    """deploy/ocf/NAME copied where any user can run it, as an operator installs it: ocf-tester
+    runs meta-data as `nobody` (resource-agents 4.16, Debian 13), which cannot reach a checkout
+    under /root or pytest's 0700 temporary directories."""
+    directory = Path(tempfile.mkdtemp(prefix=f"kemi-ha-ocf-{name}-"))
+    try:
+        directory.chmod(0o755)
+        agent = directory / name
+        shutil.copy(REPO / "deploy" / "ocf" / name, agent)
+        agent.chmod(0o755)
+        yield agent
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

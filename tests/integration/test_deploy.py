@@ -17,7 +17,7 @@ from kemi.ops.netns import in_netns
 from kemi.ops.ng import NgClient
 from kemi.ops.procs import Daemon, wait_until
 from kemi.policyfile import load_policy
-from tests.cluster_files import cluster_file, example
+from tests.cluster_files import cluster_file, example, installed_agent
 from tests.pacemaker_shape import cib_shape
 
 pytestmark = pytest.mark.integration
@@ -250,26 +250,26 @@ def redis_16399(tmp_path: Path, require_root: None) -> Iterator[Path]:
 def test_rtpengine_ocf_agent_passes_ocf_tester(tmp_path: Path, redis_16399: Path) -> None:
     """start, monitor, promote/demote twice, stop; outside a cluster the node is `uname -n`.
     Redis wants a password: the agent reads it from redis_password_file."""
-    result = subprocess.run(
-        ["ocf-tester", "-n", "rtp", "-o", "vip=127.0.0.1", "-o", "ng_port=17223",
-         "-o", "port_min=17300", "-o", "port_max=17399", "-o", "redis=127.0.0.1:16399",
-         "-o", f"redis_password_file={redis_16399}",
-         "-o", f"dbs={os.uname().nodename}:17 other:18", "-o", "cli=127.0.0.1:17901",
-         "-o", f"rundir={tmp_path}", "-o", f"logdir={tmp_path}",
-         str(REPO / "deploy" / "ocf" / "rtpengine")],
-        capture_output=True, text=True, timeout=120, env={"OCF_ROOT": "/usr/lib/ocf",
-                                                         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-    )  # fmt: skip
+    with installed_agent("rtpengine") as agent:
+        result = subprocess.run(
+            ["ocf-tester", "-n", "rtp", "-o", "vip=127.0.0.1", "-o", "ng_port=17223",
+             "-o", "port_min=17300", "-o", "port_max=17399", "-o", "redis=127.0.0.1:16399",
+             "-o", f"redis_password_file={redis_16399}",
+             "-o", f"dbs={os.uname().nodename}:17 other:18", "-o", "cli=127.0.0.1:17901",
+             "-o", f"rundir={tmp_path}", "-o", f"logdir={tmp_path}", str(agent)],
+            capture_output=True, text=True, timeout=120,
+            env={"OCF_ROOT": "/usr/lib/ocf", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "passed all tests" in result.stdout + result.stderr
 
 
 def test_vip_ocf_agent_passes_ocf_tester(require_root: None) -> None:
     """Inside a namespace of its own: the agent adds and removes a real address."""
-    with Lab(lab_ns("khtv"), [Host(KHTV_N1, "10.99.7.1")]):
+    with Lab(lab_ns("khtv"), [Host(KHTV_N1, "10.99.7.1")]), installed_agent("vip") as agent:
         result = subprocess.run(
             ["ip", "netns", "exec", KHTV_N1, "ocf-tester", "-n", "vip",
-             "-o", "ip=10.99.7.100", "-o", "cidr_netmask=24", str(REPO / "deploy" / "ocf" / "vip")],
+             "-o", "ip=10.99.7.100", "-o", "cidr_netmask=24", str(agent)],
             capture_output=True, text=True, timeout=120,
             env={"OCF_ROOT": "/usr/lib/ocf", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         )  # fmt: skip

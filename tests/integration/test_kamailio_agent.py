@@ -17,6 +17,7 @@ import pytest
 
 from kemi.ops import procs
 from kemi.ops.procs import GROUPS_FILE, SUPERVISOR
+from tests.cluster_files import installed_agent
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -67,13 +68,14 @@ def agent(action: str, node: Path, tmp: Path,
 
 
 def test_agent_passes_ocf_tester(node_yaml: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        ["ocf-tester", "-n", "kamailio", "-o", f"kemi_ha={KEMI_HA}",
-         "-o", f"node_config={node_yaml}", "-o", f"logfile={tmp_path}/log/kemi-ha-run.log",
-         "-o", f"pidfile={tmp_path}/kemi-ha-run.pid", str(AGENT)],
-        capture_output=True, text=True, timeout=300,
-        env={"OCF_ROOT": "/usr/lib/ocf", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-    )  # fmt: skip
+    with installed_agent("kamailio") as agent:
+        result = subprocess.run(
+            ["ocf-tester", "-n", "kamailio", "-o", f"kemi_ha={KEMI_HA}",
+             "-o", f"node_config={node_yaml}", "-o", f"logfile={tmp_path}/log/kemi-ha-run.log",
+             "-o", f"pidfile={tmp_path}/kemi-ha-run.pid", str(agent)],
+            capture_output=True, text=True, timeout=300,
+            env={"OCF_ROOT": "/usr/lib/ocf", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "passed all tests" in result.stdout + result.stderr
 
