@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kemi.lab.net import sh
+from kemi.ops.cluster_status import parse_crm_mon
 from kemi.ops.procs import Daemon, wait_until
 from kemi.ops.render import load_node_config
 from kemi.ops.tlscert import ensure_self_signed
@@ -180,7 +181,9 @@ class HaNode:
     def run(self, argv: Sequence[str], timeout: float = 10) -> subprocess.CompletedProcess[str]:
         """A command inside the node (its network, UTS and mount namespaces)."""
         return subprocess.run(
-            ["nsenter", "-t", str(self.pid), "-m", "-u", "-n", *argv],
+            # -r: the node's root too (the same / on a host; inside a chroot, without it the
+            # paths would resolve outside the node's mounts: its /dev/shm, /run).
+            ["nsenter", "-t", str(self.pid), "-m", "-u", "-n", "-r", *argv],
             capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
 
@@ -190,7 +193,12 @@ class HaNode:
                 raise RuntimeError(
                     f"node {self.name} exited: {self.daemon and self.daemon.log_tail()}"
                 )
-            return self.run(["crm_mon", "-1", "-s"]).returncode == 0
+            # What `crm_mon -s` called OK (Pacemaker 3.0 has no -s): a DC, every node online.
+            shown = self.run(["crm_mon", "-1", "--output-as=xml"])
+            if shown.returncode != 0:
+                return False
+            state = parse_crm_mon(shown.stdout)
+            return state["dc"] is not None and all(n["online"] for n in state["nodes"])
 
         wait_until(ready, timeout, f"pacemaker on {self.name}", step=0.2)
 
