@@ -158,12 +158,15 @@ def test_a_kamailio_crash_drops_no_call_whatever_its_state(require_root: None) -
 
 def test_an_rtpengine_crash_drops_no_call(require_root: None) -> None:
     """rtpengine-crash: the active rtpengine of a VIP killed; its node's Kamailio stays up.
-    Pacemaker promotes the VIP's hot standby (with the VIP, colocated) on the other node:
-    the calls lose about a second of audio, none drops."""
+    Pacemaker either promotes the VIP's hot standby on the other node (the VIP moves with it)
+    or recovers the instance in place (the VIP stays; a cold restore from the node's Redis):
+    both seen in CI, its choice. Either way the calls lose about a second of audio, none drops."""
     result, text = one_run("rtpengine-crash")
     assert result.dropped == 0, text
     assert all(c.gap_ms < 5000 for c in result.calls if c.vip == result.failed_vip), text
-    assert result.takeover.startswith("hot standby"), result.takeover
+    moved = result.holders_after.get("vip1") != "drill1"
+    expected = "hot standby" if moved else "cold restore"
+    assert result.takeover.startswith(expected), (result.holders_after, result.takeover, text)
     assert result.survivor_dialogs == 0 and result.survivor_channels == 0, text
 
 
