@@ -230,7 +230,8 @@ def wait_resources(first: HaNode, nodes: list[DrillNode], timeout: float = 90) -
 # ----- one run: calls, power-off, measurements ---------------------------------------------
 
 LOG_TS = re.compile(r"^(\w{3} +\d+ \d\d:\d\d:\d\d\.\d{3})")
-RESULT = r"Result of {} operation for {} on \S+: ok"
+# pacemaker-controld: "Result of start operation for vip1 on drill2: ok" (2.1; 3.0 says "OK").
+RESULT = r"Result of {} operation for {} on \S+: (?:ok|OK)\b"
 # pacemaker-fenced 2.1.5: "Operation 'reboot' targeting drill1 by drill2 for
 # pacemaker-controld.23203@drill2: OK (complete)"; before it, the random pcmk_delay_max wait:
 # "Delaying 'reboot' action targeting drill1 using fence-drill1 for 1s | ... max=2s".

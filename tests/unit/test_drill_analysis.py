@@ -6,11 +6,14 @@ import re
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 from kemi.lab.drill import (
     CallResult,
     DrillCase,
     RunResult,
     distribution,
+    events,
     gap_around,
     log_times,
     sipp_stats,
@@ -62,6 +65,16 @@ def test_log_times_takes_the_first_event_after_the_failure() -> None:
     t_fail = datetime.strptime(f"{now.year} {stamp}.500", "%Y %b %d %H:%M:%S.%f").timestamp()
     ts = log_times(text, re.compile("start operation for vip1"), t_fail)
     assert ts is not None and abs((ts - t_fail) - 0.4) < 1e-3
+
+
+@pytest.mark.parametrize("result", ["ok", "OK"], ids=["pacemaker-2.1", "3.0"])
+def test_the_vip_start_is_found_in_each_pacemakers_log(result: str) -> None:
+    patterns = {name: pattern for name, log, pattern in events(1) if log == "pacemaker"}
+    line = f"Result of start operation for vip1 on drill2: {result}"
+    assert patterns["VIP1 up"].search(line)
+    assert not patterns["VIP1 up"].search("Result of start operation for vip1 on drill2: error")
+    assert patterns["rtpengine promoted"].search(line.replace("start", "promote").replace(
+        "vip1", "rtpengine1"))  # fmt: skip
 
 
 def test_distribution_over_runs() -> None:
