@@ -548,6 +548,10 @@ def run_once(setup: DrillSetup, calls: int, run_no: int, hold_s: float = 4.0,
         try:
             wait_until(lambda r=rpc: int(r.call("dlg.stats_active")["all"]) == 0, 30,
                        f"dialogs on {name} back to 0")  # fmt: skip
+            # A dialog leaves the active count when it ends, its profile entries (channels)
+            # when the last reference to it goes (e.g. its BYE transaction's wait timer, 5 s).
+            wait_until(lambda r=rpc: int(r.call("dlg.profile_get_size", "kha_global")) == 0, 10,
+                       f"channels on {name} back to 0")  # fmt: skip
         except NotReady as exc:  # a leak is a finding of the run (survivor_dialogs), not a crash
             left = [f"{d.get('call-id')} state {d.get('state')}" for d in rpc.call("dlg.list")]
             observed.append(f"{exc}: {', '.join(left)}")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from tests.fakes.ksr import FakeKSR, UnscriptedCall, load_api
+from tests.fakes.ksr import API_FILE, FakeKSR, UnscriptedCall, load_api
+
+API_FILE_6_0 = API_FILE.with_name("kemi_api-6.0.json")
 
 
 def test_api_list_is_the_real_one() -> None:
@@ -13,6 +17,16 @@ def test_api_list_is_the_real_one() -> None:
     assert api["rtpengine.set_rtpengine_set"] == ["int"]
     assert api["sl.sl_send_reply"] == ["int", "str"]
     assert api["tm.t_relay"] == []
+
+
+def test_every_function_the_fake_offers_is_exported_alike_by_kamailio_6() -> None:
+    """The fake is built from Kamailio 5.6.3's list (Debian 12); Debian 13 runs 6.0.1, whose
+    list (kemi_api-6.0.json, `kemi-ha api-list` there) must hold each of them unchanged, or
+    routes tested here could call what Debian 13's Kamailio does not export."""
+    fake_api = json.loads(API_FILE.read_text())
+    kamailio_6 = {(f["module"], f["name"]): f for f in json.loads(API_FILE_6_0.read_text())}
+    changed = [f for f in fake_api if kamailio_6.get((f["module"], f["name"])) != f]
+    assert not changed
 
 
 def test_unknown_function_fails() -> None:
