@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import time
+import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,7 +108,8 @@ def drill_all(out: Path, cases: Sequence[DrillCase] = CASES) -> int:
         except (OSError, RuntimeError, ValueError) as exc:  # NotReady is a RuntimeError
             # One case that cannot run (a daemon that would not start...) is a finding of the
             # table, not the end of it.
-            print(f"drill-all: {label(case)} did not run: {exc}", flush=True)
+            print(f"drill-all: {label(case)} did not run: {exc!r}", flush=True)
+            traceback.print_exc(file=sys.stdout)  # where: "timed out" alone says nothing
             rows.append(f"| {label(case)} | - | **not run** | - | - | - | {exc} | - |")
             summaries.append(f"{label(case)}: not run: {exc}")
             failed += case.calls
