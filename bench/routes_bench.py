@@ -9,8 +9,9 @@ a stub, so that two versions of kemi/shell/routes.py can be compared determinist
   stores nothing: the Redis round trip is I/O, not Python);
 - a call is the callbacks Kamailio runs for it, in order, with what Kamailio would answer:
   SIP only: INVITE (request route, branch route if armed), 180 and 200 (MANAGE_REPLY: there
-  is no core reply route; the 200's keeps the answer time), ACK, BYE (request route, then
-  kamailio.cfg's `event_route[dialog:end]`), 200 of the BYE (no callback); SDP: the same
+  is no core reply route; the 200's keeps the answer time), ACK, BYE (request route; its
+  `dialog:end` writes the record in kamailio.cfg, no Python), 200 of the BYE (no callback);
+  `--with-dialog-end` adds Python's `ksr_dialog_end` (kamailio.cfg's fallback); SDP: the same
   with an offer in the INVITE and an answer in the 200 (the 180 without SDP);
 - first every call runs once against tests/fakes' strict fake KSR (it knows Kamailio's real KEMI
   export list and argument types, and records every call): the KSR calls per message; then
@@ -121,7 +122,7 @@ def request(method: str, sdp: bool, in_dialog: bool, ends_dialog: bool = False) 
     steps: list[Step] = [("ksr_request_route", (None,))]
     if method == "INVITE" and not in_dialog:
         steps.append(("ksr_branch_manage", (None,)))  # run only if the route armed it
-    if ends_dialog:  # kamailio.cfg's event_route[dialog:end], inside the BYE's loose_route
+    if ends_dialog:  # kamailio.cfg's dialog:end fallback, inside the BYE's loose_route
         steps.append(("ksr_dialog_end", (None,)))
     pvs = {"$rm": method, "$rb": SDP if sdp else "", "$tt": "2SIPpTag" if in_dialog else "",
            "$dlg(state)": "3" if method == "ACK" else "4"}  # fmt: skip
@@ -141,13 +142,13 @@ def reply(status: int, method: str, sdp: bool, manage: bool) -> Message:
     return Message(f"{status} {method}", steps, pvs, returns)
 
 
-def call(sdp: bool) -> list[Message]:
+def call(sdp: bool, dialog_end: bool = False) -> list[Message]:
     return [
         request("INVITE", sdp, in_dialog=False),
         reply(180, "INVITE", sdp=False, manage=True),
         reply(200, "INVITE", sdp=sdp, manage=True),
         request("ACK", sdp=False, in_dialog=True),
-        request("BYE", sdp=False, in_dialog=True, ends_dialog=True),
+        request("BYE", sdp=False, in_dialog=True, ends_dialog=dialog_end),
         reply(200, "BYE", sdp=False, manage=False),
     ]
 
@@ -326,10 +327,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="time bench/kemi_floor.py too, under the same stub and caches",
     )
+    ap.add_argument(
+        "--with-dialog-end",
+        action="store_true",
+        help="the BYE also runs ksr_dialog_end (kamailio.cfg's fallback when its write failed)",
+    )
     args = ap.parse_args(argv)
     regime = "cold" if args.cold else "warm"
     for label, sdp in (("sip-only", False), ("sdp", True)):
-        messages = call(sdp)
+        messages = call(sdp, args.with_dialog_end)
         counts = count_calls(messages)
         per_call = sum(sum(c.values()) for c in counts.values())
         runs = time_calls(messages, args.calls, args.runs, args.cold)

@@ -358,12 +358,17 @@ def write_once_command(record: Cdr, script: str, verb: str = "EVALSHA") -> bytes
 
 
 # The end of an answered call (`dialog:end`, every call) with the call's facts as the dialog
-# holds them: the SetupFacts JSON is decoded here, by Redis, so the SIP worker sends what it
-# read without decoding it, building a Cdr or encoding its fields (issue 18). The entry is
-# WRITE_ONCE_LUA's for the same record, field for field and byte for byte. Facts it does not
-# take (not JSON, a field missing or of another type, a time past 2^53) get an error reply
-# starting with BADFACTS, before any write: the caller then decodes them itself
-# (SetupFacts.decode, which decides) and writes with WRITE_ONCE_LUA.
+# holds them: the SetupFacts JSON is decoded here, by Redis, and the answer time, end time and
+# duration are worked out here too, so that kamailio.cfg's event_route[dialog:end] sends it
+# with one ndb_redis command and no Python runs for the call's end (issue 18; docs/cdr.md).
+# The entry is WRITE_ONCE_LUA's for the same record, field for field and byte for byte.
+# KEYS: the once key (once_key(): the From-tag is read back from it), the stream. ARGV: end
+# node, marker TTL, facts, Call-ID, answer ms as the dialog variable holds it (digits; 0 or
+# empty: none), the dialog's start_ts (s; stands in as answer_time_ms() says), the end time
+# "<s>.<us>" (Kamailio's $TV(Sn)), code, reason. Facts it does not take (not JSON, a field
+# missing or of another type, a time past 2^53) get an error reply starting with BADFACTS,
+# before any write: the caller then decodes them itself (SetupFacts.decode, which decides) and
+# writes with WRITE_ONCE_LUA; a key not of that shape, or a time past 2^53 ms, gets BADARGS.
 WRITE_ENDED_LUA = """
 local ok, f = pcall(cjson.decode, ARGV[3])
 if not ok or type(f) ~= 'table' then
@@ -378,17 +383,37 @@ for _, k in ipairs({'invite_ms', 'media_timeout', 'max_duration'}) do
     return redis.error_reply('BADFACTS ' .. k)
   end
 end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  return redis.call('XADD', KEYS[2], '*', 'call_id', ARGV[4], 'from_tag', ARGV[5],
+local key, call_id = KEYS[1], ARGV[4]
+local tag_end = #key - #call_id - 1
+if tag_end < 13 or key:sub(1, 13) ~= 'kha:cdr:once:' or key:sub(tag_end + 1) ~= ':' .. call_id then
+  return redis.error_reply('BADARGS once key')
+end
+local s, us = string.match(ARGV[7], '^(%d+)%.(%d%d%d%d%d%d)$')
+local ended = s and tonumber(s) * 1000 + math.floor(tonumber(us) / 1000)
+local answer = string.match(ARGV[5], '^%d+$') and tonumber(ARGV[5]) or 0
+if answer <= 0 then
+  local start = string.match(ARGV[6], '^%d+$') and tonumber(ARGV[6]) or 0
+  answer = start > 0 and start * 1000 + 500 or 0
+end
+if not ended or ended >= 2^53 or answer >= 2^53 then
+  return redis.error_reply('BADARGS times')
+end
+local d = answer > 0 and math.max(0, ended - answer) or 0
+local ms = d % 1000
+local frac = ms == 0 and '0' or string.gsub(string.format('%03d', ms), '0+$', '')
+if redis.call('SET', key, ARGV[1], 'NX', 'EX', ARGV[2]) then
+  return redis.call('XADD', KEYS[2], '*', 'call_id', call_id, 'from_tag', key:sub(14, tag_end),
     'caller', f['caller'], 'callee', f['callee'], 'tenant', f['tenant'],
     'trunk', f['trunk'], 'vip', f['vip'], 'setup_node', f['node'], 'end_node', ARGV[1],
-    'invite_ms', string.format('%d', f['invite_ms']), 'answer_ms', ARGV[6],
-    'end_ms', ARGV[7], 'duration_s', ARGV[8], 'code', ARGV[9], 'reason', ARGV[10])
+    'invite_ms', string.format('%d', f['invite_ms']), 'answer_ms', string.format('%d', answer),
+    'end_ms', string.format('%d', ended), 'duration_s',
+    string.format('%d', (d - ms) / 1000) .. '.' .. frac, 'code', ARGV[8], 'reason', ARGV[9])
 end
 return false
 """
 BAD_FACTS = "BADFACTS"  # WRITE_ENDED_LUA's error reply for facts it does not take
-_ENDED_ARGS = 15  # verb, script, numkeys, 2 keys, node, ttl, facts, 7 values
+BAD_ARGS = "BADARGS"  # and for a once key or times it cannot store exactly
+_ENDED_ARGS = 14  # verb, script, numkeys, 2 keys, node, ttl, facts, 6 values
 
 
 # An answered call's end as `dialog:end` reads it: (the facts' JSON as the dialog holds it,
@@ -398,39 +423,16 @@ CallEnd = tuple[str, str, str, str, int, int, EndReason, int]
 
 
 def write_ended_command(script: str, end: CallEnd, verb: str = "EVALSHA") -> bytes:
-    """The RESP bytes of WRITE_ENDED_LUA (by SHA1 or, with verb EVAL, its text) for `end`.
-
-    Every call, in a SIP worker: the constant parts are packed once per (verb, script, node),
-    and ASCII values (the rule: Call-IDs and tags are tokens) in one `%` and one encode."""
+    """The RESP bytes of WRITE_ENDED_LUA (by SHA1 or, with verb EVAL, its text) for `end`:
+    what kamailio.cfg's event_route[dialog:end] sends, from Python (its fallback: Redis did
+    not answer it, or facts the script refused)."""
     facts, call_id, from_tag, end_node, answer_ms, end_ms, reason, code = end
-    head, middle = _ENDED_PARTS.get((verb, script, end_node)) or _ended_parts(
-        verb, script, end_node
-    )
-    key_b = f"{ONCE_PREFIX}{from_tag}:{call_id}".encode()  # once_key()
-    answer, ended = str(answer_ms), str(end_ms)
-    seconds, status = str(answered_seconds(answer_ms, end_ms)), str(code)
-    if key_b.isascii() and facts.isascii():  # every value ASCII: str length = byte length
-        tail = (_ENDED_VALUES % (
-            len(facts), facts, len(call_id), call_id, len(from_tag), from_tag, len(answer),
-            answer, len(ended), ended, len(seconds), seconds, len(status), status,
-            len(reason._value_), reason._value_)).encode()  # fmt: skip
-    else:
-        values = (facts, call_id, from_tag, answer, ended, seconds, status, reason._value_)
-        tail = b"".join(_bulk(v.encode()) for v in values)
-    return b"%s$%d\r\n%s\r\n%s%s" % (head, len(key_b), key_b, middle, tail)
-
-
-_ENDED_VALUES = "$%d\r\n%s\r\n" * 8  # write_ended_command's ASCII values
-_ENDED_PARTS: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}
-
-
-def _ended_parts(verb: str, script: str, node: str) -> tuple[bytes, bytes]:
-    """The command's head (up to the once key) and middle (stream key, node, TTL), kept."""
     verb_b, script_b = verb.encode(), script.encode()
     head = b"*%d\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$1\r\n2\r\n" % (
         _ENDED_ARGS, len(verb_b), verb_b, len(script_b), script_b)  # fmt: skip
-    middle = _STREAM_BULK + _bulk(node.encode()) + _TTL_BULK
-    if len(_ENDED_PARTS) >= 64:  # a few verbs and scripts, one node: never grows in practice
-        _ENDED_PARTS.clear()
-    parts = _ENDED_PARTS[verb, script, node] = head, middle
-    return parts
+    values = (facts, call_id, str(answer_ms), "0", f"{end_ms // 1000}.{end_ms % 1000:03d}000",
+              str(code), reason._value_)  # fmt: skip
+    return b"".join((
+        head, _bulk(once_key(call_id, from_tag).encode()), _STREAM_BULK,
+        _bulk(end_node.encode()), _TTL_BULK, *(_bulk(v.encode()) for v in values),
+    ))  # fmt: skip

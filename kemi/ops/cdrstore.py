@@ -12,6 +12,9 @@ Rules (docs/cdr.md):
   (one JSON file per record, written then renamed), the caller counts and logs it, and `drain()`
   (Kamailio's timer process, every tick) writes the spool in order once Redis answers; the
   exactly-once marker makes a replay harmless;
+- the end of an answered call is written by kamailio.cfg itself (ndb_redis, the same script by
+  its SHA1, the server in Kamailio's environment: `RedisAddress.ndb_redis_server`); this store
+  writes it only when that failed, and loads the script with EVAL after a NOSCRIPT;
 - one client per process, made after the fork (Kamailio forks its workers after mod_init).
 """
 
@@ -23,6 +26,7 @@ import enum
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from kemi.core.cdr import (
+    BAD_ARGS,
     BAD_FACTS,
     COLUMNS,
     STREAM,
@@ -46,6 +51,7 @@ from kemi.core.cdr import (
 )
 from kemi.ops.resp import RespClient, RespError
 
+PASSWORD_CHARS = re.compile(r"[A-Za-z0-9._~-]+")  # what kemi-ha render accepts, too
 WRITE_ONCE_SHA = hashlib.sha1(WRITE_ONCE_LUA.encode()).hexdigest()  # what EVALSHA names it
 WRITE_ENDED_SHA = hashlib.sha1(WRITE_ENDED_LUA.encode()).hexdigest()
 STORE_ERRORS = (RespError, OSError, redis.RedisError)  # a write that did not happen
@@ -73,6 +79,13 @@ class RedisAddress:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}/{self.db}"
+
+    def ndb_redis_server(self, password: str | None) -> str:
+        """ndb_redis's `server` parameter for this store (kamailio.cfg's server "cdr")."""
+        if password and not PASSWORD_CHARS.fullmatch(password):  # ';' '=' end a field there
+            raise ValueError("the CDR store's password must be of A-Z a-z 0-9 . _ ~ -")
+        auth = f";pass={password}" if password else ""
+        return f"name=cdr;addr={self.host};port={self.port};db={self.db}{auth}"
 
 
 def read_password(path: str | Path | None) -> str | None:
@@ -126,7 +139,7 @@ class WriteOnceClient:
                     raise
                 reply = self.resp.call(write_ended_command(WRITE_ENDED_LUA, end, "EVAL"))
         except RespError as exc:
-            if str(exc).startswith(BAD_FACTS):
+            if str(exc).startswith((BAD_FACTS, BAD_ARGS)):  # refused, not a store failure
                 return None
             raise
         return reply is not None

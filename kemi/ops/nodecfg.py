@@ -8,9 +8,11 @@ every path in it is a path of the node (kemi_root: where kemi-ha is installed th
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from kemi.core.cdr import ONCE_PREFIX, ONCE_TTL_S, STREAM, WRITE_ENDED_LUA
 from kemi.core.dispatch import dispatcher_list
 from kemi.core.policy import Policy
 
@@ -108,6 +110,14 @@ def dispatcher_lines(policy: Policy, node: NodeValues) -> list[str]:
     return [*lines, ""]
 
 
+def cdr_ended_head(node: NodeValues) -> str:
+    """The constant start of kamailio.cfg's call record command (event_route[dialog:end]):
+    WRITE_ENDED_LUA by its SHA1, the %s of the once key, the stream, this node, the marker's
+    TTL, the %s of the facts and of the Call-ID (kemi.core.cdr.write_ended_command's order)."""
+    sha = hashlib.sha1(WRITE_ENDED_LUA.encode()).hexdigest()
+    return f"EVALSHA {sha} 2 %s {STREAM} {node.node_address} {ONCE_TTL_S} %s %s"
+
+
 def render_dispatcher_list(policy: Policy) -> str:
     """What the node's dispatcher.list holds at start (kemi-ha run and kemi-ha render)."""
     return dispatcher_list(policy.dispatcher_sets)
@@ -127,6 +137,8 @@ def render_node_cfg(policy: Policy, node: NodeValues) -> str:
         f'#!define KEMI_SCRIPT "{node.kemi_root / "kemi" / "entry.py"}"',
         f'#!define TLS_CERTIFICATE "{node.tls_certificate}"',
         f'#!define TLS_PRIVATE_KEY "{node.tls_private_key}"',
+        f'#!define CDR_ENDED_HEAD "{cdr_ended_head(node)}"',
+        f'#!define CDR_ONCE_PREFIX "{ONCE_PREFIX}"',
         "",
         "# Listen on every VIP of the cluster (ip_nonlocal_bind where a VIP is not local).",
         *listen_lines(policy, node),

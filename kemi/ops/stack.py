@@ -25,7 +25,7 @@ import redis
 import kemi
 from kemi.core.node_spec import NodeConfigSpec
 from kemi.core.policy import Policy, Vip
-from kemi.ops.cdrstore import read_password
+from kemi.ops.cdrstore import RedisAddress, read_password
 from kemi.ops.embedded_python import embedded_env, kamailio_failure, venv_site_packages
 from kemi.ops.httptoken import ensure_token
 from kemi.ops.netns import in_netns, netns_exec
@@ -329,6 +329,12 @@ class Stack:
         env["KEMI_HA_CDR_REDIS_PASSWORD_FILE"] = (
             cfg.cdr_redis_password_file if cfg.cdr_redis else cfg.redis_password_file
         )
+        # kamailio.cfg's ndb_redis server for the same store (its password: in the environment,
+        # which only root reads, not in a file or argv)
+        password = read_password(env["KEMI_HA_CDR_REDIS_PASSWORD_FILE"])
+        env["KEMI_HA_CDR_REDIS_SERVER"] = RedisAddress.parse(
+            env["KEMI_HA_CDR_REDIS"]
+        ).ndb_redis_server(password)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         env.update(self.config.extra_env)
         return env

@@ -5,8 +5,10 @@ Where each record is written (by the node that ends the call; the store writes a
 - INVITE refused after the policy admitted it (channel limit, SDP bounds, media): at once;
 - final failure or CANCEL of the INVITE: MANAGE_FAILURE (the dialog context is set there);
   a dead node's INVITE failing after a takeover: TAKEOVER_REPLY's end of the call;
-- answered call: `dialog:end` (kamailio.cfg's event_route: `ksr_dialog_end`), run where the
-  BYE passes (reason from its From-tag), or where the dialog module's own timer ends it.
+- answered call: `dialog:end`, run where the BYE passes (reason from its From-tag), or where
+  the dialog module's own timer ends it. kamailio.cfg's event_route writes it itself (ndb_redis,
+  WRITE_ENDED_LUA: no Python per call end) and calls `ksr_dialog_end` (dialog_ended, below)
+  only when that did not work: Redis down or disabled, NOSCRIPT, facts the script refuses.
   Kamailio 5.6 runs no event on a replicated copy when another node ends the call
   (dlg_dmq.c), and the store drops a second record of the same call;
 - dead or overlong call: the sweep (Kamailio timer process, `ksr_hygiene_timer`), on the node
@@ -190,9 +192,10 @@ class CallRecords:
             self.ksr.pv.sets(DLG_ANSWER, str(self.clock_ms()))
 
     def dialog_ended(self) -> None:
-        """The record of an answered call (every call): the facts' JSON goes to the store as
-        the dialog holds it (WRITE_ENDED_LUA decodes it in Redis); facts the script does not
-        take, and a store that failed, take the general path (decoded here, spooled)."""
+        """The record of an answered call that kamailio.cfg could not write itself: the facts'
+        JSON goes to the store as the dialog holds it (WRITE_ENDED_LUA decodes it in Redis;
+        EVAL loads it again after a NOSCRIPT); facts the script does not take, and a store that
+        failed, take the general path (decoded here, spooled)."""
         ksr = self.ksr
         get = ksr.pv.get
         facts = get(DLG_SETUP) or ""  # ours: JSON, ASCII

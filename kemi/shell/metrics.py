@@ -15,11 +15,11 @@ Rules:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from kemi.shell.procmetrics import Counter, Histogram
@@ -130,10 +130,56 @@ class ScrapeState:
             yield family
 
 
-def metrics_page(read_state: Callable[[], Iterable[Gauge]]) -> bytes:
-    """The text exposition: all processes' counters plus the gauges read now."""
+# Counts Kamailio keeps itself (statistics module), added to our counters' samples at scrape:
+# (counter name, label values) -> Kamailio statistic. kamailio.cfg's event_route[dialog:end]
+# writes answered calls' records without Python.
+KAMAILIO_COUNTS: dict[tuple[Counter, tuple[str, ...]], str] = {
+    (CDR_WRITES, ("written",)): "kha_cdr_written",
+    (CDR_WRITES, ("duplicate",)): "kha_cdr_duplicate",
+}
+Added = Mapping[tuple[Counter, tuple[str, ...]], float]  # what to add to which sample
+
+
+class CountersPlusKamailio:
+    """Every process's counters (prometheus-client's multiprocess files), with the counts
+    Kamailio's own statistics hold added to the same samples."""
+
+    def __init__(self, added: Added) -> None:
+        self.added = added
+        self.processes = MultiProcessCollector(None) if os.environ.get(MULTIPROC_ENV) else None
+
+    def collect(self) -> Iterator[Metric]:
+        left = {}  # (sample name, its labels sorted) -> (counter, labels, value)
+        for (counter, values), value in self.added.items():
+            labels = dict(zip(counter.labelnames, values, strict=True))
+            if value:
+                left[(f"{counter.name}_total", tuple(sorted(labels.items())))] = (
+                    counter, labels, value)  # fmt: skip
+        families = list(self.processes.collect()) if self.processes else []
+        for family in families:
+            for i, sample in enumerate(family.samples):
+                added = left.pop((sample.name, tuple(sorted(sample.labels.items()))), None)
+                if added is not None:
+                    family.samples[i] = sample._replace(value=sample.value + added[2])
+        by_name = {family.name: family for family in families}
+        for (name, _), (counter, labels, value) in left.items():  # no process counted it yet
+            family = by_name.get(counter.name)
+            if family is None:
+                family = by_name[counter.name] = CounterMetricFamily(
+                    counter.name, counter.documentation, labels=counter.labelnames
+                )
+                families.append(family)
+            family.add_sample(name, labels, value)
+        yield from families
+
+
+def metrics_page(
+    read_state: Callable[[], Iterable[Gauge]],
+    kamailio_counts: Added | None = None,
+) -> bytes:
+    """The text exposition: all processes' counters (plus what Kamailio counted itself) and
+    the gauges read now."""
     registry = CollectorRegistry()
-    if os.environ.get(MULTIPROC_ENV):
-        MultiProcessCollector(registry)
+    registry.register(CountersPlusKamailio(kamailio_counts or {}))  # type: ignore[arg-type]
     registry.register(ScrapeState(read_state))  # type: ignore[arg-type]
     return generate_latest(registry)

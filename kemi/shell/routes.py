@@ -1007,11 +1007,17 @@ class Router:
             ksr.xhttp.xhttp_reply(code, reason, JSON, body)
             return 1
         if path == "/metrics" and method == "GET":
-            page = metrics.metrics_page(self.scrape_state).decode()
+            page = metrics.metrics_page(self.scrape_state, self.kamailio_counts()).decode()
             ksr.xhttp.xhttp_reply(200, "OK", METRICS_TYPE, page)
             return 1
         ksr.xhttp.xhttp_reply(404, "Not Found", "text/plain", f"no such resource: {path}\n")
         return 1
+
+    def kamailio_counts(self) -> dict[tuple[metrics.Counter, tuple[str, ...]], float]:
+        """What Kamailio counted itself (kamailio.cfg, statistics module) for our counters."""
+        get = self.ksr.pv.get
+        return {key: float(get(f"$stat({stat})") or 0)
+                for key, stat in metrics.KAMAILIO_COUNTS.items()}  # fmt: skip
 
     def http_authorized(self) -> bool:
         given = self.pv.text(AUTHORIZATION).strip().encode()

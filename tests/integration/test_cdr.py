@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from kemi.cli import main
 from kemi.core import cdr
@@ -178,7 +181,10 @@ def test_store_writes_a_call_once_and_spools_fast_when_redis_is_down(
 
 ODD_FACTS = [
     SetupFacts("a@x", "b@y", "", "", VIP1, "n1", 1_765_000_000_123, 0, 0),
-    SetupFacts('é "q" \\ /@x', "\u263a\x00\t@y", "t-1", "trunk 2", VIP2, "n2", 2**53 - 1, 30, 600),
+    # the largest times the ended script takes (its answer and end too: below 2^53 ms)
+    SetupFacts(
+        'é "q" \\ /@x', "\u263a\x00\t@y", "t-1", "trunk 2", VIP2, "n2", 2**53 - 10**5, 30, 600
+    ),
     SetupFacts("\\x80garbled@x", "1000@10.0.0.1", "acme", "", VIP1, "n1", -5, 0, 0),
 ]
 
@@ -324,3 +330,98 @@ def test_status_finds_and_removes_an_orphan_session(
     capsys.readouterr()
     assert main(["status", "--run-dir", str(stack.run_dir)]) == 0
     assert "media per VIP" in capsys.readouterr().out
+
+
+def kamailio_count(stack: Stack, name: str) -> int:
+    """A Kamailio statistic (kamailio.cfg counts the records it writes itself)."""
+    for line in stack.rpc.call("stats.get_statistics", name) or []:
+        stat, _, value = str(line).partition(" = ")
+        if stat.rsplit(":", 1)[-1] == name:
+            return int(value)
+    raise AssertionError(f"no statistic {name}")
+
+
+def test_kamailio_cfg_writes_an_answered_calls_record_itself(stack: Stack, log_dir: Path) -> None:
+    """event_route[dialog:end] writes it with one EVALSHA (no Python): counted in Kamailio's
+    statistics, shown in kemi_ha_cdr_writes_total; the entry is the one Python would write."""
+    stack.redis_client().script_load(cdr.WRITE_ENDED_LUA)  # else its first NOSCRIPT goes to Python
+    before = kamailio_count(stack, "kha_cdr_written")
+    uas = start_uas(log_dir)
+    assert_ok(start_uac(log_dir, VIP1, "cdr-by-cfg", duration_ms=1500))
+    assert_ok(uas)
+    record = one_cdr(stack, "cdr-by-cfg")
+    assert kamailio_count(stack, "kha_cdr_written") == before + 1
+    assert (record["reason"], record["code"], record["end_node"]) == ("bye_caller", "200",
+                                                                     "127.0.0.1")  # fmt: skip
+    answer, end = int(record["answer_ms"]), int(record["end_ms"])
+    assert 0 < int(record["invite_ms"]) <= answer < end
+    assert record["duration_s"] == str(cdr.answered_seconds(answer, end))
+    assert 1.4 <= float(record["duration_s"]) <= 2.5
+    page = urllib.request.urlopen(f"{stack.http_url}/metrics", timeout=5).read().decode()
+    written = re.search(r'^kemi_ha_cdr_writes_total\{result="written"\} (\S+)$', page, re.M)
+    assert written and float(written[1]) >= before + 1
+
+
+@pytest.mark.parametrize("ms", [0, 1, 5, 10, 99, 100, 101, 120, 999, 1000, 1001, 1010, 1500,
+                                12_345, 60_000, 86_400_007, 1_209_600_000])  # fmt: skip
+def test_the_ended_script_works_out_times_as_python_does(stack: Stack, ms: int) -> None:
+    """What kamailio.cfg sends (answer as the dialog variable holds it, or start_ts; the end
+    as $TV(Sn)): answer, end and duration as kemi.core.cdr computes them."""
+    client = stack.redis_client()
+    sha = client.script_load(cdr.WRITE_ENDED_LUA)
+    facts = ODD_FACTS[0].encode()
+    end_ms = 1_765_000_000_000 + ms
+    tv = f"{end_ms // 1000}.{end_ms % 1000:03d}{ms % 1000:03d}"  # sub-ms digits are dropped
+    for how, answer_var, start_ts in (("var", "1765000000000", "1764999999"),
+                                      ("start", "", "1765000000"), ("none", "0", "0")):  # fmt: skip
+        call_id = f"times-{ms}-{how}"
+        keys = [cdr.once_key(call_id, "t:a:g"), cdr.STREAM]
+        args = ["n1", str(cdr.ONCE_TTL_S), facts, call_id, answer_var, start_ts, tv, "200",
+                "bye_callee"]  # fmt: skip
+        assert client.evalsha(sha, 2, *keys, *args)
+        [entry] = cdrs(stack, call_id)
+        answer = cdr.answer_time_ms(answer_var, int(start_ts))
+        assert (entry["from_tag"], entry["answer_ms"], entry["end_ms"]) == ("t:a:g", str(answer),
+                                                                           str(end_ms))  # fmt: skip
+        assert entry["duration_s"] == str(cdr.answered_seconds(answer, end_ms))
+
+
+@pytest.mark.parametrize(("key", "tv", "answer"), [
+    ("kha:cdr:once:f:other-call", "1765000000.000000", "0"),  # the key is not this call's
+    ("kha:cdr:once:f:times-bad", "1765000000.5", "0"),  # not $TV(Sn)
+    ("kha:cdr:once:f:times-bad", "9007199254741.000000", "0"),  # past 2^53 ms
+    ("kha:cdr:once:f:times-bad", "1765000000.000000", "9007199254740993"),
+])  # fmt: skip
+def test_the_ended_script_refuses_arguments_it_cannot_store_exactly(
+    stack: Stack, key: str, tv: str, answer: str
+) -> None:
+    client = stack.redis_client()
+    sha = client.script_load(cdr.WRITE_ENDED_LUA)
+    args = ["n1", "60", ODD_FACTS[0].encode(), "times-bad", answer, "0", tv, "200", "bye_caller"]
+    with pytest.raises(redis.ResponseError, match=cdr.BAD_ARGS):
+        client.evalsha(sha, 2, key, cdr.STREAM, *args)
+    assert not client.exists(key) and not cdrs(stack, "times-bad")
+
+
+def test_a_call_ending_while_redis_is_down_is_recorded_once_it_is_back(
+    stack: Stack, log_dir: Path
+) -> None:
+    """Last in this file (it restarts Redis): the cfg's write fails, Python's store spools the
+    record, the timer writes it when Redis answers again. Nothing lost, nothing twice."""
+    uas = start_uas(log_dir)
+    uac = start_uac(log_dir, VIP1, "cdr-redis-down", duration_ms=3000)
+    wait_for(lambda: active_dialogs(stack) == 1, 10, "the call up")
+    assert stack.redis_daemon is not None
+    stack.redis_daemon.stop()
+    try:
+        assert_ok(uac)
+        assert_ok(uas)
+        log = stack.log_dir / "kamailio.log"
+        wait_for(lambda: b"cdr spooled" in log.read_bytes(), 10, "the record spooled")
+        assert not list(stack.run_dir.glob("cdr-spool/.*.tmp"))
+        assert list(stack.run_dir.glob("cdr-spool/*.json"))
+    finally:
+        stack.start_redis()
+    record = one_cdr(stack, "cdr-redis-down", timeout=20)  # the timer drains every 2 s
+    assert (record["reason"], record["code"]) == ("bye_caller", "200")
+    wait_for(lambda: not list(stack.run_dir.glob("cdr-spool/*.json")), 10, "the spool empty")

@@ -229,6 +229,9 @@ def test_dialog_end_goes_the_general_way_when_the_store_does_not_take_the_facts(
 
 
 def test_the_ended_command_carries_the_facts_as_read() -> None:
+    """The arguments kamailio.cfg's event_route[dialog:end] sends (kemi.ops.nodecfg's
+    CDR_ENDED_HEAD, then answer, start_ts, end time as $TV(Sn), code, reason): the Python
+    fallback sends the same, its answer already resolved (start_ts 0)."""
     command = cdr.write_ended_command("sha", (FACTS.encode(), "c1", "f1", "n2", NOW - 1500, NOW,
                                       R.BYE_CALLEE, 200))  # fmt: skip
     args = [
@@ -241,17 +244,17 @@ def test_the_ended_command_carries_the_facts_as_read() -> None:
         str(cdr.ONCE_TTL_S).encode(),
         FACTS.encode().encode(),
         b"c1",
-        b"f1",
         str(NOW - 1500).encode(),
-        str(NOW).encode(),
-        b"1.5",
+        b"0",
+        f"{NOW // 1000}.{NOW % 1000:03d}000".encode(),
         b"200",
         b"bye_callee",
     ]
     assert command == cdr.resp_command(*(a.decode() for a in args))
-    unanswered = cdr.write_ended_command("s", ("{}", "c", "f", "n", 0, NOW, R.CANCEL, 487),
-                                         "EVAL")  # fmt: skip
-    assert unanswered.startswith(b"*15\r\n$4\r\nEVAL\r\n") and b"$3\r\n0.0\r\n" in unanswered
+    unanswered = cdr.write_ended_command("s", ("{}", "c", "f", "n", 0, 1_765_000_000_007,
+                                               R.CANCEL, 487), "EVAL")  # fmt: skip
+    assert unanswered.startswith(b"*14\r\n$4\r\nEVAL\r\n")
+    assert b"$17\r\n1765000000.007000\r\n" in unanswered
 
 
 def test_store_write_ended_pauses_and_leaves_the_spool_to_write(tmp_path: Path) -> None:
@@ -572,11 +575,11 @@ def test_write_once_command_is_evalsha_of_write_args() -> None:
 def test_the_ended_command_is_resp_for_any_text(
     facts: str, call_id: str, from_tag: str, node: str, answer: int, verb: str
 ) -> None:
-    """The ASCII fast path and the general one pack what resp_command packs."""
+    """What resp_command packs, for any text."""
     command = cdr.write_ended_command("s", (facts, call_id, from_tag, node, answer, NOW,
                                             R.BYE_CALLER, 200), verb)  # fmt: skip
-    seconds = str(cdr.answered_seconds(answer, NOW))
+    ended = f"{NOW // 1000}.{NOW % 1000:03d}000"  # Kamailio's $TV(Sn)
     assert command == cdr.resp_command(
         verb, "s", "2", cdr.once_key(call_id, from_tag), cdr.STREAM, node, str(cdr.ONCE_TTL_S),
-        facts, call_id, from_tag, str(answer), str(NOW), seconds, "200", "bye_caller",
+        facts, call_id, str(answer), "0", ended, "200", "bye_caller",
     )  # fmt: skip

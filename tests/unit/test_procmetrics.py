@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from kemi.shell import procmetrics
+from kemi.shell import metrics, procmetrics
 
 
 def scrape(directory: Path) -> dict[str, float]:
@@ -63,3 +63,23 @@ def test_without_a_multiprocess_dir_counts_stay_in_the_process(
     counter.labels("a").inc()
     counter.labels("a").inc()
     assert counter.labels("a").get() == 2
+
+
+def test_kamailios_own_counts_are_added_to_the_same_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kamailio.cfg counts the records it writes in Kamailio's statistics; the page shows one
+    counter: the processes' counts plus Kamailio's, a label only Kamailio counted included."""
+    monkeypatch.setenv(procmetrics.MULTIPROC_ENV, str(tmp_path))
+    counter = procmetrics.Counter("t_writes_total", "writes", ["result", "store"])
+    procmetrics.after_fork()
+    counter.labels("written", "a").inc(2)
+    added = {(counter, ("written", "a")): 7.0, (counter, ("duplicate", "a")): 1.0,
+             (counter, ("lost", "a")): 0.0}  # fmt: skip
+    registry = CollectorRegistry()
+    registry.register(metrics.CountersPlusKamailio(added))  # type: ignore[arg-type]
+    page = generate_latest(registry).decode()
+    assert 't_writes_total{result="written",store="a"} 9.0' in page
+    assert 't_writes_total{result="duplicate",store="a"} 1.0' in page
+    assert "lost" not in page
+    assert page.count("# TYPE t_writes_total counter") == 1

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from kemi.core import cdr
 from kemi.core.node_spec import NodeConfigSpec
 from kemi.core.structure import SpecError
 from kemi.lab.drill import FENCE_AGENT, DrillNode, cluster_yaml, drill_policy
 from kemi.lab.hanode import install_node
+from kemi.ops.cdrstore import WRITE_ENDED_SHA, RedisAddress
 from kemi.ops.nodecfg import DISPATCHER_LIST_NAME, render_dispatcher_list, render_node_cfg
 from kemi.ops.render import (
     COROSYNC_PROFILES,
@@ -376,3 +378,29 @@ def test_fast_takeover_off_or_with_a_quorum_device(tmp_path: Path) -> None:
     device = "quorum_device: {address: 10.99.0.50}\n"
     render(cluster_file(qdev, text + device), qdev / "out")
     assert load_node_config(qdev / "out" / "node1" / "node.yaml").fast_takeover is None
+
+
+def test_each_node_writes_its_call_records_with_the_script_its_store_loads(
+    tmp_path: Path,
+) -> None:
+    """kamailio.cfg's event_route[dialog:end] sends CDR_ENDED_HEAD: WRITE_ENDED_LUA by the SHA1
+    the Python store loads it under (NOSCRIPT sends the call to Python, which loads it), the
+    node's own address as the end node, the stream and TTL of kemi.core.cdr."""
+    out = tmp_path / "out"
+    render(cluster_file(tmp_path, EXAMPLE.read_text()), out)
+    for node in ("node1", "node2"):
+        address = load_node_config(out / node / "node.yaml").node_address
+        cfg = (out / node / "kemi-ha-node.cfg").read_text()
+        head = f"EVALSHA {WRITE_ENDED_SHA} 2 %s {cdr.STREAM} {address} {cdr.ONCE_TTL_S} %s %s"
+        assert f'#!define CDR_ENDED_HEAD "{head}"' in cfg
+        assert f'#!define CDR_ONCE_PREFIX "{cdr.ONCE_PREFIX}"' in cfg
+        assert "pass=" not in cfg  # the password reaches Kamailio in its environment only
+
+
+def test_the_cdr_store_reaches_ndb_redis_as_the_python_store_reads_it() -> None:
+    address = RedisAddress.parse("10.99.1.5:6380/2")
+    assert address.ndb_redis_server(None) == "name=cdr;addr=10.99.1.5;port=6380;db=2"
+    assert address.ndb_redis_server("abc-123_x.y~z").endswith(";db=2;pass=abc-123_x.y~z")
+    for bad in ("a;b", "a=b", "a b", "ä"):
+        with pytest.raises(ValueError, match="password"):
+            address.ndb_redis_server(bad)

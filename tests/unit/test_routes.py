@@ -116,7 +116,8 @@ MULTIPART_BODY = (  # an NG112 INVITE's body: the offer next to the caller's loc
     + SDP_BODY
     + "\r\n--b\r\nContent-Type: application/pidf+xml\r\n\r\n<presence/>\r\n--b--\r\n"
 )
-PVS = {"$Ri": "10.0.0.2", "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0.0.2",
+PVS = {"$stat(kha_cdr_written)": None, "$stat(kha_cdr_duplicate)": None, "$Ri": "10.0.0.2",
+       "$Rp": 5060, "$pr": "udp", "$rU": "1000", "$rd": "10.0.0.2",
        "$ci": "call-1", "$si": "192.0.2.9", "$sp": 5060, "$dlg_var(kha_mflags)": None,
        "$avp(kha_mflags)": None, "$rm": "INVITE", "$var(kha_n)": 0, "$avp(kha_vip)": None,
        "$avp(kha_counted)": None, "$avp(kha_late)": None, "$rb": SDP_BODY,
@@ -156,16 +157,32 @@ def test_replies_of_transactions_run_no_core_reply_route() -> None:
     assert name == routes.SL_REPLY and callable(getattr(Router, name))
 
 
-def test_only_the_end_of_an_answered_call_runs_a_dialog_event_in_python() -> None:
+def test_the_end_of_an_answered_call_runs_python_only_when_the_cfg_could_not_write() -> None:
     """No dialog event_callback (it runs at every state change); event_route[dialog:end], the
-    only route in kamailio.cfg, calls a Router method."""
+    only route in kamailio.cfg, writes the record itself and calls a Router method only on its
+    fallback paths (no facts, the write failed)."""
     cfg = (Path(__file__).resolve().parents[2] / "kamailio.cfg").read_text()
     assert not re.search(r'^modparam\("dialog", "event_callback"', cfg, re.M)
     routes_in_cfg = re.findall(r"^(\w*route\[[^\]]*\])", cfg, re.M)
     assert routes_in_cfg == ["event_route[dialog:end]"]
-    (name,) = re.findall(r'^event_route\[dialog:end\] \{\n\tpython_exec\("(\w+)"\);\n\}$', cfg,
-                         re.M)  # fmt: skip
-    assert name == routes.DIALOG_END and callable(getattr(Router, name))
+    route = cfg.split("event_route[dialog:end] {", 1)[1].split("\n}\n", 1)[0]
+    names = re.findall(r'python_exec\("(\w+)"\)', route)
+    assert len(names) == 2 and set(names) == {routes.DIALOG_END}
+    assert callable(getattr(Router, routes.DIALOG_END))
+    assert re.search(r"if \(!redis_cmd\(.*\) \{\n\t\tpython_exec", route)
+
+
+def test_metrics_add_what_kamailio_counted_itself() -> None:
+    """Records kamailio.cfg wrote (its statistics) are in kemi_ha_cdr_writes_total."""
+    router, ksr = make(**{"pvx.shv_get": 0})
+    ksr.pvs.update({"$hu": "/metrics", "$rm": "GET", "$stat(kha_cdr_written)": 7,
+                    "$stat(kha_cdr_duplicate)": 2})  # fmt: skip
+    router.ksr_xhttp_event(None, "xhttp:request")
+    code, _reason, _type, page = next(c.args for c in ksr.calls if c.name == "xhttp.xhttp_reply")
+    assert code == 200
+    assert 'kemi_ha_cdr_writes_total{result="written"} 7.0' in page
+    assert 'kemi_ha_cdr_writes_total{result="duplicate"} 2.0' in page
+    assert page.count("# TYPE kemi_ha_cdr_writes_total counter") == 1
 
 
 def test_initial_invite_offers_on_its_vip_set_then_relays_from_that_vip() -> None:
