@@ -1,6 +1,6 @@
 """bench/native.cfg stays the same Kamailio as kamailio.cfg, routing in cfg instead of Python:
-the same global parameters, modules (app_python3 aside, ndb_redis added for the call records)
-and modparams, and every bench define it uses written by bench/cpu_bench.py."""
+the same global parameters, modules (app_python3 aside) and modparams, and every bench define
+it uses written by bench/cpu_bench.py."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def lines(cfg: str, pattern: str) -> set[str]:
 def test_native_loads_kamailio_cfgs_modules_but_python() -> None:
     kemi = lines(without_dmq(KEMI_CFG), r'loadmodule "')
     native = lines(NATIVE_CFG, r'loadmodule "')
-    assert native == (kemi - {'loadmodule "app_python3.so"'}) | {'loadmodule "ndb_redis.so"'}
+    assert native == kemi - {'loadmodule "app_python3.so"'}
 
 
 def test_native_has_kamailio_cfgs_modparams_and_global_parameters() -> None:
