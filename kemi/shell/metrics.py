@@ -131,8 +131,8 @@ class ScrapeState:
 
 
 # Counts Kamailio keeps itself (statistics module), added to our counters' samples at scrape:
-# (counter name, label values) -> Kamailio statistic. kamailio.cfg's event_route[dialog:end]
-# writes answered calls' records without Python.
+# (counter, label values) -> Kamailio statistic. kamailio.cfg's event_route[dialog:end] writes
+# answered calls' records without Python.
 KAMAILIO_COUNTS: dict[tuple[Counter, tuple[str, ...]], str] = {
     (CDR_WRITES, ("written",)): "kha_cdr_written",
     (CDR_WRITES, ("duplicate",)): "kha_cdr_duplicate",
