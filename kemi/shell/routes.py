@@ -1014,9 +1014,10 @@ class Router:
         return 1
 
     def kamailio_counts(self) -> dict[tuple[metrics.Counter, tuple[str, ...]], float]:
-        """What Kamailio counted itself (kamailio.cfg, statistics module) for our counters."""
-        get = self.ksr.pv.get
-        return {key: float(get(f"$stat({stat})") or 0)
+        """What Kamailio counted itself (kamailio.cfg, statistics module) for our counters (a
+        value that is not a count, which Kamailio never gives, reads as 0: a scrape answers)."""
+        number = self.pv.number
+        return {key: float(number(f"$stat({stat})"))
                 for key, stat in metrics.KAMAILIO_COUNTS.items()}  # fmt: skip
 
     def http_authorized(self) -> bool:
