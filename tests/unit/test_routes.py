@@ -1111,6 +1111,46 @@ def test_a_call_without_nat_handling_keeps_nothing_of_it_in_the_dialog() -> None
 # ----- hot path (issue 18): nothing written or read that changes nothing ------------------
 
 
+def in_dialog_request(method: str, local: str = "10.0.0.2") -> tuple[Router, FakeKSR]:
+    router, ksr = make(**{"siputils.has_totag": 1})
+    ksr.pvs.update({"$rm": method, "$Ri": local})
+    return router, ksr
+
+
+def test_hot_counters_count_under_their_labels() -> None:
+    """The routes' own children of the hot counters (issue 18) count the same samples as
+    .labels(...).inc(): the method label (an unknown method: "other"), the rtpengine set
+    ("none" off a VIP)."""
+    bye, other = metrics.INDIALOG.labels("BYE"), metrics.INDIALOG.labels("other")
+    on_vip = metrics.RTPENGINE_CALLS.labels("2", "delete")
+    off_vip = metrics.RTPENGINE_CALLS.labels("none", "delete")
+    before = [c.get() for c in (bye, other, on_vip, off_vip)]
+    router, ksr = in_dialog_request("BYE")
+    router.ksr_request_route(None)
+    router.ksr_request_route(None)
+    ksr.pvs["$rm"] = "FOO"
+    router.ksr_request_route(None)
+    router, ksr = in_dialog_request("BYE", local="10.9.9.9")
+    router.ksr_request_route(None)
+    after = [c.get() for c in (bye, other, on_vip, off_vip)]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [3, 1, 2, 1]
+
+
+def test_a_forked_process_counts_into_its_own_store() -> None:
+    """child_init drops what the router kept of the parent's metric file: what a Kamailio
+    child counts is its own (metrics.after_fork), the route-time histogram included."""
+    router, _ = in_dialog_request("BYE")
+    router.ksr_request_route(None)
+    router.child_init(1)  # as Kamailio calls it in each child after the fork
+    router.ksr_request_route(None)
+    router.ksr_request_route(None)
+    assert metrics.INDIALOG.labels("BYE").get() == 2
+    assert metrics.RTPENGINE_CALLS.labels("2", "delete").get() == 2
+    assert router.route_view is routes.ROUTE_SECONDS.view is not None
+    histogram = routes.ROUTE_SECONDS
+    assert sum(histogram.view[slot] for slot in histogram.slots) == 2
+
+
 def test_the_final_result_of_an_initial_invite_is_counted_once() -> None:
     router, ksr = make()
     router.ksr_request_route(None)  # the initial INVITE marks its transaction (kha_vip)
