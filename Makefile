@@ -13,7 +13,7 @@ APT_PACKAGES := kamailio kamailio-python3-modules kamailio-extra-modules kamaili
 	corosync-qdevice corosync-qnetd fence-agents kamailio-tls-modules openssl
 PYTEST_ARGS ?=
 
-.PHONY: run test unit integration lint deps venv api-list schema bench bench-cpu drill drill-all clean
+.PHONY: run test unit integration lint deps venv api-list schema bench bench-cpu bench-cache drill drill-all clean
 NODES ?= 2
 SCENARIO ?= power-off
 LINKS ?= 1
@@ -95,6 +95,13 @@ bench-cpu: deps venv
 	ip -n $(BENCH_NETNS) link set lo up; \
 	ip netns exec $(BENCH_NETNS) $(PY) bench/cpu_bench.py $(BENCH_CPU_ARGS); rc=$$?; \
 	if [ -n "$$created" ]; then ip netns del $(BENCH_NETNS); fi; exit $$rc
+
+# Cache misses of the routes per call from cold caches, simulated by cachegrind (issue 18):
+# deterministic, for before/after comparisons `make bench-cpu` is too noisy to make (~3 min).
+bench-cache: venv
+	@command -v valgrind >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends valgrind; }
+	$(PY) bench/routes_cachegrind.py
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) *.egg-info .pytest_cache .ruff_cache
