@@ -4,7 +4,8 @@ Inside Kamailio a worker starts each message from cold caches (docs/performance.
 that regime (`routes_bench.py --cold`) moves by 5-10 % between two runs of the same code on a
 shared machine, more than most single changes are worth. Cachegrind simulates the caches
 instead: the same code gives the same counts (PYTHONHASHSEED fixed), so two versions can be
-compared by a few hundred misses per call.
+compared by a few hundred misses per call (up to ~150 move with where objects land, the
+floor's too when the routes module changes: a smaller difference is none).
 
 What runs: routes_bench.py's call (the same stub KSR, policy and messages), a 4 MiB copy before
 each message (twice the simulated 2 MiB last-level cache: every message starts cold), under

@@ -217,17 +217,11 @@ class Router:
         self.indialog_counts: dict[str, CounterChild] = {}  # by method label
         self.rtp_counts: dict[tuple[int, str], CounterChild] = {}  # by (set id, command)
         self.invite_counts: dict[tuple[str, int], CounterChild] = {}  # by (VIP, status // 100)
-        # The route-time histogram's slots in this process's file, once it is open.
-        self.route_view: memoryview | None = None
-        self.route_bounds: list[float] = ROUTE_SECONDS.bounds
-        self.route_slots: list[int] = []
-        self.route_sum = 0
 
     def child_init(self, rank: int) -> int:
         metrics.after_fork()  # this process counts into its own metrics file
         for counts in (self.indialog_counts, self.rtp_counts, self.invite_counts):
             counts.clear()  # children of the parent's file
-        self.route_view = None
         return 0
 
     # ----- request_route -------------------------------------------------------------
@@ -296,17 +290,13 @@ class Router:
             self.on_exception("request", exc)
         finally:
             seconds = perf_counter() - start
-            view = self.route_view  # ROUTE_SECONDS.observe(), inline
+            histogram = ROUTE_SECONDS  # its observe(), inline once the process's file is open
+            view = histogram.view
             if view is None:
-                ROUTE_SECONDS.observe(seconds)  # opens this process's file
-                self.route_view, self.route_slots, self.route_sum = (
-                    ROUTE_SECONDS.view,
-                    ROUTE_SECONDS.slots,
-                    ROUTE_SECONDS.sum_slot,
-                )
+                histogram.observe(seconds)
             else:
-                view[self.route_slots[bisect_left(self.route_bounds, seconds)]] += 1.0
-                view[self.route_sum] += seconds
+                view[histogram.slots[bisect_left(histogram.bounds, seconds)]] += 1
+                view[histogram.sum_slot] += seconds
         return 1
 
     def remember_exempt(self, guard: FloodGuard, source: str) -> bool:
